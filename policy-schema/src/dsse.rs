@@ -1,0 +1,365 @@
+//! DSSE envelopes: PAE encoding, strict envelope decoding, Ed25519 signing and threshold verification.
+//!
+//! This module owns the byte-level trust decision. It never parses a payload: callers get the
+//! verified payload bytes only after a threshold of distinct trusted keys has signed
+//! `PAE(payloadType, payload)`, and they parse exactly those bytes.
+//! Keyids in signatures are hints; a signature counts only once per distinct public key.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{PublicKey, SigningKey};
+
+/// Most signatures an envelope may carry. More is an error, not a slow path.
+pub const MAX_SIGNATURES: usize = 32;
+/// Longest keyid hint accepted in a signature.
+const MAX_KEYID_LEN: usize = 128;
+
+/// Errors decoding an envelope. Verification failures are [`ThresholdError`].
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON of the expected shape: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("envelope payload is not valid base64")]
+    Base64,
+    #[error("envelope carries {0} signatures (at most {MAX_SIGNATURES})")]
+    TooManySignatures(usize),
+    #[error("envelope carries no signatures")]
+    NoSignatures,
+    #[error("a signature keyid is longer than {MAX_KEYID_LEN} bytes")]
+    KeyidTooLong,
+    #[error("payloadType {found:?} where {expected:?} was expected")]
+    WrongPayloadType { expected: String, found: String },
+}
+
+/// Why a threshold was not met. Each count is reported so an operator can tell a missing
+/// signature from a forged, unknown or duplicated one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{valid} valid signature(s) from distinct trusted keys, {threshold} required \
+     ({duplicate} duplicate, {unknown} from keys not trusted for this role, {invalid} invalid)"
+)]
+pub struct ThresholdError {
+    /// Distinct trusted keys whose signature verified.
+    pub valid: usize,
+    pub threshold: usize,
+    /// Valid signatures by a key that had already been counted.
+    pub duplicate: usize,
+    /// Signatures that no trusted key of the role verifies but that are well-formed: unknown keys.
+    pub unknown: usize,
+    /// Signatures that are not even well-formed (wrong length, bad base64).
+    pub invalid: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "payloadType", borrow)]
+    payload_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    signatures: Vec<RawSignature<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignature<'a> {
+    #[serde(default, borrow)]
+    keyid: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    sig: std::borrow::Cow<'a, str>,
+}
+
+/// A decoded, not yet verified, envelope. The PAE bytes are built once and the payload is a
+/// slice of them, so a large policy is held in memory once.
+pub struct Envelope {
+    payload_type: String,
+    pae: Vec<u8>,
+    payload_start: usize,
+    signatures: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("payload_type", &self.payload_type)
+            .field("payload_len", &self.payload().len())
+            .field("signatures", &self.signatures.len())
+            .finish()
+    }
+}
+
+/// `PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body`.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = pae_header(payload_type, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn pae_header(payload_type: &str, payload_len: usize) -> Vec<u8> {
+    format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload_len
+    )
+    .into_bytes()
+}
+
+/// Decodes standard or URL-safe base64, padded or not, as DSSE requires of verifiers.
+fn decode_b64_into(text: &str, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let url_safe = text.bytes().any(|b| b == b'-' || b == b'_');
+    let padded = text.ends_with('=');
+    let engine = match (url_safe, padded) {
+        (false, true) => &STANDARD,
+        (false, false) => &STANDARD_NO_PAD,
+        (true, true) => &URL_SAFE,
+        (true, false) => &URL_SAFE_NO_PAD,
+    };
+    engine
+        .decode_vec(text, out)
+        .map_err(|_| EnvelopeError::Base64)
+}
+
+/// The number of bytes `text` decodes to, or `None` when no valid base64 has its length.
+fn decoded_len(text: &str) -> Option<usize> {
+    let n = text.trim_end_matches('=').len();
+    let tail = match n % 4 {
+        0 => 0,
+        2 => 1,
+        3 => 2,
+        _ => return None,
+    };
+    Some(n / 4 * 3 + tail)
+}
+
+impl Envelope {
+    /// Decodes an envelope from bytes. Nothing here is trusted yet.
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let raw: RawEnvelope<'_> = serde_json::from_slice(bytes)?;
+        if raw.signatures.len() > MAX_SIGNATURES {
+            return Err(EnvelopeError::TooManySignatures(raw.signatures.len()));
+        }
+        if raw.signatures.is_empty() {
+            return Err(EnvelopeError::NoSignatures);
+        }
+        // Build the PAE header for the exact decoded length, then decode the payload right
+        // behind it: the payload is held once, inside the bytes that are verified.
+        let payload_len = decoded_len(&raw.payload).ok_or(EnvelopeError::Base64)?;
+        let header = pae_header(&raw.payload_type, payload_len);
+        let mut buf = Vec::with_capacity(header.len() + payload_len);
+        buf.extend_from_slice(&header);
+        decode_b64_into(&raw.payload, &mut buf)?;
+        if buf.len() != header.len() + payload_len {
+            return Err(EnvelopeError::Base64);
+        }
+        let mut signatures = Vec::with_capacity(raw.signatures.len());
+        for s in &raw.signatures {
+            if s.keyid.len() > MAX_KEYID_LEN {
+                return Err(EnvelopeError::KeyidTooLong);
+            }
+            let mut sig = Vec::new();
+            // A malformed signature is kept as empty bytes and counted as invalid later, so
+            // one bad signature among good ones does not hide the good ones.
+            if decode_b64_into(&s.sig, &mut sig).is_err() {
+                sig.clear();
+            }
+            signatures.push((s.keyid.to_string(), sig));
+        }
+        Ok(Self {
+            payload_type: raw.payload_type.into_owned(),
+            payload_start: header.len(),
+            pae: buf,
+            signatures,
+        })
+    }
+
+    pub fn payload_type(&self) -> &str {
+        &self.payload_type
+    }
+
+    /// The payload bytes. Callers must not act on them before [`Envelope::verify`] succeeded.
+    pub fn payload(&self) -> &[u8] {
+        &self.pae[self.payload_start..]
+    }
+
+    pub fn signature_count(&self) -> usize {
+        self.signatures.len()
+    }
+
+    /// Rejects an envelope whose authenticated type is not `expected`.
+    pub fn expect_type(&self, expected: &str) -> Result<(), EnvelopeError> {
+        if self.payload_type != expected {
+            return Err(EnvelopeError::WrongPayloadType {
+                expected: expected.to_owned(),
+                found: self.payload_type.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts distinct keys of `trusted` whose signature over the PAE verifies, and fails unless
+    /// there are at least `threshold`. Keyids are hints only: every signature is tried against
+    /// every trusted key not yet counted, so a wrong or forged keyid cannot make a key count twice.
+    pub fn verify(
+        &self,
+        trusted: &[&PublicKey],
+        threshold: usize,
+    ) -> Result<usize, ThresholdError> {
+        let mut counted = vec![false; trusted.len()];
+        let (mut valid, mut duplicate, mut unknown, mut invalid) = (0, 0, 0, 0);
+        for (_keyid, sig) in &self.signatures {
+            let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+                invalid += 1;
+                continue;
+            };
+            let mut matched = None;
+            for (i, key) in trusted.iter().enumerate() {
+                if key.verify_strict(&self.pae, &sig) {
+                    matched = Some(i);
+                    break;
+                }
+            }
+            match matched {
+                Some(i) if counted[i] => duplicate += 1,
+                Some(i) => {
+                    counted[i] = true;
+                    valid += 1;
+                }
+                None => unknown += 1,
+            }
+        }
+        // A threshold of zero would trust unsigned documents; formats reject it, and so do we.
+        if valid >= threshold.max(1) {
+            Ok(valid)
+        } else {
+            Err(ThresholdError {
+                valid,
+                threshold,
+                duplicate,
+                unknown,
+                invalid,
+            })
+        }
+    }
+}
+
+/// Signs `payload` as `payload_type` with each key and returns the envelope's JSON bytes.
+pub fn sign(payload_type: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8> {
+    let message = pae(payload_type, payload);
+    let signatures = keys
+        .iter()
+        .map(|k| RawSignature {
+            keyid: k.public().keyid().into(),
+            sig: base64::engine::general_purpose::STANDARD
+                .encode(k.sign(&message))
+                .into(),
+        })
+        .collect();
+    let raw = RawEnvelope {
+        payload_type: payload_type.into(),
+        payload: base64::engine::general_purpose::STANDARD
+            .encode(payload)
+            .into(),
+        signatures,
+    };
+    let mut out = serde_json::to_vec_pretty(&raw).expect("an envelope always serializes");
+    out.push(b'\n');
+    out
+}
+
+/// Re-encodes an envelope with the given signatures, for tests and tools that assemble
+/// signatures by hand (e.g. duplicating one). The payload is taken as is.
+pub fn assemble(payload_type: &str, payload: &[u8], signatures: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let raw = RawEnvelope {
+        payload_type: payload_type.into(),
+        payload: base64::engine::general_purpose::STANDARD
+            .encode(payload)
+            .into(),
+        signatures: signatures
+            .iter()
+            .map(|(keyid, sig)| RawSignature {
+                keyid: keyid.as_str().into(),
+                sig: base64::engine::general_purpose::STANDARD.encode(sig).into(),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&raw).expect("an envelope always serializes")
+}
+
+impl Envelope {
+    /// The raw signatures (keyid hint, signature bytes), for tools that re-assemble envelopes.
+    pub fn signatures(&self) -> &[(String, Vec<u8>)] {
+        &self.signatures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_test_vector_byte_for_byte() {
+        let got = pae("http://example.com/HelloWorld", b"hello world");
+        assert_eq!(
+            got,
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
+        );
+    }
+
+    #[test]
+    fn empty_payload_pae() {
+        assert_eq!(pae("", b""), b"DSSEv1 0  0 ".to_vec());
+    }
+
+    #[test]
+    fn decoded_envelope_rebuilds_exact_pae() {
+        let key = SigningKey::generate();
+        for payload in [
+            &b""[..],
+            b"x",
+            b"hello world",
+            &[0u8; 1000][..],
+            &[7u8; 1001][..],
+        ] {
+            let env = sign("application/x", payload, &[&key]);
+            let dec = Envelope::decode(&env).unwrap();
+            assert_eq!(dec.payload(), payload);
+            assert_eq!(dec.pae, pae("application/x", payload));
+            assert_eq!(dec.verify(&[key.public()], 1), Ok(1));
+        }
+    }
+
+    #[test]
+    fn url_safe_base64_is_accepted_when_valid() {
+        let key = SigningKey::generate();
+        let payload = [0xfbu8, 0xff, 0xfe, 0x3e];
+        let env = sign("t", &payload, &[&key]);
+        let text = String::from_utf8(env).unwrap();
+        let std_b64 = base64::engine::general_purpose::STANDARD.encode(payload);
+        let url_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload);
+        assert_ne!(std_b64, url_b64);
+        let text = text.replace(&std_b64, &url_b64);
+        let dec = Envelope::decode(text.as_bytes()).unwrap();
+        assert_eq!(dec.payload(), payload);
+        assert_eq!(dec.verify(&[key.public()], 1), Ok(1));
+    }
+
+    #[test]
+    fn unknown_envelope_fields_are_rejected() {
+        let err = Envelope::decode(
+            br#"{"payloadType":"t","payload":"","signatures":[{"keyid":"","sig":""}],"x":1}"#,
+        );
+        assert!(matches!(err, Err(EnvelopeError::Json(_))));
+    }
+
+    #[test]
+    fn duplicate_envelope_fields_are_rejected() {
+        let err = Envelope::decode(
+            br#"{"payloadType":"t","payloadType":"u","payload":"","signatures":[{"keyid":"","sig":""}]}"#,
+        );
+        assert!(matches!(err, Err(EnvelopeError::Json(_))), "{err:?}");
+    }
+}

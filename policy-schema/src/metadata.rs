@@ -1,0 +1,413 @@
+//! The three signed payloads (root, timestamp, policy) and their strict parsing.
+//!
+//! Parsing happens only on bytes whose signatures have been verified (see `trust`), and it is
+//! strict: unknown fields, duplicate keys, floats where integers belong, and oversize strings or
+//! lists are errors, each naming what was wrong. Nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::keys::{JsonKey, PublicKey};
+use crate::rules::Rule;
+
+pub const ROOT_TYPE: &str = "application/vnd.embargo.root+json";
+pub const TIMESTAMP_TYPE: &str = "application/vnd.embargo.timestamp+json";
+pub const POLICY_TYPE: &str = "application/vnd.embargo.policy+json";
+
+/// Bounds on what a payload may contain. Byte caps on the documents bound memory; these bound
+/// the shapes inside them so that a signed-but-absurd document is refused with a clear reason.
+pub mod limits {
+    pub const FLEET_LEN: usize = 128;
+    pub const MAX_KEYS: usize = 64;
+    pub const MAX_KEYIDS_PER_ROLE: usize = 64;
+    pub const MAX_RULES: usize = 200_000;
+    pub const RULE_ID_LEN: usize = 128;
+    pub const DESCRIPTION_LEN: usize = 1024;
+    pub const MAX_MATCHERS: usize = 64;
+    pub const PATTERN_LEN: usize = 256;
+    pub const MAX_LIST: usize = 10_000;
+    pub const MAX_TAGS: usize = 64;
+    pub const TAG_LEN: usize = 64;
+    /// Byte caps on fetched documents.
+    pub const ROOT_BYTES: u64 = 64 * 1024;
+    pub const TIMESTAMP_BYTES: u64 = 16 * 1024;
+    pub const POLICY_BYTES: u64 = 64 * 1024 * 1024;
+    pub const MAX_ROOT_ROTATIONS: u64 = 1024;
+}
+
+/// Why a payload was refused after its signatures verified.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("malformed {role} payload: {source}")]
+    Json {
+        role: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("invalid {role} payload: {reason}")]
+    Invalid { role: &'static str, reason: String },
+}
+
+/// Seconds since the Unix epoch, written as RFC 3339 UTC (`2026-12-01T00:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub fn now() -> Self {
+        Self::from_system(std::time::SystemTime::now())
+    }
+
+    pub fn from_system(t: std::time::SystemTime) -> Self {
+        Time(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+
+    pub fn to_system(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.0)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        humantime::parse_rfc3339(text)
+            .map(Self::from_system)
+            .map_err(|e| {
+                format!("{text:?} is not an RFC 3339 UTC time such as 2026-12-01T00:00:00Z: {e}")
+            })
+    }
+
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Time(self.0.saturating_add(d.as_secs()))
+    }
+
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Time(self.0.saturating_sub(d.as_secs()))
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.to_system()))
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if text.len() > 40 {
+            return Err(de::Error::custom("time string too long"));
+        }
+        Time::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// A JSON object deserialized into a map that refuses duplicate keys (serde_json's maps keep the
+/// last one silently, which would let signed and parsed meaning diverge).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StrictMap<V>(pub BTreeMap<String, V>);
+
+impl<V: Serialize> Serialize for StrictMap<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for StrictMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V_<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for V_<V> {
+            type Value = StrictMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object with unique keys")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.len() >= limits::MAX_KEYS {
+                        return Err(de::Error::custom(format!(
+                            "more than {} entries",
+                            limits::MAX_KEYS
+                        )));
+                    }
+                    let v = map.next_value()?;
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(de::Error::custom(format!("duplicate key {k:?}")));
+                    }
+                }
+                Ok(StrictMap(out))
+            }
+        }
+        d.deserialize_map(V_(std::marker::PhantomData))
+    }
+}
+
+/// Keys and threshold of one role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleKeys {
+    pub keyids: Vec<String>,
+    pub threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    pub root: RoleKeys,
+    pub timestamp: RoleKeys,
+    pub policy: RoleKeys,
+}
+
+/// Root metadata: the trust anchor and the keys of every role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    pub fleet: String,
+    pub version: u64,
+    pub expires: Time,
+    pub keys: StrictMap<JsonKey>,
+    pub roles: Roles,
+}
+
+/// Which role's keys to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleName {
+    Root,
+    Timestamp,
+    Policy,
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RoleName::Root => "root",
+            RoleName::Timestamp => "timestamp",
+            RoleName::Policy => "policy",
+        })
+    }
+}
+
+/// A root whose keys have been checked and decoded.
+#[derive(Debug, Clone)]
+pub struct VerifiedRoot {
+    pub root: Root,
+    keys: BTreeMap<String, PublicKey>,
+}
+
+impl VerifiedRoot {
+    pub fn role(&self, role: RoleName) -> &RoleKeys {
+        match role {
+            RoleName::Root => &self.root.roles.root,
+            RoleName::Timestamp => &self.root.roles.timestamp,
+            RoleName::Policy => &self.root.roles.policy,
+        }
+    }
+
+    /// The distinct public keys of `role` and its threshold.
+    pub fn role_keys(&self, role: RoleName) -> (Vec<&PublicKey>, usize) {
+        let r = self.role(role);
+        let keys = r.keyids.iter().filter_map(|id| self.keys.get(id)).collect();
+        (keys, r.threshold as usize)
+    }
+}
+
+fn invalid(role: &'static str, reason: impl Into<String>) -> PayloadError {
+    PayloadError::Invalid {
+        role,
+        reason: reason.into(),
+    }
+}
+
+fn check_fleet(role: &'static str, fleet: &str) -> Result<(), PayloadError> {
+    if fleet.is_empty() || fleet.len() > limits::FLEET_LEN || fleet.chars().any(|c| c.is_control())
+    {
+        return Err(invalid(
+            role,
+            format!(
+                "fleet must be 1..={} printable characters",
+                limits::FLEET_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Root {
+    pub fn parse(bytes: &[u8]) -> Result<VerifiedRoot, PayloadError> {
+        let root: Root = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
+            role: "root",
+            source,
+        })?;
+        root.check()
+    }
+
+    /// Validates keys and roles and decodes the keys.
+    pub fn check(self) -> Result<VerifiedRoot, PayloadError> {
+        check_fleet("root", &self.fleet)?;
+        if self.version == 0 {
+            return Err(invalid("root", "version must be at least 1"));
+        }
+        let mut keys = BTreeMap::new();
+        for (keyid, jk) in &self.keys.0 {
+            let key = jk
+                .to_public()
+                .map_err(|e| invalid("root", format!("key {keyid}: {e}")))?;
+            if key.keyid() != keyid {
+                return Err(invalid(
+                    "root",
+                    format!("key listed as {keyid} has keyid {}", key.keyid()),
+                ));
+            }
+            keys.insert(keyid.clone(), key);
+        }
+        for (name, role) in [
+            ("root", &self.roles.root),
+            ("timestamp", &self.roles.timestamp),
+            ("policy", &self.roles.policy),
+        ] {
+            if role.keyids.len() > limits::MAX_KEYIDS_PER_ROLE {
+                return Err(invalid(
+                    "root",
+                    format!(
+                        "role {name} lists more than {} keys",
+                        limits::MAX_KEYIDS_PER_ROLE
+                    ),
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for id in &role.keyids {
+                if !keys.contains_key(id) {
+                    return Err(invalid(
+                        "root",
+                        format!("role {name} names unknown key {id}"),
+                    ));
+                }
+                if !seen.insert(id) {
+                    return Err(invalid("root", format!("role {name} lists key {id} twice")));
+                }
+            }
+            if role.threshold == 0 || role.threshold as usize > role.keyids.len() {
+                return Err(invalid(
+                    "root",
+                    format!(
+                        "role {name} has threshold {} with {} keys",
+                        role.threshold,
+                        role.keyids.len()
+                    ),
+                ));
+            }
+        }
+        Ok(VerifiedRoot { root: self, keys })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("root serializes")
+    }
+}
+
+/// What the timestamp says about the current policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPointer {
+    pub version: u64,
+    pub sha256: String,
+    pub length: u64,
+}
+
+/// Timestamp metadata: signed often by an online key; it can freeze updates, never change rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timestamp {
+    pub fleet: String,
+    pub version: u64,
+    pub expires: Time,
+    pub policy: PolicyPointer,
+}
+
+impl Timestamp {
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let ts: Timestamp = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
+            role: "timestamp",
+            source,
+        })?;
+        check_fleet("timestamp", &ts.fleet)?;
+        if ts.policy.sha256.len() != 64
+            || !ts
+                .policy
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "timestamp",
+                "policy.sha256 must be 64 lowercase hex digits",
+            ));
+        }
+        if ts.policy.length == 0 || ts.policy.length > limits::POLICY_BYTES {
+            return Err(invalid(
+                "timestamp",
+                format!("policy.length must be 1..={}", limits::POLICY_BYTES),
+            ));
+        }
+        Ok(ts)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("timestamp serializes")
+    }
+}
+
+/// Policy metadata: the blocklist, signed by the offline policy keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub fleet: String,
+    pub version: u64,
+    pub issued: Time,
+    pub expires: Time,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let p: Policy = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
+            role: "policy",
+            source,
+        })?;
+        p.check()?;
+        Ok(p)
+    }
+
+    pub fn check(&self) -> Result<(), PayloadError> {
+        check_fleet("policy", &self.fleet)?;
+        if self.rules.len() > limits::MAX_RULES {
+            return Err(invalid(
+                "policy",
+                format!("{} rules (at most {})", self.rules.len(), limits::MAX_RULES),
+            ));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(self.rules.len());
+        for rule in &self.rules {
+            rule.check().map_err(|reason| invalid("policy", reason))?;
+            if !ids.insert(rule.id.as_str()) {
+                return Err(invalid(
+                    "policy",
+                    format!("rule id {:?} is used twice", rule.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("policy serializes")
+    }
+}

@@ -1,0 +1,267 @@
+//! The rule format inside a signed policy: rules, matchers, actions, kinds.
+//!
+//! These are wire types (they derive serde and are versioned with the policy payload). Matching
+//! is in `matcher`, which compiles them into an index; version ordering is in `version`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::limits;
+
+/// What the agent does with an app a rule matches. Ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Audit,
+    Quarantine,
+    Remove,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Audit => "audit",
+            Action::Quarantine => "quarantine",
+            Action::Remove => "remove",
+        })
+    }
+}
+
+/// The kinds of app the agent knows. `windows` and `msix` are reserved so a policy written for
+/// a mixed fleet today verifies on Linux agents; no Linux source produces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deb,
+    Rpm,
+    Flatpak,
+    Snap,
+    Appimage,
+    Desktop,
+    File,
+    Android,
+    Macos,
+    Ios,
+    Windows,
+    Msix,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Deb,
+        Kind::Rpm,
+        Kind::Flatpak,
+        Kind::Snap,
+        Kind::Appimage,
+        Kind::Desktop,
+        Kind::File,
+        Kind::Android,
+        Kind::Macos,
+        Kind::Ios,
+        Kind::Windows,
+        Kind::Msix,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deb => "deb",
+            Kind::Rpm => "rpm",
+            Kind::Flatpak => "flatpak",
+            Kind::Snap => "snap",
+            Kind::Appimage => "appimage",
+            Kind::Desktop => "desktop",
+            Kind::File => "file",
+            Kind::Android => "android",
+            Kind::Macos => "macos",
+            Kind::Ios => "ios",
+            Kind::Windows => "windows",
+            Kind::Msix => "msix",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Kind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("kind is in ALL")
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown kind {s:?}"))
+    }
+}
+
+/// An AND of conditions. A matcher with no condition is invalid (it would match everything).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matcher {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// Exact or glob (`*`, `?`), case-sensitive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Case-insensitive glob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Case-insensitive glob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// Any of: Android signing-cert SHA-256 (hex), Apple Team ID, RPM key id, snap publisher id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signer: Vec<String>,
+    /// Any of these artifact SHA-256 hashes (lowercase hex).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sha256: Vec<String>,
+    /// A constraint such as `<8.0.40` or `>=1.0, <2.0`, in the app kind's own version ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// One rule of the blocklist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub action: Action,
+    #[serde(rename = "match")]
+    pub matchers: Vec<Matcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<Matcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+fn bounded(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("{what} is {} bytes long (at most {max})", s.len()));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(format!("{what} contains a control character"));
+    }
+    Ok(())
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Matcher {
+    pub fn check(&self, rule: &str) -> Result<(), String> {
+        let ctx = |what: &str| format!("rule {rule:?}: {what}");
+        if self.kind.is_none()
+            && self.id.is_none()
+            && self.name.is_none()
+            && self.publisher.is_none()
+            && self.signer.is_empty()
+            && self.sha256.is_empty()
+        {
+            return Err(ctx(
+                "a matcher must name at least one of kind, id, name, publisher, signer, sha256",
+            ));
+        }
+        if self.kind.is_some()
+            && self.id.is_none()
+            && self.name.is_none()
+            && self.publisher.is_none()
+            && self.signer.is_empty()
+            && self.sha256.is_empty()
+            && self.version.is_none()
+        {
+            return Err(ctx(
+                "a matcher with only `kind` would match every app of that kind",
+            ));
+        }
+        for (what, v) in [
+            ("id", &self.id),
+            ("name", &self.name),
+            ("publisher", &self.publisher),
+        ] {
+            if let Some(v) = v {
+                bounded(&ctx(what), v, limits::PATTERN_LEN)?;
+                if v.is_empty() {
+                    return Err(ctx(&format!("{what} is empty")));
+                }
+                if v.chars().all(|c| c == '*' || c == '?') {
+                    return Err(ctx(&format!("{what} {v:?} would match everything")));
+                }
+            }
+        }
+        if self.signer.len() > limits::MAX_LIST || self.sha256.len() > limits::MAX_LIST {
+            return Err(ctx(&format!(
+                "a signer or sha256 list is longer than {}",
+                limits::MAX_LIST
+            )));
+        }
+        for s in &self.signer {
+            bounded(&ctx("signer"), s, limits::PATTERN_LEN)?;
+            if s.is_empty() {
+                return Err(ctx("empty signer"));
+            }
+        }
+        for h in &self.sha256 {
+            if !is_sha256_hex(h) {
+                return Err(ctx(&format!("sha256 {h:?} is not 64 lowercase hex digits")));
+            }
+        }
+        if let Some(v) = &self.version {
+            bounded(&ctx("version"), v, limits::PATTERN_LEN)?;
+            crate::version::Constraint::parse(v).map_err(|e| ctx(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this matcher identifies an app by something the app cannot choose freely.
+    pub fn is_strong(&self) -> bool {
+        !self.signer.is_empty() || !self.sha256.is_empty()
+    }
+}
+
+impl Rule {
+    pub fn check(&self) -> Result<(), String> {
+        if self.id.is_empty() {
+            return Err("a rule has an empty id".into());
+        }
+        bounded("rule id", &self.id, limits::RULE_ID_LEN)?;
+        let ctx = |what: String| format!("rule {:?}: {what}", self.id);
+        bounded(
+            &ctx("description".into()),
+            &self.description,
+            limits::DESCRIPTION_LEN,
+        )?;
+        if self.matchers.is_empty() {
+            return Err(ctx("`match` is empty".into()));
+        }
+        if self.matchers.len() > limits::MAX_MATCHERS || self.except.len() > limits::MAX_MATCHERS {
+            return Err(ctx(format!("more than {} matchers", limits::MAX_MATCHERS)));
+        }
+        for m in self.matchers.iter().chain(&self.except) {
+            m.check(&self.id)?;
+        }
+        if self.tags.len() > limits::MAX_TAGS {
+            return Err(ctx(format!("more than {} tags", limits::MAX_TAGS)));
+        }
+        for t in &self.tags {
+            bounded(&ctx("tag".into()), t, limits::TAG_LEN)?;
+            if t.is_empty() {
+                return Err(ctx("empty tag".into()));
+            }
+        }
+        Ok(())
+    }
+}
