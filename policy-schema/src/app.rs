@@ -85,8 +85,7 @@ pub struct InventoryEntry {
 
 impl Inventory {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let inv: Inventory =
-            serde_json::from_slice(bytes).map_err(|e| format!("inventory: {e}"))?;
+        let inv: Inventory = serde_json::from_slice(bytes).map_err(|e| format!("inventory: {e}"))?;
         if inv.schema_version != INVENTORY_SCHEMA_VERSION {
             return Err(format!(
                 "inventory schema_version {} is not supported (this build reads {INVENTORY_SCHEMA_VERSION})",

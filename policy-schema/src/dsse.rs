@@ -98,13 +98,7 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 fn pae_header(payload_type: &str, payload_len: usize) -> Vec<u8> {
-    format!(
-        "DSSEv1 {} {} {} ",
-        payload_type.len(),
-        payload_type,
-        payload_len
-    )
-    .into_bytes()
+    format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload_len).into_bytes()
 }
 
 /// Decodes standard or URL-safe base64, padded or not, as DSSE requires of verifiers.
@@ -118,9 +112,7 @@ fn decode_b64_into(text: &str, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         (true, true) => &URL_SAFE,
         (true, false) => &URL_SAFE_NO_PAD,
     };
-    engine
-        .decode_vec(text, out)
-        .map_err(|_| EnvelopeError::Base64)
+    engine.decode_vec(text, out).map_err(|_| EnvelopeError::Base64)
 }
 
 /// The number of bytes `text` decodes to, or `None` when no valid base64 has its length.
@@ -135,45 +127,129 @@ fn decoded_len(text: &str) -> Option<usize> {
     Some(n / 4 * 3 + tail)
 }
 
+/// PAE of a base64 payload text, in a new buffer.
+fn build_pae(payload_type: &str, text: &str) -> Result<Vec<u8>, EnvelopeError> {
+    let payload_len = decoded_len(text).ok_or(EnvelopeError::Base64)?;
+    let header = pae_header(payload_type, payload_len);
+    let mut buf = Vec::with_capacity(header.len() + payload_len);
+    buf.extend_from_slice(&header);
+    decode_b64_into(text, &mut buf)?;
+    if buf.len() != header.len() + payload_len {
+        return Err(EnvelopeError::Base64);
+    }
+    Ok(buf)
+}
+
+/// Writes `header` at the start of `bytes` and decodes the base64 text at `range` right behind
+/// it, chunk by chunk. Output never overtakes input: the header fits before the text and every
+/// 4 text bytes become at most 3 output bytes.
+fn decode_in_place(
+    bytes: &mut Vec<u8>,
+    header: &[u8],
+    range: std::ops::Range<usize>,
+    payload_len: usize,
+) -> Result<(), EnvelopeError> {
+    const CHUNK: usize = 4096;
+    let text = &bytes[range.clone()];
+    let url_safe = text.iter().any(|&b| b == b'-' || b == b'_');
+    let padded = text.last() == Some(&b'=');
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let engine = match (url_safe, padded) {
+        (false, true) => &STANDARD,
+        (false, false) => &STANDARD_NO_PAD,
+        (true, true) => &URL_SAFE,
+        (true, false) => &URL_SAFE_NO_PAD,
+    };
+    bytes[..header.len()].copy_from_slice(header);
+    let mut w = header.len();
+    let mut r = range.start;
+    let mut out = [0u8; CHUNK / 4 * 3];
+    while r < range.end {
+        let end = (r + CHUNK).min(range.end);
+        // Middle chunks are whole 4-character groups and carry no padding.
+        let chunk_engine: &base64::engine::GeneralPurpose = if end == range.end {
+            engine
+        } else if url_safe {
+            &URL_SAFE_NO_PAD
+        } else {
+            &STANDARD_NO_PAD
+        };
+        let n = chunk_engine.decode_slice(&bytes[r..end], &mut out).map_err(|_| EnvelopeError::Base64)?;
+        bytes[w..w + n].copy_from_slice(&out[..n]);
+        w += n;
+        r = end;
+    }
+    if w != header.len() + payload_len {
+        return Err(EnvelopeError::Base64);
+    }
+    bytes.truncate(w);
+    bytes.shrink_to_fit();
+    Ok(())
+}
+
 impl Envelope {
     /// Decodes an envelope from bytes. Nothing here is trusted yet.
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let raw: RawEnvelope<'_> = serde_json::from_slice(bytes)?;
-        if raw.signatures.len() > MAX_SIGNATURES {
-            return Err(EnvelopeError::TooManySignatures(raw.signatures.len()));
-        }
-        if raw.signatures.is_empty() {
-            return Err(EnvelopeError::NoSignatures);
-        }
-        // Build the PAE header for the exact decoded length, then decode the payload right
-        // behind it: the payload is held once, inside the bytes that are verified.
-        let payload_len = decoded_len(&raw.payload).ok_or(EnvelopeError::Base64)?;
-        let header = pae_header(&raw.payload_type, payload_len);
-        let mut buf = Vec::with_capacity(header.len() + payload_len);
-        buf.extend_from_slice(&header);
-        decode_b64_into(&raw.payload, &mut buf)?;
-        if buf.len() != header.len() + payload_len {
-            return Err(EnvelopeError::Base64);
-        }
-        let mut signatures = Vec::with_capacity(raw.signatures.len());
-        for s in &raw.signatures {
-            if s.keyid.len() > MAX_KEYID_LEN {
-                return Err(EnvelopeError::KeyidTooLong);
+        Self::decode_owned(bytes.to_vec())
+    }
+
+    /// Decodes an envelope, reusing `bytes` for the PAE: the base64 payload is decoded in place
+    /// behind the PAE header, so a large policy is held in memory once, not twice.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, EnvelopeError> {
+        let (payload_type, signatures, text_range) = {
+            let raw: RawEnvelope<'_> = serde_json::from_slice(&bytes)?;
+            if raw.signatures.len() > MAX_SIGNATURES {
+                return Err(EnvelopeError::TooManySignatures(raw.signatures.len()));
             }
-            let mut sig = Vec::new();
-            // A malformed signature is kept as empty bytes and counted as invalid later, so
-            // one bad signature among good ones does not hide the good ones.
-            if decode_b64_into(&s.sig, &mut sig).is_err() {
-                sig.clear();
+            if raw.signatures.is_empty() {
+                return Err(EnvelopeError::NoSignatures);
             }
-            signatures.push((s.keyid.to_string(), sig));
-        }
-        Ok(Self {
-            payload_type: raw.payload_type.into_owned(),
-            payload_start: header.len(),
-            pae: buf,
-            signatures,
-        })
+            let mut signatures = Vec::with_capacity(raw.signatures.len());
+            for s in &raw.signatures {
+                if s.keyid.len() > MAX_KEYID_LEN {
+                    return Err(EnvelopeError::KeyidTooLong);
+                }
+                let mut sig = Vec::new();
+                // A malformed signature is kept as empty bytes and counted as invalid later, so
+                // one bad signature among good ones does not hide the good ones.
+                if decode_b64_into(&s.sig, &mut sig).is_err() {
+                    sig.clear();
+                }
+                signatures.push((s.keyid.to_string(), sig));
+            }
+            // Where the payload text sits inside `bytes`, when serde could borrow it (no
+            // escapes); otherwise it was unescaped into a copy.
+            let range = match &raw.payload {
+                std::borrow::Cow::Borrowed(t) => {
+                    let start = t.as_ptr() as usize - bytes.as_ptr() as usize;
+                    Ok(start..start + t.len())
+                }
+                std::borrow::Cow::Owned(t) => Err(t.clone()),
+            };
+            (raw.payload_type.into_owned(), signatures, range)
+        };
+        let (pae, payload_start) = match text_range {
+            Ok(range) => {
+                let payload_len =
+                    decoded_len(std::str::from_utf8(&bytes[range.clone()]).map_err(|_| EnvelopeError::Base64)?)
+                        .ok_or(EnvelopeError::Base64)?;
+                let header = pae_header(&payload_type, payload_len);
+                if header.len() <= range.start {
+                    decode_in_place(&mut bytes, &header, range, payload_len)?;
+                    (bytes, header.len())
+                } else {
+                    let text = std::str::from_utf8(&bytes[range]).map_err(|_| EnvelopeError::Base64)?;
+                    (build_pae(&payload_type, text)?, header.len())
+                }
+            }
+            Err(text) => {
+                drop(bytes);
+                let pae = build_pae(&payload_type, &text)?;
+                let start = pae.len() - decoded_len(&text).ok_or(EnvelopeError::Base64)?;
+                (pae, start)
+            }
+        };
+        Ok(Self { payload_type, pae, payload_start, signatures })
     }
 
     pub fn payload_type(&self) -> &str {
@@ -201,50 +277,78 @@ impl Envelope {
     }
 
     /// Counts distinct keys of `trusted` whose signature over the PAE verifies, and fails unless
-    /// there are at least `threshold`. Keyids are hints only: every signature is tried against
-    /// every trusted key not yet counted, so a wrong or forged keyid cannot make a key count twice.
-    pub fn verify(
-        &self,
-        trusted: &[&PublicKey],
-        threshold: usize,
-    ) -> Result<usize, ThresholdError> {
+    /// there are at least `threshold`. Keyids are hints only: a signature is first tried against
+    /// the key its keyid names (so the common case costs one verification per signature, run in
+    /// parallel for large payloads), and any signature that fails that is tried against every
+    /// other trusted key, so a wrong or forged keyid can neither make a key count twice nor hide
+    /// a valid signature.
+    pub fn verify(&self, trusted: &[&PublicKey], threshold: usize) -> Result<usize, ThresholdError> {
+        // A threshold of zero would trust unsigned documents; formats reject it, and so do we.
+        let threshold = threshold.max(1);
+        let sigs: Vec<Option<ed25519_dalek::Signature>> =
+            self.signatures.iter().map(|(_, s)| ed25519_dalek::Signature::from_slice(s).ok()).collect();
+        let hinted: Vec<Option<usize>> =
+            self.signatures.iter().map(|(keyid, _)| trusted.iter().position(|k| k.keyid() == keyid)).collect();
+        // Phase 1: each signature against its hinted key.
+        let jobs: Vec<(usize, usize)> =
+            (0..sigs.len()).filter_map(|i| Some((i, hinted[i]?))).filter(|&(i, _)| sigs[i].is_some()).collect();
+        let check = |(i, k): (usize, usize)| trusted[k].verify_strict(&self.pae, sigs[i].as_ref().expect("filtered"));
+        let results: Vec<bool> = if self.pae.len() > PARALLEL_THRESHOLD && jobs.len() > 1 {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs.iter().map(|&job| s.spawn(move || check(job))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(false)).collect()
+            })
+        } else {
+            jobs.iter().map(|&job| check(job)).collect()
+        };
         let mut counted = vec![false; trusted.len()];
+        let mut settled = vec![false; sigs.len()];
         let (mut valid, mut duplicate, mut unknown, mut invalid) = (0, 0, 0, 0);
-        for (_keyid, sig) in &self.signatures {
-            let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+        for (&(i, k), ok) in jobs.iter().zip(results) {
+            if ok {
+                settled[i] = true;
+                if counted[k] {
+                    duplicate += 1;
+                } else {
+                    counted[k] = true;
+                    valid += 1;
+                }
+            }
+        }
+        if valid >= threshold {
+            return Ok(valid);
+        }
+        // Phase 2 (failure path, also for precise diagnostics): every unsettled signature
+        // against every key, uncounted keys first.
+        for (i, sig) in sigs.iter().enumerate() {
+            if settled[i] {
+                continue;
+            }
+            let Some(sig) = sig else {
                 invalid += 1;
                 continue;
             };
-            let mut matched = None;
-            for (i, key) in trusted.iter().enumerate() {
-                if key.verify_strict(&self.pae, &sig) {
-                    matched = Some(i);
-                    break;
-                }
-            }
-            match matched {
-                Some(i) if counted[i] => duplicate += 1,
-                Some(i) => {
-                    counted[i] = true;
+            let mut order: Vec<usize> = (0..trusted.len()).filter(|&k| !counted[k]).collect();
+            order.extend((0..trusted.len()).filter(|&k| counted[k]));
+            match order.into_iter().find(|&k| trusted[k].verify_strict(&self.pae, sig)) {
+                Some(k) if counted[k] => duplicate += 1,
+                Some(k) => {
+                    counted[k] = true;
                     valid += 1;
                 }
                 None => unknown += 1,
             }
         }
-        // A threshold of zero would trust unsigned documents; formats reject it, and so do we.
-        if valid >= threshold.max(1) {
+        if valid >= threshold {
             Ok(valid)
         } else {
-            Err(ThresholdError {
-                valid,
-                threshold,
-                duplicate,
-                unknown,
-                invalid,
-            })
+            Err(ThresholdError { valid, threshold, duplicate, unknown, invalid })
         }
     }
 }
+
+/// Payloads larger than this have their signatures checked on parallel threads.
+const PARALLEL_THRESHOLD: usize = 256 * 1024;
 
 /// Signs `payload` as `payload_type` with each key and returns the envelope's JSON bytes.
 pub fn sign(payload_type: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8> {
@@ -253,16 +357,12 @@ pub fn sign(payload_type: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8>
         .iter()
         .map(|k| RawSignature {
             keyid: k.public().keyid().into(),
-            sig: base64::engine::general_purpose::STANDARD
-                .encode(k.sign(&message))
-                .into(),
+            sig: base64::engine::general_purpose::STANDARD.encode(k.sign(&message)).into(),
         })
         .collect();
     let raw = RawEnvelope {
         payload_type: payload_type.into(),
-        payload: base64::engine::general_purpose::STANDARD
-            .encode(payload)
-            .into(),
+        payload: base64::engine::general_purpose::STANDARD.encode(payload).into(),
         signatures,
     };
     let mut out = serde_json::to_vec_pretty(&raw).expect("an envelope always serializes");
@@ -275,9 +375,7 @@ pub fn sign(payload_type: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8>
 pub fn assemble(payload_type: &str, payload: &[u8], signatures: &[(String, Vec<u8>)]) -> Vec<u8> {
     let raw = RawEnvelope {
         payload_type: payload_type.into(),
-        payload: base64::engine::general_purpose::STANDARD
-            .encode(payload)
-            .into(),
+        payload: base64::engine::general_purpose::STANDARD.encode(payload).into(),
         signatures: signatures
             .iter()
             .map(|(keyid, sig)| RawSignature {
@@ -303,10 +401,7 @@ mod tests {
     #[test]
     fn pae_matches_the_dsse_test_vector_byte_for_byte() {
         let got = pae("http://example.com/HelloWorld", b"hello world");
-        assert_eq!(
-            got,
-            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
-        );
+        assert_eq!(got, b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
     }
 
     #[test]
@@ -317,13 +412,7 @@ mod tests {
     #[test]
     fn decoded_envelope_rebuilds_exact_pae() {
         let key = SigningKey::generate();
-        for payload in [
-            &b""[..],
-            b"x",
-            b"hello world",
-            &[0u8; 1000][..],
-            &[7u8; 1001][..],
-        ] {
+        for payload in [&b""[..], b"x", b"hello world", &[0u8; 1000][..], &[7u8; 1001][..]] {
             let env = sign("application/x", payload, &[&key]);
             let dec = Envelope::decode(&env).unwrap();
             assert_eq!(dec.payload(), payload);
@@ -349,9 +438,7 @@ mod tests {
 
     #[test]
     fn unknown_envelope_fields_are_rejected() {
-        let err = Envelope::decode(
-            br#"{"payloadType":"t","payload":"","signatures":[{"keyid":"","sig":""}],"x":1}"#,
-        );
+        let err = Envelope::decode(br#"{"payloadType":"t","payload":"","signatures":[{"keyid":"","sig":""}],"x":1}"#);
         assert!(matches!(err, Err(EnvelopeError::Json(_))));
     }
 

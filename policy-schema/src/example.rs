@@ -14,8 +14,8 @@ mod tests {
     use crate::rules::{Action, Kind};
 
     fn set() -> RuleSet {
-        let src = crate::source::parse(WECHAT_KASPERSKY_FILE, WECHAT_KASPERSKY_TOML)
-            .expect("example policy lints clean");
+        let src =
+            crate::source::parse(WECHAT_KASPERSKY_FILE, WECHAT_KASPERSKY_TOML).expect("example policy lints clean");
         RuleSet::compile(src.rules, &[])
     }
 
@@ -31,32 +31,19 @@ mod tests {
             (Kind::Deb, "wechat", "wechat"),
             (Kind::Rpm, "wechat", "wechat"),
             (Kind::Android, "com.kms.free", "kaspersky"),
-            (
-                Kind::Android,
-                "com.kaspersky.secure.connection",
-                "kaspersky",
-            ),
+            (Kind::Android, "com.kaspersky.secure.connection", "kaspersky"),
             (Kind::Deb, "kesl", "kaspersky"),
             (Kind::Deb, "kesl-gui", "kaspersky"),
             (Kind::Rpm, "klnagent64", "kaspersky"),
         ];
         for (kind, id, rule) in banned {
-            let v = set
-                .verdict(&App::new(kind, id))
-                .unwrap_or_else(|| panic!("{kind} {id} must be banned"));
-            assert_eq!(
-                (v.rule.as_str(), v.action),
-                (rule, Action::Remove),
-                "{kind} {id}"
-            );
+            let v = set.verdict(&App::new(kind, id)).unwrap_or_else(|| panic!("{kind} {id} must be banned"));
+            assert_eq!((v.rule, v.action), (rule, Action::Remove), "{kind} {id}");
         }
         let mut mac = App::new(Kind::Macos, "com.example.renamed");
         mac.signers = vec!["2Y8XE5CQ94".into()];
         let v = set.verdict(&mac).unwrap();
-        assert_eq!(
-            (v.rule.as_str(), v.strength),
-            ("kaspersky", Strength::Strong)
-        );
+        assert_eq!((v.rule, v.strength), ("kaspersky", Strength::Strong));
         let mut appimage = App::new(Kind::Appimage, "WeChat-x86_64.AppImage");
         appimage.name = Some("WeChat".into());
         assert_eq!(set.verdict(&appimage).unwrap().rule, "wechat");
@@ -73,10 +60,7 @@ mod tests {
             (Kind::Deb, "firefox-esr"),
             (Kind::Ios, "com.tencent.xin.extra"),
         ] {
-            assert!(
-                set.verdict(&App::new(kind, id)).is_none(),
-                "{kind} {id} must not be banned"
-            );
+            assert!(set.verdict(&App::new(kind, id)).is_none(), "{kind} {id} must not be banned");
         }
     }
 }

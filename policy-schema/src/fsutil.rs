@@ -18,12 +18,8 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io:
         Err(e) => return Err(e),
     }
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(O_NOFOLLOW)
-            .open(&tmp)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(O_NOFOLLOW).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -44,21 +40,14 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Creates `dir` (and parents) if missing, then checks it is a real directory, not a symlink.
 pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-    {
+    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
     let meta = std::fs::symlink_metadata(dir)?;
     if !meta.file_type().is_dir() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
+        return Err(std::io::Error::other(format!("{} is not a directory", dir.display())));
     }
     Ok(())
 }
@@ -67,10 +56,7 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
 /// larger than `max` bytes.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NOFOLLOW)
-        .open(path)?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(path)?;
     let len = f.metadata()?.len();
     if len > max {
         return Err(std::io::Error::new(

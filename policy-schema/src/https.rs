@@ -52,10 +52,7 @@ pub struct HttpsTransport {
     opts: HttpsOptions,
 }
 
-fn certs_from_pem(
-    pem: &[u8],
-    what: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &pem[..]).collect();
     let certs = certs.map_err(|e| format!("{what}: {e}"))?;
     if certs.is_empty() {
@@ -75,10 +72,9 @@ impl HttpsTransport {
         let mut roots = rustls::RootCertStore::empty();
         let (pem, what) = match &opts.ca_pem {
             Some(p) => (p.clone(), "configured CA"),
-            None => (
-                std::fs::read(SYSTEM_CA_BUNDLE).map_err(|e| format!("{SYSTEM_CA_BUNDLE}: {e}"))?,
-                SYSTEM_CA_BUNDLE,
-            ),
+            None => {
+                (std::fs::read(SYSTEM_CA_BUNDLE).map_err(|e| format!("{SYSTEM_CA_BUNDLE}: {e}"))?, SYSTEM_CA_BUNDLE)
+            }
         };
         for cert in certs_from_pem(&pem, what)? {
             roots.add(cert).map_err(|e| format!("{what}: {e}"))?;
@@ -95,9 +91,7 @@ impl HttpsTransport {
                 let key = rustls_pemfile::private_key(&mut &key_pem[..])
                     .map_err(|e| format!("client key: {e}"))?
                     .ok_or("client key: no PEM private key found")?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| format!("client certificate: {e}"))?
+                builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
             }
         };
         let client = reqwest::Client::builder()
@@ -116,10 +110,7 @@ impl HttpsTransport {
 
     fn transport_error(url: &str, e: &reqwest::Error) -> FetchError {
         if e.is_timeout() {
-            return FetchError::Timeout {
-                url: url.into(),
-                what: "connect, read or total deadline",
-            };
+            return FetchError::Timeout { url: url.into(), what: "connect, read or total deadline" };
         }
         // Show the whole chain: the TLS reason (e.g. UnknownIssuer) is in a source error.
         let mut message = e.to_string();
@@ -129,10 +120,7 @@ impl HttpsTransport {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        FetchError::Transport {
-            url: url.into(),
-            message,
-        }
+        FetchError::Transport { url: url.into(), message }
     }
 }
 
@@ -140,75 +128,41 @@ impl Fetch for HttpsTransport {
     async fn fetch(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>, FetchError> {
         let url = format!("{}{}", self.opts.base, path);
         let started = Instant::now();
-        let mut resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| Self::transport_error(&url, &e))?;
+        let mut resp = self.client.get(&url).send().await.map_err(|e| Self::transport_error(&url, &e))?;
         let status = resp.status();
         if status.is_redirection() {
-            let location = resp
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
+            let location =
+                resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             return Err(FetchError::Redirect { url, location });
         }
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-        {
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
             if let Some(seconds) = resp
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
-                return Err(FetchError::RetryAfter {
-                    url,
-                    status: status.as_u16(),
-                    seconds,
-                });
+                return Err(FetchError::RetryAfter { url, status: status.as_u16(), seconds });
             }
         }
         if !status.is_success() {
-            return Err(FetchError::Status {
-                url,
-                status: status.as_u16(),
-            });
+            return Err(FetchError::Status { url, status: status.as_u16() });
         }
         if resp.content_length().is_some_and(|n| n > max_len) {
-            return Err(FetchError::TooLarge {
-                url,
-                limit: max_len,
-            });
+            return Err(FetchError::TooLarge { url, limit: max_len });
         }
         let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(max_len) as usize);
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| Self::transport_error(&url, &e))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Self::transport_error(&url, &e))? {
             if body.len() as u64 + chunk.len() as u64 > max_len {
-                return Err(FetchError::TooLarge {
-                    url,
-                    limit: max_len,
-                });
+                return Err(FetchError::TooLarge { url, limit: max_len });
             }
             body.extend_from_slice(&chunk);
             let elapsed = started.elapsed();
-            if elapsed > RATE_GRACE
-                && (body.len() as u64) < self.opts.min_bytes_per_sec * elapsed.as_secs()
-            {
-                return Err(FetchError::SlowRetrieval {
-                    url,
-                    bytes: body.len() as u64,
-                    seconds: elapsed.as_secs(),
-                });
+            if elapsed > RATE_GRACE && (body.len() as u64) < self.opts.min_bytes_per_sec * elapsed.as_secs() {
+                return Err(FetchError::SlowRetrieval { url, bytes: body.len() as u64, seconds: elapsed.as_secs() });
             }
         }
         Ok(Some(body))

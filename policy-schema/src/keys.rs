@@ -16,15 +16,10 @@ use sha2::{Digest as _, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: not an embargo Ed25519 private key file: {reason}")]
     Format { path: String, reason: String },
-    #[error(
-        "{path}: private key file is readable by group or others (mode {mode:o}); chmod 600 it"
-    )]
+    #[error("{path}: private key file is readable by group or others (mode {mode:o}); chmod 600 it")]
     Permissions { path: String, mode: u32 },
     #[error("public key is not a valid Ed25519 point: {0}")]
     BadPublic(String),
@@ -49,15 +44,11 @@ pub fn keyid_of(public: &[u8; 32]) -> String {
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
-            .map_err(|e| KeyError::BadPublic(e.to_string()))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|e| KeyError::BadPublic(e.to_string()))?;
         if key.is_weak() {
             return Err(KeyError::BadPublic("small-order (weak) key".into()));
         }
-        Ok(Self {
-            key,
-            keyid: keyid_of(bytes),
-        })
+        Ok(Self { key, keyid: keyid_of(bytes) })
     }
 
     pub fn keyid(&self) -> &str {
@@ -74,10 +65,7 @@ impl PublicKey {
 
     /// The form used in root metadata.
     pub fn to_json_key(&self) -> JsonKey {
-        JsonKey {
-            keytype: "ed25519".into(),
-            public: hex::encode(self.to_bytes()),
-        }
+        JsonKey { keytype: "ed25519".into(), public: hex::encode(self.to_bytes()) }
     }
 }
 
@@ -92,19 +80,13 @@ pub struct JsonKey {
 impl JsonKey {
     pub fn to_public(&self) -> Result<PublicKey, KeyError> {
         if self.keytype != "ed25519" {
-            return Err(KeyError::BadPublic(format!(
-                "unsupported keytype {:?}",
-                self.keytype
-            )));
+            return Err(KeyError::BadPublic(format!("unsupported keytype {:?}", self.keytype)));
         }
         let mut bytes = [0u8; 32];
         if self.public.len() != 64 || self.public.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(KeyError::BadPublic(
-                "public must be 64 lowercase hex digits".into(),
-            ));
+            return Err(KeyError::BadPublic("public must be 64 lowercase hex digits".into()));
         }
-        hex::decode_to_slice(&self.public, &mut bytes)
-            .map_err(|e| KeyError::BadPublic(e.to_string()))?;
+        hex::decode_to_slice(&self.public, &mut bytes).map_err(|e| KeyError::BadPublic(e.to_string()))?;
         PublicKey::from_bytes(&bytes)
     }
 }
@@ -136,10 +118,7 @@ impl SigningKey {
 
     fn from_dalek(key: ed25519_dalek::SigningKey) -> Self {
         let bytes = key.verifying_key().to_bytes();
-        let public = PublicKey {
-            key: key.verifying_key(),
-            keyid: keyid_of(&bytes),
-        };
+        let public = PublicKey { key: key.verifying_key(), keyid: keyid_of(&bytes) };
         Self { key, public }
     }
 
@@ -154,10 +133,7 @@ impl SigningKey {
     /// Writes the key to a new file created with mode 0600. Refuses to overwrite.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: path.display().to_string(), source };
         let body = KeyFile {
             keytype: "ed25519".into(),
             keyid: self.public.keyid.clone(),
@@ -183,29 +159,19 @@ impl SigningKey {
     pub fn read(path: &Path) -> Result<Self, KeyError> {
         use std::os::unix::fs::PermissionsExt as _;
         let p = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let meta = std::fs::metadata(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions { path: p, mode });
         }
-        let text = std::fs::read(path).map_err(|source| KeyError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        let fmt = |reason: &str| KeyError::Format {
-            path: p.clone(),
-            reason: reason.to_owned(),
-        };
+        let text = std::fs::read(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
+        let fmt = |reason: &str| KeyError::Format { path: p.clone(), reason: reason.to_owned() };
         let file: KeyFile = serde_json::from_slice(&text).map_err(|e| fmt(&e.to_string()))?;
         if file.keytype != "ed25519" {
             return Err(fmt("keytype is not ed25519"));
         }
         let mut seed = [0u8; 32];
-        hex::decode_to_slice(&file.private, &mut seed)
-            .map_err(|_| fmt("private is not 64 hex digits"))?;
+        hex::decode_to_slice(&file.private, &mut seed).map_err(|_| fmt("private is not 64 hex digits"))?;
         let key = Self::from_dalek(ed25519_dalek::SigningKey::from_bytes(&seed));
         seed.iter_mut().for_each(|b| *b = 0);
         if key.public.keyid != file.keyid {
@@ -232,18 +198,12 @@ mod tests {
         let path = dir.path().join("k.key");
         let key = SigningKey::generate();
         key.write_new(&path).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let back = SigningKey::read(&path).unwrap();
         assert_eq!(back.public(), key.public());
         assert!(key.write_new(&path).is_err(), "must not overwrite");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            SigningKey::read(&path),
-            Err(KeyError::Permissions { .. })
-        ));
+        assert!(matches!(SigningKey::read(&path), Err(KeyError::Permissions { .. })));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::keys::{JsonKey, PublicKey};
+use crate::matcher::RuleSet;
 use crate::rules::Rule;
 
 pub const ROOT_TYPE: &str = "application/vnd.embargo.root+json";
@@ -42,10 +43,7 @@ pub mod limits {
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
     #[error("malformed {role} payload: {source}")]
-    Json {
-        role: &'static str,
-        source: serde_json::Error,
-    },
+    Json { role: &'static str, source: serde_json::Error },
     #[error("invalid {role} payload: {reason}")]
     Invalid { role: &'static str, reason: String },
 }
@@ -60,11 +58,7 @@ impl Time {
     }
 
     pub fn from_system(t: std::time::SystemTime) -> Self {
-        Time(
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
+        Time(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
     }
 
     pub fn to_system(self) -> std::time::SystemTime {
@@ -74,9 +68,7 @@ impl Time {
     pub fn parse(text: &str) -> Result<Self, String> {
         humantime::parse_rfc3339(text)
             .map(Self::from_system)
-            .map_err(|e| {
-                format!("{text:?} is not an RFC 3339 UTC time such as 2026-12-01T00:00:00Z: {e}")
-            })
+            .map_err(|e| format!("{text:?} is not an RFC 3339 UTC time such as 2026-12-01T00:00:00Z: {e}"))
     }
 
     pub fn plus(self, d: std::time::Duration) -> Self {
@@ -133,10 +125,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for StrictMap<V> {
                 let mut out = BTreeMap::new();
                 while let Some(k) = map.next_key::<String>()? {
                     if out.len() >= limits::MAX_KEYS {
-                        return Err(de::Error::custom(format!(
-                            "more than {} entries",
-                            limits::MAX_KEYS
-                        )));
+                        return Err(de::Error::custom(format!("more than {} entries", limits::MAX_KEYS)));
                     }
                     let v = map.next_value()?;
                     if out.insert(k.clone(), v).is_some() {
@@ -220,32 +209,19 @@ impl VerifiedRoot {
 }
 
 fn invalid(role: &'static str, reason: impl Into<String>) -> PayloadError {
-    PayloadError::Invalid {
-        role,
-        reason: reason.into(),
-    }
+    PayloadError::Invalid { role, reason: reason.into() }
 }
 
 fn check_fleet(role: &'static str, fleet: &str) -> Result<(), PayloadError> {
-    if fleet.is_empty() || fleet.len() > limits::FLEET_LEN || fleet.chars().any(|c| c.is_control())
-    {
-        return Err(invalid(
-            role,
-            format!(
-                "fleet must be 1..={} printable characters",
-                limits::FLEET_LEN
-            ),
-        ));
+    if fleet.is_empty() || fleet.len() > limits::FLEET_LEN || fleet.chars().any(|c| c.is_control()) {
+        return Err(invalid(role, format!("fleet must be 1..={} printable characters", limits::FLEET_LEN)));
     }
     Ok(())
 }
 
 impl Root {
     pub fn parse(bytes: &[u8]) -> Result<VerifiedRoot, PayloadError> {
-        let root: Root = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
-            role: "root",
-            source,
-        })?;
+        let root: Root = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json { role: "root", source })?;
         root.check()
     }
 
@@ -257,38 +233,25 @@ impl Root {
         }
         let mut keys = BTreeMap::new();
         for (keyid, jk) in &self.keys.0 {
-            let key = jk
-                .to_public()
-                .map_err(|e| invalid("root", format!("key {keyid}: {e}")))?;
+            let key = jk.to_public().map_err(|e| invalid("root", format!("key {keyid}: {e}")))?;
             if key.keyid() != keyid {
-                return Err(invalid(
-                    "root",
-                    format!("key listed as {keyid} has keyid {}", key.keyid()),
-                ));
+                return Err(invalid("root", format!("key listed as {keyid} has keyid {}", key.keyid())));
             }
             keys.insert(keyid.clone(), key);
         }
-        for (name, role) in [
-            ("root", &self.roles.root),
-            ("timestamp", &self.roles.timestamp),
-            ("policy", &self.roles.policy),
-        ] {
+        for (name, role) in
+            [("root", &self.roles.root), ("timestamp", &self.roles.timestamp), ("policy", &self.roles.policy)]
+        {
             if role.keyids.len() > limits::MAX_KEYIDS_PER_ROLE {
                 return Err(invalid(
                     "root",
-                    format!(
-                        "role {name} lists more than {} keys",
-                        limits::MAX_KEYIDS_PER_ROLE
-                    ),
+                    format!("role {name} lists more than {} keys", limits::MAX_KEYIDS_PER_ROLE),
                 ));
             }
             let mut seen = std::collections::BTreeSet::new();
             for id in &role.keyids {
                 if !keys.contains_key(id) {
-                    return Err(invalid(
-                        "root",
-                        format!("role {name} names unknown key {id}"),
-                    ));
+                    return Err(invalid("root", format!("role {name} names unknown key {id}")));
                 }
                 if !seen.insert(id) {
                     return Err(invalid("root", format!("role {name} lists key {id} twice")));
@@ -297,11 +260,7 @@ impl Root {
             if role.threshold == 0 || role.threshold as usize > role.keyids.len() {
                 return Err(invalid(
                     "root",
-                    format!(
-                        "role {name} has threshold {} with {} keys",
-                        role.threshold,
-                        role.keyids.len()
-                    ),
+                    format!("role {name} has threshold {} with {} keys", role.threshold, role.keyids.len()),
                 ));
             }
         }
@@ -334,28 +293,16 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
-        let ts: Timestamp = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
-            role: "timestamp",
-            source,
-        })?;
+        let ts: Timestamp =
+            serde_json::from_slice(bytes).map_err(|source| PayloadError::Json { role: "timestamp", source })?;
         check_fleet("timestamp", &ts.fleet)?;
         if ts.policy.sha256.len() != 64
-            || !ts
-                .policy
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            || !ts.policy.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
-            return Err(invalid(
-                "timestamp",
-                "policy.sha256 must be 64 lowercase hex digits",
-            ));
+            return Err(invalid("timestamp", "policy.sha256 must be 64 lowercase hex digits"));
         }
         if ts.policy.length == 0 || ts.policy.length > limits::POLICY_BYTES {
-            return Err(invalid(
-                "timestamp",
-                format!("policy.length must be 1..={}", limits::POLICY_BYTES),
-            ));
+            return Err(invalid("timestamp", format!("policy.length must be 1..={}", limits::POLICY_BYTES)));
         }
         Ok(ts)
     }
@@ -378,10 +325,8 @@ pub struct Policy {
 
 impl Policy {
     pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
-        let p: Policy = serde_json::from_slice(bytes).map_err(|source| PayloadError::Json {
-            role: "policy",
-            source,
-        })?;
+        let p: Policy =
+            serde_json::from_slice(bytes).map_err(|source| PayloadError::Json { role: "policy", source })?;
         p.check()?;
         Ok(p)
     }
@@ -389,19 +334,13 @@ impl Policy {
     pub fn check(&self) -> Result<(), PayloadError> {
         check_fleet("policy", &self.fleet)?;
         if self.rules.len() > limits::MAX_RULES {
-            return Err(invalid(
-                "policy",
-                format!("{} rules (at most {})", self.rules.len(), limits::MAX_RULES),
-            ));
+            return Err(invalid("policy", format!("{} rules (at most {})", self.rules.len(), limits::MAX_RULES)));
         }
         let mut ids = std::collections::HashSet::with_capacity(self.rules.len());
         for rule in &self.rules {
             rule.check().map_err(|reason| invalid("policy", reason))?;
             if !ids.insert(rule.id.as_str()) {
-                return Err(invalid(
-                    "policy",
-                    format!("rule id {:?} is used twice", rule.id),
-                ));
+                return Err(invalid("policy", format!("rule id {:?} is used twice", rule.id)));
             }
         }
         Ok(())
@@ -409,5 +348,118 @@ impl Policy {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("policy serializes")
+    }
+
+    /// Parses a policy payload and compiles its rules for a device carrying `device_tags`, one
+    /// rule at a time, so the rules are never held as a list beside the compiled set. Exactly
+    /// as strict as [`Policy::parse`]; rule-id uniqueness is checked by 64-bit hash (a
+    /// collision between two distinct ids, ~1e-10 for 100,000 rules, is reported as a duplicate).
+    pub fn parse_compiled(bytes: &[u8], device_tags: &[String]) -> Result<(PolicyHeader, RuleSet), PayloadError> {
+        let mut set = RuleSet::new(device_tags);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set }, &mut de)
+            .and_then(|h| de.end().map(|()| h))
+            .map_err(|source| PayloadError::Json { role: "policy", source })?;
+        check_fleet("policy", &header.fleet)?;
+        set.shrink();
+        Ok((header, set))
+    }
+}
+
+/// A policy's fields other than its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyHeader {
+    pub fleet: String,
+    pub version: u64,
+    pub issued: Time,
+    pub expires: Time,
+    pub rule_count: usize,
+}
+
+struct PolicySeed<'a> {
+    set: &'a mut RuleSet,
+}
+
+impl<'de> de::DeserializeSeed<'de> for PolicySeed<'_> {
+    type Value = PolicyHeader;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<PolicyHeader, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PolicySeed<'_> {
+    type Value = PolicyHeader;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a policy object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PolicyHeader, A::Error> {
+        let (mut fleet, mut version, mut issued, mut expires, mut rules) = (None, None, None, None, None);
+        fn once<T, E: de::Error>(slot: &mut Option<T>, v: T, name: &'static str) -> Result<(), E> {
+            if slot.replace(v).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "fleet" => once(&mut fleet, map.next_value::<String>()?, "fleet")?,
+                "version" => once(&mut version, map.next_value::<u64>()?, "version")?,
+                "issued" => once(&mut issued, map.next_value::<Time>()?, "issued")?,
+                "expires" => once(&mut expires, map.next_value::<Time>()?, "expires")?,
+                "rules" => {
+                    if rules.is_some() {
+                        return Err(de::Error::duplicate_field("rules"));
+                    }
+                    rules = Some(map.next_value_seed(RulesSeed { set: &mut *self.set })?);
+                }
+                other => {
+                    return Err(de::Error::unknown_field(other, &["fleet", "version", "issued", "expires", "rules"]))
+                }
+            }
+        }
+        Ok(PolicyHeader {
+            fleet: fleet.ok_or_else(|| de::Error::missing_field("fleet"))?,
+            version: version.ok_or_else(|| de::Error::missing_field("version"))?,
+            issued: issued.ok_or_else(|| de::Error::missing_field("issued"))?,
+            expires: expires.ok_or_else(|| de::Error::missing_field("expires"))?,
+            rule_count: rules.ok_or_else(|| de::Error::missing_field("rules"))?,
+        })
+    }
+}
+
+struct RulesSeed<'a> {
+    set: &'a mut RuleSet,
+}
+
+impl<'de> de::DeserializeSeed<'de> for RulesSeed<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RulesSeed<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of rules")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut ids = rustc_hash::FxHashSet::default();
+        let mut count = 0usize;
+        while let Some(rule) = seq.next_element::<crate::rules::RuleRef<'de>>()? {
+            count += 1;
+            if count > limits::MAX_RULES {
+                return Err(de::Error::custom(format!("more than {} rules", limits::MAX_RULES)));
+            }
+            rule.check().map_err(de::Error::custom)?;
+            let mut h = rustc_hash::FxHasher::default();
+            rule.id.hash(&mut h);
+            if !ids.insert(h.finish()) {
+                return Err(de::Error::custom(format!("rule id {:?} is used twice", rule.id)));
+            }
+            self.set.add(&rule);
+        }
+        Ok(count)
     }
 }

@@ -12,8 +12,8 @@ use crate::dsse::{self, Envelope};
 use crate::fsutil;
 use crate::keys::{JsonKey, PublicKey, SigningKey};
 use crate::metadata::{
-    limits, Policy, PolicyPointer, RoleKeys, Roles, Root, StrictMap, Time, Timestamp, POLICY_TYPE,
-    ROOT_TYPE, TIMESTAMP_TYPE,
+    limits, Policy, PolicyPointer, RoleKeys, Roles, Root, StrictMap, Time, Timestamp, POLICY_TYPE, ROOT_TYPE,
+    TIMESTAMP_TYPE,
 };
 use crate::source::PolicySource;
 use crate::trust::sha256_hex;
@@ -21,19 +21,13 @@ use crate::trust::sha256_hex;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| RepoError::Io { path: path.display().to_string(), source }
 }
 
 /// Keys and threshold for one role, as given on the command line.
@@ -51,30 +45,22 @@ fn role_keys(spec: &RoleSpec, all: &mut StrictMap<JsonKey>) -> RoleKeys {
             keyids.push(k.keyid().to_owned());
         }
     }
-    RoleKeys {
-        keyids,
-        threshold: spec.threshold,
-    }
+    RoleKeys { keyids, threshold: spec.threshold }
 }
 
 /// Reads a key file as a public key: a `.pub` file (`{"keytype","public"}`) or a private key.
 pub fn read_public(path: &Path) -> Result<PublicKey, RepoError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     if let Ok(jk) = serde_json::from_slice::<JsonKey>(&bytes) {
-        return jk
-            .to_public()
-            .map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())));
+        return jk.to_public().map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())));
     }
-    SigningKey::read(path)
-        .map(|k| k.public().clone())
-        .map_err(|e| RepoError::Invalid(e.to_string()))
+    SigningKey::read(path).map(|k| k.public().clone()).map_err(|e| RepoError::Invalid(e.to_string()))
 }
 
 /// Writes a new private key to `path` (0600) and its public half to `path.pub`.
 pub fn keygen(path: &Path) -> Result<PublicKey, RepoError> {
     let key = SigningKey::generate();
-    key.write_new(path)
-        .map_err(|e| RepoError::Invalid(e.to_string()))?;
+    key.write_new(path).map_err(|e| RepoError::Invalid(e.to_string()))?;
     let pub_path = PathBuf::from(format!("{}.pub", path.display()));
     let mut text = serde_json::to_vec_pretty(&key.public().to_json_key()).expect("key serializes");
     text.push(b'\n');
@@ -99,15 +85,10 @@ pub fn init(
     now: Time,
 ) -> Result<Vec<u8>, RepoError> {
     if repo.join("root").join("1.json").exists() {
-        return Err(RepoError::Invalid(format!(
-            "{} already has root/1.json",
-            repo.display()
-        )));
+        return Err(RepoError::Invalid(format!("{} already has root/1.json", repo.display())));
     }
-    let root_spec = RoleSpec {
-        keys: root_keys.iter().map(|k| k.public().clone()).collect(),
-        threshold: root_threshold,
-    };
+    let root_spec =
+        RoleSpec { keys: root_keys.iter().map(|k| k.public().clone()).collect(), threshold: root_threshold };
     let root = build_root(fleet, 1, now.plus(expires), &root_spec, timestamp, policy)?;
     let bytes = dsse::sign(ROOT_TYPE, &root.to_bytes(), root_keys);
     write_doc(&repo.join("root"), "1.json", &bytes)?;
@@ -128,17 +109,9 @@ fn build_root(
         timestamp: role_keys(ts, &mut keys),
         policy: role_keys(policy, &mut keys),
     };
-    let root = Root {
-        fleet: fleet.to_owned(),
-        version,
-        expires,
-        keys,
-        roles,
-    };
+    let root = Root { fleet: fleet.to_owned(), version, expires, keys, roles };
     // Refuse to publish what a client would refuse to trust.
-    root.clone()
-        .check()
-        .map_err(|e| RepoError::Invalid(e.to_string()))?;
+    root.clone().check().map_err(|e| RepoError::Invalid(e.to_string()))?;
     Ok(root)
 }
 
@@ -148,25 +121,18 @@ pub fn current_root(repo: &Path) -> Result<(Root, Vec<u8>), RepoError> {
     let mut best: Option<u64> = None;
     for e in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name
-            .strip_suffix(".json")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(n) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
             best = best.max(Some(n));
         }
     }
     let n = best.ok_or_else(|| {
-        RepoError::Invalid(format!(
-            "{} has no root/<N>.json; run `embargo-policy init`",
-            repo.display()
-        ))
+        RepoError::Invalid(format!("{} has no root/<N>.json; run `embargo-policy init`", repo.display()))
     })?;
     let path = dir.join(format!("{n}.json"));
     let bytes = fsutil::read_capped(&path, limits::ROOT_BYTES).map_err(io(&path))?;
-    let env = Envelope::decode(&bytes)
-        .map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())))?;
-    let root: Root = serde_json::from_slice(env.payload())
-        .map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())))?;
+    let env = Envelope::decode(&bytes).map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())))?;
+    let root: Root =
+        serde_json::from_slice(env.payload()).map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())))?;
     Ok((root, bytes))
 }
 
@@ -183,36 +149,17 @@ pub fn rotate_root(
     now: Time,
 ) -> Result<u64, RepoError> {
     let (old, _) = current_root(repo)?;
-    let verified_old = old
-        .clone()
-        .check()
-        .map_err(|e| RepoError::Invalid(e.to_string()))?;
+    let verified_old = old.clone().check().map_err(|e| RepoError::Invalid(e.to_string()))?;
     let keep = |role: crate::metadata::RoleName| {
         let (keys, threshold) = verified_old.role_keys(role);
-        RoleSpec {
-            keys: keys.into_iter().cloned().collect(),
-            threshold: threshold as u32,
-        }
+        RoleSpec { keys: keys.into_iter().cloned().collect(), threshold: threshold as u32 }
     };
-    let ts = timestamp
-        .cloned()
-        .unwrap_or_else(|| keep(crate::metadata::RoleName::Timestamp));
-    let pol = policy
-        .cloned()
-        .unwrap_or_else(|| keep(crate::metadata::RoleName::Policy));
-    let root_spec = RoleSpec {
-        keys: new_root_keys.iter().map(|k| k.public().clone()).collect(),
-        threshold: new_root_threshold,
-    };
+    let ts = timestamp.cloned().unwrap_or_else(|| keep(crate::metadata::RoleName::Timestamp));
+    let pol = policy.cloned().unwrap_or_else(|| keep(crate::metadata::RoleName::Policy));
+    let root_spec =
+        RoleSpec { keys: new_root_keys.iter().map(|k| k.public().clone()).collect(), threshold: new_root_threshold };
     let version = old.version + 1;
-    let root = build_root(
-        &old.fleet,
-        version,
-        now.plus(expires),
-        &root_spec,
-        &ts,
-        &pol,
-    )?;
+    let root = build_root(&old.fleet, version, now.plus(expires), &root_spec, &ts, &pol)?;
     let mut signers: Vec<&SigningKey> = old_keys.to_vec();
     for k in new_root_keys {
         if !signers.iter().any(|s| s.public() == k.public()) {
@@ -267,27 +214,15 @@ pub struct Published {
 }
 
 /// Signs a policy source and publishes it as `policy/<sha256>.json`.
-pub fn sign_policy(
-    repo: &Path,
-    source: PolicySource,
-    keys: &[&SigningKey],
-    now: Time,
-) -> Result<Published, RepoError> {
+pub fn sign_policy(repo: &Path, source: PolicySource, keys: &[&SigningKey], now: Time) -> Result<Published, RepoError> {
     let (root, _) = current_root(repo)?;
     let version = match source.version {
         Some(v) => v,
         None => newest_policy(repo)?.map_or(1, |(v, _, _)| v + 1),
     };
-    let policy = Policy {
-        fleet: root.fleet,
-        version,
-        issued: now,
-        expires: now.plus(source.expires),
-        rules: source.rules,
-    };
-    policy
-        .check()
-        .map_err(|e| RepoError::Invalid(e.to_string()))?;
+    let policy =
+        Policy { fleet: root.fleet, version, issued: now, expires: now.plus(source.expires), rules: source.rules };
+    policy.check().map_err(|e| RepoError::Invalid(e.to_string()))?;
     let bytes = dsse::sign(POLICY_TYPE, &policy.to_bytes(), keys);
     if bytes.len() as u64 > limits::POLICY_BYTES {
         return Err(RepoError::Invalid(format!(
@@ -319,9 +254,8 @@ pub fn timestamp(
     let (root, _) = current_root(repo)?;
     let (pv, sha, len) = match policy {
         Some(p) => p,
-        None => newest_policy(repo)?.ok_or_else(|| {
-            RepoError::Invalid("no policy to point at; run `embargo-policy sign` first".into())
-        })?,
+        None => newest_policy(repo)?
+            .ok_or_else(|| RepoError::Invalid("no policy to point at; run `embargo-policy sign` first".into()))?,
     };
     let path = repo.join("timestamp.json");
     let previous = match fsutil::read_capped(&path, limits::TIMESTAMP_BYTES) {
@@ -335,11 +269,7 @@ pub fn timestamp(
         fleet: root.fleet,
         version: (previous + 1).max(now.0),
         expires: now.plus(expires),
-        policy: PolicyPointer {
-            version: pv,
-            sha256: sha,
-            length: len,
-        },
+        policy: PolicyPointer { version: pv, sha256: sha, length: len },
     };
     let bytes = dsse::sign(TIMESTAMP_TYPE, &ts.to_bytes(), keys);
     write_doc(repo, "timestamp.json", &bytes)?;

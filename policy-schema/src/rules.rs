@@ -3,6 +3,8 @@
 //! These are wire types (they derive serde and are versioned with the policy payload). Matching
 //! is in `matcher`, which compiles them into an index; version ordering is in `version`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::limits;
@@ -79,10 +81,7 @@ impl Kind {
     }
 
     pub fn index(self) -> usize {
-        Kind::ALL
-            .iter()
-            .position(|k| *k == self)
-            .expect("kind is in ALL")
+        Kind::ALL.iter().position(|k| *k == self).expect("kind is in ALL")
     }
 }
 
@@ -95,11 +94,7 @@ impl std::fmt::Display for Kind {
 impl std::str::FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Kind::ALL
-            .iter()
-            .copied()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown kind {s:?}"))
+        Kind::ALL.iter().copied().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown kind {s:?}"))
     }
 }
 
@@ -145,55 +140,120 @@ pub struct Rule {
     pub tags: Vec<String>,
 }
 
-fn bounded(what: &str, s: &str, max: usize) -> Result<(), String> {
+/// Checks length and control characters; `what` names the field and is only built on error.
+fn bounded(what: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
-        return Err(format!("{what} is {} bytes long (at most {max})", s.len()));
+        return Err(format!("{} is {} bytes long (at most {max})", what(), s.len()));
     }
-    if s.chars().any(|c| c.is_control()) {
-        return Err(format!("{what} contains a control character"));
+    let ascii_control = s.bytes().any(|b| b < 0x20 || b == 0x7f);
+    if ascii_control || (!s.is_ascii() && s.chars().any(|c| c.is_control())) {
+        return Err(format!("{} contains a control character", what()));
     }
     Ok(())
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A matcher borrowing its strings: what the streaming parser reads from a verified payload
+/// (no allocation per string) and what `check` and the compiler work on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherRef<'a> {
+    #[serde(default)]
+    pub kind: Option<Kind>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub publisher: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub signer: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub sha256: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub version: Option<Cow<'a, str>>,
+}
+
+/// A rule borrowing its strings (see [`MatcherRef`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRef<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub description: Cow<'a, str>,
+    pub action: Action,
+    #[serde(rename = "match", borrow)]
+    pub matchers: Vec<MatcherRef<'a>>,
+    #[serde(default, borrow)]
+    pub except: Vec<MatcherRef<'a>>,
+    #[serde(default, borrow)]
+    pub tags: Vec<Cow<'a, str>>,
 }
 
 impl Matcher {
+    pub fn view(&self) -> MatcherRef<'_> {
+        fn b(s: &Option<String>) -> Option<Cow<'_, str>> {
+            s.as_deref().map(Cow::Borrowed)
+        }
+        MatcherRef {
+            kind: self.kind,
+            id: b(&self.id),
+            name: b(&self.name),
+            publisher: b(&self.publisher),
+            signer: self.signer.iter().map(|s| Cow::Borrowed(s.as_str())).collect(),
+            sha256: self.sha256.iter().map(|s| Cow::Borrowed(s.as_str())).collect(),
+            version: b(&self.version),
+        }
+    }
+
+    pub fn check(&self, rule: &str) -> Result<(), String> {
+        self.view().check(rule)
+    }
+
+    /// Whether this matcher identifies an app by something the app cannot choose freely.
+    pub fn is_strong(&self) -> bool {
+        !self.signer.is_empty() || !self.sha256.is_empty()
+    }
+}
+
+impl Rule {
+    pub fn view(&self) -> RuleRef<'_> {
+        RuleRef {
+            id: Cow::Borrowed(&self.id),
+            description: Cow::Borrowed(&self.description),
+            action: self.action,
+            matchers: self.matchers.iter().map(Matcher::view).collect(),
+            except: self.except.iter().map(Matcher::view).collect(),
+            tags: self.tags.iter().map(|t| Cow::Borrowed(t.as_str())).collect(),
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        self.view().check()
+    }
+}
+
+impl MatcherRef<'_> {
     pub fn check(&self, rule: &str) -> Result<(), String> {
         let ctx = |what: &str| format!("rule {rule:?}: {what}");
-        if self.kind.is_none()
-            && self.id.is_none()
+        let nothing_but_kind = self.id.is_none()
             && self.name.is_none()
             && self.publisher.is_none()
             && self.signer.is_empty()
-            && self.sha256.is_empty()
-        {
-            return Err(ctx(
-                "a matcher must name at least one of kind, id, name, publisher, signer, sha256",
-            ));
+            && self.sha256.is_empty();
+        if self.kind.is_none() && nothing_but_kind {
+            return Err(ctx("a matcher must name at least one of kind, id, name, publisher, signer, sha256"));
         }
-        if self.kind.is_some()
-            && self.id.is_none()
-            && self.name.is_none()
-            && self.publisher.is_none()
-            && self.signer.is_empty()
-            && self.sha256.is_empty()
-            && self.version.is_none()
-        {
-            return Err(ctx(
-                "a matcher with only `kind` would match every app of that kind",
-            ));
+        if self.kind.is_some() && nothing_but_kind && self.version.is_none() {
+            return Err(ctx("a matcher with only `kind` would match every app of that kind"));
         }
-        for (what, v) in [
-            ("id", &self.id),
-            ("name", &self.name),
-            ("publisher", &self.publisher),
-        ] {
+        for (what, v) in [("id", &self.id), ("name", &self.name), ("publisher", &self.publisher)] {
             if let Some(v) = v {
-                bounded(&ctx(what), v, limits::PATTERN_LEN)?;
+                bounded(|| ctx(what), v, limits::PATTERN_LEN)?;
                 if v.is_empty() {
                     return Err(ctx(&format!("{what} is empty")));
                 }
@@ -203,13 +263,10 @@ impl Matcher {
             }
         }
         if self.signer.len() > limits::MAX_LIST || self.sha256.len() > limits::MAX_LIST {
-            return Err(ctx(&format!(
-                "a signer or sha256 list is longer than {}",
-                limits::MAX_LIST
-            )));
+            return Err(ctx(&format!("a signer or sha256 list is longer than {}", limits::MAX_LIST)));
         }
         for s in &self.signer {
-            bounded(&ctx("signer"), s, limits::PATTERN_LEN)?;
+            bounded(|| ctx("signer"), s, limits::PATTERN_LEN)?;
             if s.is_empty() {
                 return Err(ctx("empty signer"));
             }
@@ -220,30 +277,25 @@ impl Matcher {
             }
         }
         if let Some(v) = &self.version {
-            bounded(&ctx("version"), v, limits::PATTERN_LEN)?;
+            bounded(|| ctx("version"), v, limits::PATTERN_LEN)?;
             crate::version::Constraint::parse(v).map_err(|e| ctx(&e))?;
         }
         Ok(())
     }
 
-    /// Whether this matcher identifies an app by something the app cannot choose freely.
     pub fn is_strong(&self) -> bool {
         !self.signer.is_empty() || !self.sha256.is_empty()
     }
 }
 
-impl Rule {
+impl RuleRef<'_> {
     pub fn check(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("a rule has an empty id".into());
         }
-        bounded("rule id", &self.id, limits::RULE_ID_LEN)?;
+        bounded(|| "rule id".into(), &self.id, limits::RULE_ID_LEN)?;
         let ctx = |what: String| format!("rule {:?}: {what}", self.id);
-        bounded(
-            &ctx("description".into()),
-            &self.description,
-            limits::DESCRIPTION_LEN,
-        )?;
+        bounded(|| ctx("description".into()), &self.description, limits::DESCRIPTION_LEN)?;
         if self.matchers.is_empty() {
             return Err(ctx("`match` is empty".into()));
         }
@@ -257,7 +309,7 @@ impl Rule {
             return Err(ctx(format!("more than {} tags", limits::MAX_TAGS)));
         }
         for t in &self.tags {
-            bounded(&ctx("tag".into()), t, limits::TAG_LEN)?;
+            bounded(|| ctx("tag".into()), t, limits::TAG_LEN)?;
             if t.is_empty() {
                 return Err(ctx("empty tag".into()));
             }

@@ -131,9 +131,7 @@ mod tests {
     /// every property of `schema` must appear in `value` (the sample is fully populated).
     fn same_fields(def: &str, value: &Value) {
         let s = schema();
-        let props = s["$defs"][def]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{def} has properties"));
+        let props = s["$defs"][def]["properties"].as_object().unwrap_or_else(|| panic!("{def} has properties"));
         let obj = value.as_object().unwrap();
         let mut a: Vec<&String> = props.keys().collect();
         let mut b: Vec<&String> = obj.keys().collect();
@@ -163,23 +161,13 @@ mod tests {
             tags: vec!["t".into()],
         };
         same_fields("rule", &serde_json::to_value(&rule).unwrap());
-        let policy = Policy {
-            fleet: "f".into(),
-            version: 1,
-            issued: Time(0),
-            expires: Time(1),
-            rules: vec![rule],
-        };
+        let policy = Policy { fleet: "f".into(), version: 1, issued: Time(0), expires: Time(1), rules: vec![rule] };
         same_fields("policy", &serde_json::to_value(&policy).unwrap());
         let ts = Timestamp {
             fleet: "f".into(),
             version: 1,
             expires: Time(1),
-            policy: PolicyPointer {
-                version: 1,
-                sha256: "a".repeat(64),
-                length: 1,
-            },
+            policy: PolicyPointer { version: 1, sha256: "a".repeat(64), length: 1 },
         };
         same_fields("timestamp", &serde_json::to_value(&ts).unwrap());
         let app = App {
@@ -194,29 +182,14 @@ mod tests {
             scope: Scope::User(1000),
         };
         same_fields("app", &serde_json::to_value(&app).unwrap());
-        let verdict = Verdict {
-            rule: "r".into(),
-            action: Action::Audit,
-            strength: Strength::Weak,
-            description: "d".into(),
-        };
+        let verdict =
+            Verdict { rule: "r".into(), action: Action::Audit, strength: Strength::Weak, description: "d".into() };
         same_fields("verdict", &serde_json::to_value(&verdict).unwrap());
-        let inv = Inventory {
-            schema_version: 1,
-            apps: vec![InventoryEntry {
-                app,
-                verdict: Some(verdict),
-            }],
-        };
+        let inv = Inventory { schema_version: 1, apps: vec![InventoryEntry { app, verdict: Some(verdict) }] };
         same_fields("inventory", &serde_json::to_value(&inv).unwrap());
         same_fields(
             "envelope",
-            &serde_json::from_slice(&crate::dsse::sign(
-                "t",
-                b"x",
-                &[&crate::keys::SigningKey::generate()],
-            ))
-            .unwrap(),
+            &serde_json::from_slice(&crate::dsse::sign("t", b"x", &[&crate::keys::SigningKey::generate()])).unwrap(),
         );
     }
 }

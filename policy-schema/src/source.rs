@@ -48,11 +48,7 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
     }
 }
 
@@ -64,19 +60,13 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-pub const DEFAULT_POLICY_EXPIRY: std::time::Duration =
-    std::time::Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_POLICY_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Parses and checks a policy source; returns every problem found, each with its location.
 pub fn parse(file: &str, text: &str) -> Result<PolicySource, Vec<Diagnostic>> {
     let diag = |offset: usize, message: String| {
         let (line, column) = line_col(text, offset);
-        Diagnostic {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        }
+        Diagnostic { file: file.to_owned(), line, column, message }
     };
     let raw: RawSource = match toml::from_str(text) {
         Ok(r) => r,
@@ -91,26 +81,18 @@ pub fn parse(file: &str, text: &str) -> Result<PolicySource, Vec<Diagnostic>> {
         Some(d) => match humantime::parse_duration(d) {
             Ok(d) if d.as_secs() >= 3600 => d,
             Ok(_) => {
-                problems.push(diag(
-                    text.find("expires").unwrap_or(0),
-                    format!("expires {d:?} is under one hour"),
-                ));
+                problems.push(diag(text.find("expires").unwrap_or(0), format!("expires {d:?} is under one hour")));
                 DEFAULT_POLICY_EXPIRY
             }
             Err(e) => {
-                problems.push(diag(
-                    text.find("expires").unwrap_or(0),
-                    format!("expires {d:?}: {e} (use e.g. \"30d\")"),
-                ));
+                problems
+                    .push(diag(text.find("expires").unwrap_or(0), format!("expires {d:?}: {e} (use e.g. \"30d\")")));
                 DEFAULT_POLICY_EXPIRY
             }
         },
     };
     if raw.version == Some(0) {
-        problems.push(diag(
-            text.find("version").unwrap_or(0),
-            "version must be at least 1".into(),
-        ));
+        problems.push(diag(text.find("version").unwrap_or(0), "version must be at least 1".into()));
     }
     let mut seen = std::collections::HashMap::new();
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -122,10 +104,7 @@ pub fn parse(file: &str, text: &str) -> Result<PolicySource, Vec<Diagnostic>> {
         }
         if let Some(first) = seen.insert(rule.id.clone(), start) {
             let (line, _) = line_col(text, first);
-            problems.push(diag(
-                start,
-                format!("rule id {:?} is already used at line {line}", rule.id),
-            ));
+            problems.push(diag(start, format!("rule id {:?} is already used at line {line}", rule.id)));
         }
         rules.push(rule);
     }
@@ -133,21 +112,10 @@ pub fn parse(file: &str, text: &str) -> Result<PolicySource, Vec<Diagnostic>> {
         problems.push(diag(0, "the policy has no [[rule]]".into()));
     }
     if rules.len() > crate::metadata::limits::MAX_RULES {
-        problems.push(diag(
-            0,
-            format!(
-                "{} rules (at most {})",
-                rules.len(),
-                crate::metadata::limits::MAX_RULES
-            ),
-        ));
+        problems.push(diag(0, format!("{} rules (at most {})", rules.len(), crate::metadata::limits::MAX_RULES)));
     }
     if problems.is_empty() {
-        Ok(PolicySource {
-            version: raw.version,
-            expires,
-            rules,
-        })
+        Ok(PolicySource { version: raw.version, expires, rules })
     } else {
         Err(problems)
     }
@@ -162,18 +130,8 @@ mod tests {
         let text = "version = 1\n\n[[rule]]\nid = \"a\"\naction = \"remove\"\n[[rule.match]]\nid = \"x\"\n\n[[rule]]\nid = \"a\"\naction = \"audit\"\n[[rule.match]]\nkind = \"deb\"\n";
         let errs = parse("p.toml", text).unwrap_err();
         let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p.toml:9:") && s.contains("already used at line 3")),
-            "{shown:?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p.toml:9:") && s.contains("only `kind`")),
-            "{shown:?}"
-        );
+        assert!(shown.iter().any(|s| s.starts_with("p.toml:9:") && s.contains("already used at line 3")), "{shown:?}");
+        assert!(shown.iter().any(|s| s.starts_with("p.toml:9:") && s.contains("only `kind`")), "{shown:?}");
     }
 
     #[test]

@@ -18,9 +18,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::dsse::{Envelope, EnvelopeError, ThresholdError};
 use crate::fsutil;
+use crate::matcher::RuleSet;
 use crate::metadata::{
-    limits, PayloadError, Policy, RoleName, Root, Time, Timestamp, VerifiedRoot, POLICY_TYPE,
-    ROOT_TYPE, TIMESTAMP_TYPE,
+    limits, PayloadError, Policy, PolicyHeader, RoleName, Root, Time, Timestamp, VerifiedRoot, POLICY_TYPE, ROOT_TYPE,
+    TIMESTAMP_TYPE,
 };
 use crate::transport::{Fetch, FetchError};
 
@@ -61,45 +62,22 @@ pub enum UpdateError {
     #[error("{path}: {source}")]
     Envelope { path: String, source: EnvelopeError },
     #[error("{path}: payloadType {found:?} is not {expected:?}")]
-    WrongPayloadType {
-        path: String,
-        expected: &'static str,
-        found: String,
-    },
+    WrongPayloadType { path: String, expected: &'static str, found: String },
     #[error("{path}: signatures of {signers}: {source}")]
-    Signatures {
-        path: String,
-        signers: Signers,
-        source: ThresholdError,
-    },
+    Signatures { path: String, signers: Signers, source: ThresholdError },
     #[error("{path}: {source}")]
     Payload { path: String, source: PayloadError },
     #[error("{path}: document is for fleet {found:?}, this device is in fleet {expected:?}")]
-    FleetMismatch {
-        path: String,
-        expected: String,
-        found: String,
-    },
+    FleetMismatch { path: String, expected: String, found: String },
     #[error("{path}: says version {found}, expected exactly {expected}")]
-    RootVersionMismatch {
-        path: String,
-        expected: u64,
-        found: u64,
-    },
-    #[error(
-        "more than {} root rotations in one update",
-        limits::MAX_ROOT_ROTATIONS
-    )]
+    RootVersionMismatch { path: String, expected: u64, found: u64 },
+    #[error("more than {} root rotations in one update", limits::MAX_ROOT_ROTATIONS)]
     TooManyRootRotations,
-    #[error("trusted root v{version} expired at {expires} (now {now}): updates are frozen until a new root is published")]
-    RootExpired {
-        version: u64,
-        expires: Time,
-        now: Time,
-    },
     #[error(
-        "system clock {now} is behind the latest known time {latest_known}: the clock was set back"
+        "trusted root v{version} expired at {expires} (now {now}): updates are frozen until a new root is published"
     )]
+    RootExpired { version: u64, expires: Time, now: Time },
+    #[error("system clock {now} is behind the latest known time {latest_known}: the clock was set back")]
     ClockRolledBack { now: Time, latest_known: Time },
     #[error("timestamp.json is missing from the repository")]
     TimestampMissing,
@@ -108,11 +86,7 @@ pub enum UpdateError {
     #[error("{role} v{version}: same version as the trusted one but different bytes")]
     SameVersionDifferentBytes { role: RoleName, version: u64 },
     #[error("timestamp v{version} expired at {expires} (now {now}): updates are frozen")]
-    TimestampExpired {
-        version: u64,
-        expires: Time,
-        now: Time,
-    },
+    TimestampExpired { version: u64, expires: Time, now: Time },
     #[error("policy rollback: timestamp names policy v{offered}, trusted v{trusted}")]
     PolicyRollback { trusted: u64, offered: u64 },
     #[error("policy/{sha256}.json named by the timestamp is missing from the repository")]
@@ -124,16 +98,9 @@ pub enum UpdateError {
     #[error("policy says version {policy}, the timestamp says {timestamp}")]
     PolicyVersionMismatch { timestamp: u64, policy: u64 },
     #[error("policy v{version} expired at {expires} (now {now}); the last verified policy stays in force")]
-    PolicyExpired {
-        version: u64,
-        expires: Time,
-        now: Time,
-    },
+    PolicyExpired { version: u64, expires: Time, now: Time },
     #[error("persisting trusted state in {path}: {source}")]
-    Persist {
-        path: String,
-        source: std::io::Error,
-    },
+    Persist { path: String, source: std::io::Error },
 }
 
 impl UpdateError {
@@ -169,10 +136,7 @@ impl UpdateError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -202,8 +166,8 @@ pub struct TimestampInfo {
 pub enum UpdateOutcome {
     /// The timestamp verified and names the policy already in force.
     Unchanged,
-    /// A new policy verified and is now trusted; compile and enforce it.
-    NewPolicy(Policy),
+    /// A new policy verified and is now trusted: its rules, compiled for this device.
+    NewPolicy(Box<RuleSet>),
 }
 
 /// Everything the client trusts, and where it is persisted.
@@ -261,16 +225,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Decodes an envelope, checks its type, and verifies the threshold of `keys`.
-fn open_envelope(
-    path: &str,
-    bytes: &[u8],
-    expected_type: &'static str,
-) -> Result<Envelope, UpdateError> {
-    let env = Envelope::decode(bytes).map_err(|source| UpdateError::Envelope {
-        path: path.into(),
-        source,
-    })?;
+/// Decodes an envelope and checks its type (signatures are checked by `verify_role`).
+fn open_envelope(path: &str, bytes: &[u8], expected_type: &'static str) -> Result<Envelope, UpdateError> {
+    open_envelope_owned(path, bytes.to_vec(), expected_type)
+}
+
+fn open_envelope_owned(path: &str, bytes: Vec<u8>, expected_type: &'static str) -> Result<Envelope, UpdateError> {
+    let env = Envelope::decode_owned(bytes).map_err(|source| UpdateError::Envelope { path: path.into(), source })?;
     // The type is authenticated by the signature; checking it first only ever rejects, and it
     // names the real problem when a valid document of another role is offered.
     if env.payload_type() != expected_type {
@@ -291,66 +252,32 @@ fn verify_role(
     signers: Signers,
 ) -> Result<(), UpdateError> {
     let (keys, threshold) = root.role_keys(role);
-    env.verify(&keys, threshold)
-        .map(|_| ())
-        .map_err(|source| UpdateError::Signatures {
-            path: path.into(),
-            signers,
-            source,
-        })
+    env.verify(&keys, threshold).map(|_| ()).map_err(|source| UpdateError::Signatures {
+        path: path.into(),
+        signers,
+        source,
+    })
 }
 
 /// Verifies a root document that is signed by its own root keys (a trust anchor or a persisted root).
 pub fn verify_self_signed_root(path: &str, bytes: &[u8]) -> Result<VerifiedRoot, UpdateError> {
     let env = open_envelope(path, bytes, ROOT_TYPE)?;
-    let root = Root::parse(env.payload()).map_err(|source| UpdateError::Payload {
-        path: path.into(),
-        source,
-    })?;
+    let root = Root::parse(env.payload()).map_err(|source| UpdateError::Payload { path: path.into(), source })?;
     let version = root.root.version;
-    verify_role(
-        path,
-        &env,
-        &root,
-        RoleName::Root,
-        Signers::RootNewKeys { version },
-    )?;
+    verify_role(path, &env, &root, RoleName::Root, Signers::RootNewKeys { version })?;
     Ok(root)
 }
 
 /// Verifies root N+1 against trusted root N: threshold of the old keys, threshold of its own
 /// keys, version exactly N+1, same fleet.
-fn verify_root_step(
-    path: &str,
-    bytes: &[u8],
-    old: &VerifiedRoot,
-) -> Result<VerifiedRoot, UpdateError> {
+fn verify_root_step(path: &str, bytes: &[u8], old: &VerifiedRoot) -> Result<VerifiedRoot, UpdateError> {
     let expected = old.root.version + 1;
     let env = open_envelope(path, bytes, ROOT_TYPE)?;
-    verify_role(
-        path,
-        &env,
-        old,
-        RoleName::Root,
-        Signers::RootOldKeys { version: expected },
-    )?;
-    let new = Root::parse(env.payload()).map_err(|source| UpdateError::Payload {
-        path: path.into(),
-        source,
-    })?;
-    verify_role(
-        path,
-        &env,
-        &new,
-        RoleName::Root,
-        Signers::RootNewKeys { version: expected },
-    )?;
+    verify_role(path, &env, old, RoleName::Root, Signers::RootOldKeys { version: expected })?;
+    let new = Root::parse(env.payload()).map_err(|source| UpdateError::Payload { path: path.into(), source })?;
+    verify_role(path, &env, &new, RoleName::Root, Signers::RootNewKeys { version: expected })?;
     if new.root.version != expected {
-        return Err(UpdateError::RootVersionMismatch {
-            path: path.into(),
-            expected,
-            found: new.root.version,
-        });
+        return Err(UpdateError::RootVersionMismatch { path: path.into(), expected, found: new.root.version });
     }
     if new.root.fleet != old.root.fleet {
         return Err(UpdateError::FleetMismatch {
@@ -390,30 +317,19 @@ impl TrustedState {
     /// Opens the state persisted in `store`, or starts from `anchor` if there is none. A shipped
     /// anchor newer than the persisted root (an image update) replaces it, with the same
     /// fast-forward handling as a rotation; an anchor for another fleet starts over.
-    /// Returns the state and the trusted policy's rules, if any.
-    pub fn open(store: &Path, anchor: &[u8]) -> Result<(Self, Option<Policy>), LoadError> {
-        let anchor_state = Self::from_anchor(anchor).map_err(|e| LoadError::Invalid {
-            path: "trust anchor".into(),
-            reason: e.to_string(),
-        })?;
-        fsutil::ensure_dir(store, 0o700).map_err(|source| LoadError::Io {
-            path: store.display().to_string(),
-            source,
-        })?;
-        fsutil::ensure_dir(&store.join("policy"), 0o700).map_err(|source| LoadError::Io {
-            path: store.display().to_string(),
-            source,
-        })?;
+    /// Returns the state and the trusted policy's rules compiled for `device_tags`, if any.
+    pub fn open(store: &Path, anchor: &[u8], device_tags: &[String]) -> Result<(Self, Option<RuleSet>), LoadError> {
+        let anchor_state = Self::from_anchor(anchor)
+            .map_err(|e| LoadError::Invalid { path: "trust anchor".into(), reason: e.to_string() })?;
+        fsutil::ensure_dir(store, 0o700)
+            .map_err(|source| LoadError::Io { path: store.display().to_string(), source })?;
+        fsutil::ensure_dir(&store.join("policy"), 0o700)
+            .map_err(|source| LoadError::Io { path: store.display().to_string(), source })?;
         let trust_path = store.join(TRUST_FILE);
         let (mut state, policy) = match fsutil::read_capped(&trust_path, 1024 * 1024) {
-            Ok(bytes) => Self::load(store, &bytes)?,
+            Ok(bytes) => Self::load(store, &bytes, device_tags)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (anchor_state.clone(), None),
-            Err(source) => {
-                return Err(LoadError::Io {
-                    path: trust_path.display().to_string(),
-                    source,
-                })
-            }
+            Err(source) => return Err(LoadError::Io { path: trust_path.display().to_string(), source }),
         };
         state.store = Some(store.to_path_buf());
         if anchor_state.root.root.fleet != state.root.root.fleet {
@@ -427,35 +343,23 @@ impl TrustedState {
         Ok((state, policy))
     }
 
-    fn load(store: &Path, bytes: &[u8]) -> Result<(Self, Option<Policy>), LoadError> {
+    fn load(store: &Path, bytes: &[u8], device_tags: &[String]) -> Result<(Self, Option<RuleSet>), LoadError> {
         let path = store.join(TRUST_FILE).display().to_string();
-        let invalid = |reason: String| LoadError::Invalid {
-            path: path.clone(),
-            reason,
-        };
-        let p: PersistedState =
-            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |reason: String| LoadError::Invalid { path: path.clone(), reason };
+        let p: PersistedState = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         if p.schema_version != STATE_SCHEMA_VERSION {
-            return Err(invalid(format!(
-                "schema_version {} is not {STATE_SCHEMA_VERSION}",
-                p.schema_version
-            )));
+            return Err(invalid(format!("schema_version {} is not {STATE_SCHEMA_VERSION}", p.schema_version)));
         }
         let root_bytes = unb64(&p.root).ok_or_else(|| invalid("root is not base64".into()))?;
-        let root = verify_self_signed_root("persisted root", &root_bytes)
-            .map_err(|e| invalid(e.to_string()))?;
+        let root = verify_self_signed_root("persisted root", &root_bytes).map_err(|e| invalid(e.to_string()))?;
         let timestamp = match p.timestamp {
             None => None,
             Some(t) => {
                 let bytes = unb64(&t).ok_or_else(|| invalid("timestamp is not base64".into()))?;
-                let env = open_envelope("persisted timestamp", &bytes, TIMESTAMP_TYPE)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let env =
+                    open_envelope("persisted timestamp", &bytes, TIMESTAMP_TYPE).map_err(|e| invalid(e.to_string()))?;
                 let ts = Timestamp::parse(env.payload()).map_err(|e| invalid(e.to_string()))?;
-                Some(TimestampInfo {
-                    version: ts.version,
-                    expires: ts.expires,
-                    bytes,
-                })
+                Some(TimestampInfo { version: ts.version, expires: ts.expires, bytes })
             }
         };
         let (policy_info, policy) = match p.policy {
@@ -464,12 +368,8 @@ impl TrustedState {
                 // The state dir is root-only; the policy file is bound to trust.json by its
                 // hash, which is what makes the pair consistent after a crash.
                 let file = store.join("policy").join(format!("{}.json", pp.sha256));
-                let bytes = fsutil::read_capped(&file, limits::POLICY_BYTES).map_err(|source| {
-                    LoadError::Io {
-                        path: file.display().to_string(),
-                        source,
-                    }
-                })?;
+                let bytes = fsutil::read_capped(&file, limits::POLICY_BYTES)
+                    .map_err(|source| LoadError::Io { path: file.display().to_string(), source })?;
                 let actual = sha256_hex(&bytes);
                 if actual != pp.sha256 {
                     return Err(LoadError::Invalid {
@@ -477,10 +377,10 @@ impl TrustedState {
                         reason: format!("sha256 is {actual}, trust.json says {}", pp.sha256),
                     });
                 }
-                let env = open_envelope("persisted policy", &bytes, POLICY_TYPE)
-                    .map_err(|e| invalid(e.to_string()))?;
-                drop(bytes);
-                let policy = Policy::parse(env.payload()).map_err(|e| invalid(e.to_string()))?;
+                let env =
+                    open_envelope_owned("persisted policy", bytes, POLICY_TYPE).map_err(|e| invalid(e.to_string()))?;
+                let (_, policy) =
+                    Policy::parse_compiled(env.payload(), device_tags).map_err(|e| invalid(e.to_string()))?;
                 let info = PolicyInfo {
                     fleet: pp.fleet,
                     version: pp.version,
@@ -527,10 +427,7 @@ impl TrustedState {
             latest_known_time: self.latest_known_time,
         };
         let bytes = serde_json::to_vec_pretty(&p).expect("state serializes");
-        let err = |source| UpdateError::Persist {
-            path: store.display().to_string(),
-            source,
-        };
+        let err = |source| UpdateError::Persist { path: store.display().to_string(), source };
         fsutil::write_atomic(store, TRUST_FILE, &bytes, 0o600).map_err(err)?;
         let keep = self.policy.as_ref().map(|p| format!("{}.json", p.sha256));
         if let Ok(entries) = std::fs::read_dir(store.join("policy")) {
@@ -576,10 +473,7 @@ impl TrustedState {
     pub fn staleness(&self, now: Time) -> Option<String> {
         let now = now.max(self.latest_known_time);
         if self.root.root.expires <= now {
-            return Some(format!(
-                "root v{} expired at {}",
-                self.root.root.version, self.root.root.expires
-            ));
+            return Some(format!("root v{} expired at {}", self.root.root.version, self.root.root.expires));
         }
         match (&self.timestamp, &self.policy) {
             (_, None) => Some("no verified policy yet".into()),
@@ -597,16 +491,15 @@ impl TrustedState {
     }
 
     /// Runs one full update against `fetch` at time `now` (taken once by the caller).
+    /// A new policy is returned compiled for a device carrying `device_tags`.
     pub async fn update<F: Fetch>(
         &mut self,
         fetch: &F,
         now: Time,
+        device_tags: &[String],
     ) -> Result<UpdateOutcome, UpdateError> {
         if now < self.latest_known_time {
-            return Err(UpdateError::ClockRolledBack {
-                now,
-                latest_known: self.latest_known_time,
-            });
+            return Err(UpdateError::ClockRolledBack { now, latest_known: self.latest_known_time });
         }
         self.update_root(fetch).await?;
         if self.root.root.expires <= now {
@@ -619,47 +512,30 @@ impl TrustedState {
         let (ts, ts_bytes) = self.fetch_timestamp(fetch, now).await?;
         let pointer = &ts.policy;
         if pointer.version < self.policy_floor {
-            return Err(UpdateError::PolicyRollback {
-                trusted: self.policy_floor,
-                offered: pointer.version,
-            });
+            return Err(UpdateError::PolicyRollback { trusted: self.policy_floor, offered: pointer.version });
         }
-        let new_ts = TimestampInfo {
-            version: ts.version,
-            expires: ts.expires,
-            bytes: ts_bytes,
-        };
-        if let Some(p) = self
-            .policy
-            .as_ref()
-            .filter(|p| p.version == pointer.version && self.policy_floor == p.version)
+        let new_ts = TimestampInfo { version: ts.version, expires: ts.expires, bytes: ts_bytes };
+        if let Some(p) = self.policy.as_ref().filter(|p| p.version == pointer.version && self.policy_floor == p.version)
         {
             if p.sha256 != pointer.sha256 {
-                return Err(UpdateError::SameVersionDifferentBytes {
-                    role: RoleName::Policy,
-                    version: p.version,
-                });
+                return Err(UpdateError::SameVersionDifferentBytes { role: RoleName::Policy, version: p.version });
             }
             let (version, expires) = (p.version, p.expires);
             self.timestamp = Some(new_ts);
             self.latest_known_time = self.latest_known_time.max(now);
             self.persist()?;
             if expires <= now {
-                return Err(UpdateError::PolicyExpired {
-                    version,
-                    expires,
-                    now,
-                });
+                return Err(UpdateError::PolicyExpired { version, expires, now });
             }
             return Ok(UpdateOutcome::Unchanged);
         }
-        let (policy, info) = self.fetch_policy(fetch, &ts, now).await?;
+        let (rules, info) = self.fetch_policy(fetch, &ts, now, device_tags).await?;
         self.timestamp = Some(new_ts);
+        self.policy_floor = info.version;
         self.policy = Some(info);
-        self.policy_floor = policy.version;
         self.latest_known_time = self.latest_known_time.max(now);
         self.persist()?;
-        Ok(UpdateOutcome::NewPolicy(policy))
+        Ok(UpdateOutcome::NewPolicy(Box::new(rules)))
     }
 
     async fn update_root<F: Fetch>(&mut self, fetch: &F) -> Result<(), UpdateError> {
@@ -668,10 +544,7 @@ impl TrustedState {
             let Some(bytes) = fetch
                 .fetch(&path, limits::ROOT_BYTES)
                 .await
-                .map_err(|source| UpdateError::Fetch {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| UpdateError::Fetch { path: path.clone(), source })?
             else {
                 return Ok(());
             };
@@ -682,53 +555,28 @@ impl TrustedState {
         Err(UpdateError::TooManyRootRotations)
     }
 
-    async fn fetch_timestamp<F: Fetch>(
-        &self,
-        fetch: &F,
-        now: Time,
-    ) -> Result<(Timestamp, Vec<u8>), UpdateError> {
+    async fn fetch_timestamp<F: Fetch>(&self, fetch: &F, now: Time) -> Result<(Timestamp, Vec<u8>), UpdateError> {
         let path = "timestamp.json";
         let bytes = fetch
             .fetch(path, limits::TIMESTAMP_BYTES)
             .await
-            .map_err(|source| UpdateError::Fetch {
-                path: path.into(),
-                source,
-            })?
+            .map_err(|source| UpdateError::Fetch { path: path.into(), source })?
             .ok_or(UpdateError::TimestampMissing)?;
         let env = open_envelope(path, &bytes, TIMESTAMP_TYPE)?;
-        verify_role(
-            path,
-            &env,
-            &self.root,
-            RoleName::Timestamp,
-            Signers::Timestamp,
-        )?;
-        let ts = Timestamp::parse(env.payload()).map_err(|source| UpdateError::Payload {
-            path: path.into(),
-            source,
-        })?;
+        verify_role(path, &env, &self.root, RoleName::Timestamp, Signers::Timestamp)?;
+        let ts =
+            Timestamp::parse(env.payload()).map_err(|source| UpdateError::Payload { path: path.into(), source })?;
         self.check_fleet(path, &ts.fleet)?;
         if let Some(trusted) = &self.timestamp {
             if ts.version < trusted.version {
-                return Err(UpdateError::TimestampRollback {
-                    trusted: trusted.version,
-                    offered: ts.version,
-                });
+                return Err(UpdateError::TimestampRollback { trusted: trusted.version, offered: ts.version });
             }
             if ts.version == trusted.version && bytes != trusted.bytes {
-                return Err(UpdateError::SameVersionDifferentBytes {
-                    role: RoleName::Timestamp,
-                    version: ts.version,
-                });
+                return Err(UpdateError::SameVersionDifferentBytes { role: RoleName::Timestamp, version: ts.version });
             }
         }
         if ts.expires <= now {
-            return Err(UpdateError::TimestampExpired {
-                version: ts.version,
-                expires: ts.expires,
-                now,
-            });
+            return Err(UpdateError::TimestampExpired { version: ts.version, expires: ts.expires, now });
         }
         Ok((ts, bytes))
     }
@@ -738,78 +586,77 @@ impl TrustedState {
         fetch: &F,
         ts: &Timestamp,
         now: Time,
-    ) -> Result<(Policy, PolicyInfo), UpdateError> {
+        device_tags: &[String],
+    ) -> Result<(RuleSet, PolicyInfo), UpdateError> {
         let pointer = &ts.policy;
         let path = format!("policy/{}.json", pointer.sha256);
         let bytes = fetch
             .fetch(&path, pointer.length)
             .await
-            .map_err(|source| UpdateError::Fetch {
-                path: path.clone(),
-                source,
-            })?
-            .ok_or_else(|| UpdateError::PolicyMissing {
-                sha256: pointer.sha256.clone(),
-            })?;
+            .map_err(|source| UpdateError::Fetch { path: path.clone(), source })?
+            .ok_or_else(|| UpdateError::PolicyMissing { sha256: pointer.sha256.clone() })?;
         if bytes.len() as u64 != pointer.length {
-            return Err(UpdateError::PolicyLengthMismatch {
-                expected: pointer.length,
-                actual: bytes.len() as u64,
-            });
+            return Err(UpdateError::PolicyLengthMismatch { expected: pointer.length, actual: bytes.len() as u64 });
         }
         let actual = sha256_hex(&bytes);
         if actual != pointer.sha256 {
-            return Err(UpdateError::PolicyHashMismatch {
-                expected: pointer.sha256.clone(),
-                actual,
-            });
+            return Err(UpdateError::PolicyHashMismatch { expected: pointer.sha256.clone(), actual });
         }
-        let env = open_envelope(&path, &bytes, POLICY_TYPE)?;
-        verify_role(&path, &env, &self.root, RoleName::Policy, Signers::Policy)?;
-        // Make the verified bytes durable under their hash before trust.json names them, and
-        // drop them before parsing so the document is not held twice.
-        if let Some(store) = &self.store {
-            fsutil::write_atomic(
-                &store.join("policy"),
-                &format!("{actual}.json"),
-                &bytes,
-                0o600,
-            )
-            .map_err(|source| UpdateError::Persist {
-                path: store.display().to_string(),
-                source,
-            })?;
+        // The bytes are stored under their hash before they are decoded in place (the decode
+        // consumes them); trust.json names the file only once everything below passed, and a
+        // file it does not name is removed.
+        let stored = self
+            .store
+            .as_ref()
+            .map(|s| s.join("policy"))
+            .filter(|_| self.policy.as_ref().is_none_or(|p| p.sha256 != actual));
+        if let Some(dir) = &stored {
+            fsutil::write_atomic(dir, &format!("{actual}.json"), &bytes, 0o600)
+                .map_err(|source| UpdateError::Persist { path: dir.display().to_string(), source })?;
         }
-        drop(bytes);
-        let policy = Policy::parse(env.payload()).map_err(|source| UpdateError::Payload {
-            path: path.clone(),
-            source,
-        })?;
-        drop(env);
-        if policy.version != pointer.version {
-            return Err(UpdateError::PolicyVersionMismatch {
-                timestamp: pointer.version,
-                policy: policy.version,
-            });
-        }
-        self.check_fleet(&path, &policy.fleet)?;
-        if policy.expires <= now {
-            return Err(UpdateError::PolicyExpired {
-                version: policy.version,
-                expires: policy.expires,
-                now,
-            });
-        }
+        let result = Self::verify_policy(&self.root, &path, bytes, pointer.version, now, device_tags)
+            .and_then(|(header, rules)| self.check_fleet(&path, &header.fleet).map(|()| (header, rules)));
+        let (header, rules) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(dir) = &stored {
+                    let _ = std::fs::remove_file(dir.join(format!("{actual}.json")));
+                }
+                return Err(e);
+            }
+        };
         let info = PolicyInfo {
-            fleet: policy.fleet.clone(),
-            version: policy.version,
-            issued: policy.issued,
-            expires: policy.expires,
+            fleet: header.fleet,
+            version: header.version,
+            issued: header.issued,
+            expires: header.expires,
             sha256: actual,
             length: pointer.length,
-            rule_count: policy.rules.len(),
+            rule_count: header.rule_count,
         };
-        Ok((policy, info))
+        Ok((rules, info))
+    }
+
+    fn verify_policy(
+        root: &VerifiedRoot,
+        path: &str,
+        bytes: Vec<u8>,
+        expected_version: u64,
+        now: Time,
+        device_tags: &[String],
+    ) -> Result<(PolicyHeader, RuleSet), UpdateError> {
+        let env = open_envelope_owned(path, bytes, POLICY_TYPE)?;
+        verify_role(path, &env, root, RoleName::Policy, Signers::Policy)?;
+        let (header, rules) = Policy::parse_compiled(env.payload(), device_tags)
+            .map_err(|source| UpdateError::Payload { path: path.into(), source })?;
+        drop(env);
+        if header.version != expected_version {
+            return Err(UpdateError::PolicyVersionMismatch { timestamp: expected_version, policy: header.version });
+        }
+        if header.expires <= now {
+            return Err(UpdateError::PolicyExpired { version: header.version, expires: header.expires, now });
+        }
+        Ok((header, rules))
     }
 
     fn check_fleet(&self, path: &str, fleet: &str) -> Result<(), UpdateError> {

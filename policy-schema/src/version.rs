@@ -44,15 +44,11 @@ impl Constraint {
             } else if let Some(r) = p.strip_prefix('=') {
                 (Op::Eq, r)
             } else {
-                return Err(format!(
-                    "version constraint {piece:?} must start with <, <=, >, >=, = or !="
-                ));
+                return Err(format!("version constraint {piece:?} must start with <, <=, >, >=, = or !="));
             };
             let v = rest.trim();
             if v.is_empty() || v.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "version constraint {piece:?} has no single version after the operator"
-                ));
+                return Err(format!("version constraint {piece:?} has no single version after the operator"));
             }
             parts.push((op, v.to_owned()));
         }
@@ -60,6 +56,11 @@ impl Constraint {
             return Err("a version constraint has more than 8 parts".into());
         }
         Ok(Self { parts })
+    }
+
+    /// A constraint nothing satisfies (`<0, >=0`).
+    pub fn never() -> Self {
+        Self { parts: vec![(Op::Lt, "0".into()), (Op::Ge, "0".into())] }
     }
 
     /// Whether `version`, ordered as `kind` orders versions, satisfies every part.
@@ -230,13 +231,7 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
         let numeric = a[i].is_ascii_digit();
         let take = |s: &[u8], mut k: usize| {
             let start = k;
-            while k < s.len()
-                && (if numeric {
-                    s[k].is_ascii_digit()
-                } else {
-                    s[k].is_ascii_alphabetic()
-                })
-            {
+            while k < s.len() && (if numeric { s[k].is_ascii_digit() } else { s[k].is_ascii_alphabetic() }) {
                 k += 1;
             }
             (start, k)
@@ -245,11 +240,7 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
         let (sb, eb) = take(b, j);
         if sb == eb {
             // Segments of different types: numeric is newer than alpha.
-            return if numeric {
-                Ordering::Greater
-            } else {
-                Ordering::Less
-            };
+            return if numeric { Ordering::Greater } else { Ordering::Less };
         }
         let (mut x, mut y) = (&a[sa..ea], &b[sb..eb]);
         if numeric {
@@ -321,11 +312,7 @@ mod tests {
             assert_eq!(rpm_evr_cmp(a, b), want, "{a} vs {b}");
             assert_eq!(rpm_evr_cmp(b, a), want.reverse(), "{b} vs {a}");
         }
-        assert_ne!(
-            dpkg_cmp("1.0_1", "1.0.1"),
-            Equal,
-            "dpkg and rpm differ here"
-        );
+        assert_ne!(dpkg_cmp("1.0_1", "1.0.1"), Equal, "dpkg and rpm differ here");
     }
 
     #[test]

@@ -35,11 +35,7 @@ fn rule(id: &str, pkg: &str) -> Rule {
         id: id.into(),
         description: String::new(),
         action: Action::Remove,
-        matchers: vec![Matcher {
-            kind: Some(Kind::Deb),
-            id: Some(pkg.into()),
-            ..Default::default()
-        }],
+        matchers: vec![Matcher { kind: Some(Kind::Deb), id: Some(pkg.into()), ..Default::default() }],
         except: vec![],
         tags: vec![],
     }
@@ -60,40 +56,18 @@ impl Fx {
             "gov-test",
             &root_keys.iter().collect::<Vec<_>>(),
             2,
-            &RoleSpec {
-                keys: vec![ts_key.public().clone()],
-                threshold: 1,
-            },
-            &RoleSpec {
-                keys: policy_keys.iter().map(|k| k.public().clone()).collect(),
-                threshold: 2,
-            },
+            &RoleSpec { keys: vec![ts_key.public().clone()], threshold: 1 },
+            &RoleSpec { keys: policy_keys.iter().map(|k| k.public().clone()).collect(), threshold: 2 },
             365 * DAY,
             now,
         )
         .unwrap();
         let transport = FileTransport::new(&repo);
-        Fx {
-            _tmp: tmp,
-            repo,
-            store,
-            root_keys,
-            ts_key,
-            policy_keys,
-            anchor,
-            now,
-            transport,
-        }
+        Fx { _tmp: tmp, repo, store, root_keys, ts_key, policy_keys, anchor, now, transport }
     }
 
     fn policy(&self, version: u64, fleet: &str, rules: Vec<Rule>, expires: Time) -> Policy {
-        Policy {
-            fleet: fleet.into(),
-            version,
-            issued: self.now,
-            expires,
-            rules,
-        }
+        Policy { fleet: fleet.into(), version, issued: self.now, expires, rules }
     }
 
     fn sign_policy_with(&self, p: &Policy, keys: &[&SigningKey]) -> Vec<u8> {
@@ -109,11 +83,7 @@ impl Fx {
         let sha = sha256_hex(bytes);
         std::fs::create_dir_all(self.repo.join("policy")).unwrap();
         std::fs::write(self.repo.join("policy").join(format!("{sha}.json")), bytes).unwrap();
-        PolicyPointer {
-            version,
-            sha256: sha,
-            length: bytes.len() as u64,
-        }
+        PolicyPointer { version, sha256: sha, length: bytes.len() as u64 }
     }
 
     fn publish_policy(&self, version: u64, rules: Vec<Rule>) -> PolicyPointer {
@@ -121,19 +91,8 @@ impl Fx {
         self.put_policy(version, &self.sign_policy_with(&p, &self.pkeys()))
     }
 
-    fn ts_bytes(
-        &self,
-        version: u64,
-        pointer: PolicyPointer,
-        expires: Time,
-        key: &SigningKey,
-    ) -> Vec<u8> {
-        let ts = Timestamp {
-            fleet: "gov-test".into(),
-            version,
-            expires,
-            policy: pointer,
-        };
+    fn ts_bytes(&self, version: u64, pointer: PolicyPointer, expires: Time, key: &SigningKey) -> Vec<u8> {
+        let ts = Timestamp { fleet: "gov-test".into(), version, expires, policy: pointer };
         dsse::sign(TIMESTAMP_TYPE, &ts.to_bytes(), &[key])
     }
 
@@ -148,15 +107,11 @@ impl Fx {
     }
 
     fn put_root(&self, version: u64, bytes: &[u8]) {
-        std::fs::write(
-            self.repo.join("root").join(format!("{version}.json")),
-            bytes,
-        )
-        .unwrap();
+        std::fs::write(self.repo.join("root").join(format!("{version}.json")), bytes).unwrap();
     }
 
     fn open(&self) -> TrustedState {
-        TrustedState::open(&self.store, &self.anchor).unwrap().0
+        TrustedState::open(&self.store, &self.anchor, &[]).unwrap().0
     }
 
     fn update(&self, state: &mut TrustedState) -> Result<UpdateOutcome, UpdateError> {
@@ -164,10 +119,7 @@ impl Fx {
     }
 
     fn update_at(&self, state: &mut TrustedState, now: Time) -> Result<UpdateOutcome, UpdateError> {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(state.update(&self.transport, now))
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(state.update(&self.transport, now, &[]))
     }
 
     /// A state that trusts policy v2 and timestamp v2, persisted.
@@ -175,10 +127,7 @@ impl Fx {
         let p = self.publish_policy(2, vec![rule("wechat", "wechat")]);
         self.publish_ts(2, p);
         let mut s = self.open();
-        assert!(matches!(
-            self.update(&mut s),
-            Ok(UpdateOutcome::NewPolicy(_))
-        ));
+        assert!(matches!(self.update(&mut s), Ok(UpdateOutcome::NewPolicy(_))));
         s
     }
 
@@ -193,14 +142,8 @@ impl Fx {
 
     fn refused_at(&self, state: &mut TrustedState, now: Time) -> UpdateError {
         let (before, disk) = (state.fingerprint(), self.disk());
-        let err = self
-            .update_at(state, now)
-            .expect_err("the update must be refused");
-        assert_eq!(
-            state.fingerprint(),
-            before,
-            "trusted state changed after: {err}"
-        );
+        let err = self.update_at(state, now).expect_err("the update must be refused");
+        assert_eq!(state.fingerprint(), before, "trusted state changed after: {err}");
         assert_eq!(self.disk(), disk, "persisted state changed after: {err}");
         // Reopening from disk gives the same trust, and the policy in force is still v2.
         let reopened = self.open();
@@ -209,17 +152,9 @@ impl Fx {
         err
     }
 
-    fn new_root(
-        &self,
-        version: u64,
-        root_keys: &[&SigningKey],
-        ts: &[&SigningKey],
-        policy: &[&SigningKey],
-    ) -> Root {
-        let spec = |ks: &[&SigningKey], t| RoleSpec {
-            keys: ks.iter().map(|k| k.public().clone()).collect(),
-            threshold: t,
-        };
+    fn new_root(&self, version: u64, root_keys: &[&SigningKey], ts: &[&SigningKey], policy: &[&SigningKey]) -> Root {
+        let spec =
+            |ks: &[&SigningKey], t| RoleSpec { keys: ks.iter().map(|k| k.public().clone()).collect(), threshold: t };
         let mut keys = std::collections::BTreeMap::new();
         let mut role = |s: RoleSpec| {
             for k in &s.keys {
@@ -247,9 +182,7 @@ impl Fx {
 
 fn threshold(err: &UpdateError) -> (Signers, &dsse::ThresholdError) {
     match err {
-        UpdateError::Signatures {
-            signers, source, ..
-        } => (*signers, source),
+        UpdateError::Signatures { signers, source, .. } => (*signers, source),
         other => panic!("expected a signature threshold error, got {other:?}"),
     }
 }
@@ -264,17 +197,15 @@ fn happy_path_then_unchanged() {
     let p3 = fx.publish_policy(3, vec![rule("a", "a"), rule("b", "b")]);
     fx.publish_ts(3, p3);
     match fx.update(&mut s) {
-        Ok(UpdateOutcome::NewPolicy(p)) => assert_eq!(p.rules.len(), 2),
+        Ok(UpdateOutcome::NewPolicy(p)) => assert_eq!(p.len(), 2),
         other => panic!("{other:?}"),
     }
-    let (reopened, policy) = TrustedState::open(&fx.store, &fx.anchor).unwrap();
+    let (reopened, policy) = TrustedState::open(&fx.store, &fx.anchor, &[]).unwrap();
     assert_eq!(reopened.fingerprint(), s.fingerprint());
-    assert_eq!(policy.unwrap().version, 3);
+    assert_eq!(policy.unwrap().len(), 2);
+    assert_eq!(reopened.policy().unwrap().version, 3);
     // Only the policy in force is kept in the store.
-    assert_eq!(
-        std::fs::read_dir(fx.store.join("policy")).unwrap().count(),
-        1
-    );
+    assert_eq!(std::fs::read_dir(fx.store.join("policy")).unwrap().count(), 1);
 }
 
 #[test]
@@ -288,11 +219,7 @@ fn policy_signed_by_unknown_keys_is_refused() {
     let err = fx.refused(&mut s);
     let (who, t) = threshold(&err);
     assert_eq!(who, Signers::Policy);
-    assert_eq!(
-        (t.valid, t.unknown, t.duplicate, t.invalid),
-        (0, 2, 0, 0),
-        "{err}"
-    );
+    assert_eq!((t.valid, t.unknown, t.duplicate, t.invalid), (0, 2, 0, 0), "{err}");
 }
 
 #[test]
@@ -316,9 +243,7 @@ fn one_signature_duplicated_does_not_reach_threshold_two() {
     let mut s = fx.established();
     let p = fx.policy(3, "gov-test", vec![rule("x", "bash")], fx.now.plus(DAY));
     let payload = p.to_bytes();
-    let sig = fx.policy_keys[0]
-        .sign(&dsse::pae(POLICY_TYPE, &payload))
-        .to_vec();
+    let sig = fx.policy_keys[0].sign(&dsse::pae(POLICY_TYPE, &payload)).to_vec();
     let k0 = fx.policy_keys[0].public().keyid().to_owned();
     let k1 = fx.policy_keys[1].public().keyid().to_owned();
     for sigs in [
@@ -341,9 +266,7 @@ fn threshold_minus_one_valid_plus_garbage_is_refused() {
     let mut s = fx.established();
     let p = fx.policy(3, "gov-test", vec![rule("x", "bash")], fx.now.plus(DAY));
     let payload = p.to_bytes();
-    let good = fx.policy_keys[0]
-        .sign(&dsse::pae(POLICY_TYPE, &payload))
-        .to_vec();
+    let good = fx.policy_keys[0].sign(&dsse::pae(POLICY_TYPE, &payload)).to_vec();
     let k1 = fx.policy_keys[1].public().keyid().to_owned();
     let sigs = vec![
         (fx.policy_keys[0].public().keyid().to_owned(), good),
@@ -364,13 +287,8 @@ fn payload_altered_after_signing_is_refused() {
     let p = fx.policy(3, "gov-test", vec![rule("x", "wechat")], fx.now.plus(DAY));
     let env = Envelope::decode(&fx.sign_policy_with(&p, &fx.pkeys())).unwrap();
     // Same signatures, payload changed to ban bash instead.
-    let altered = String::from_utf8(env.payload().to_vec())
-        .unwrap()
-        .replace("wechat", "bash");
-    let ptr = fx.put_policy(
-        3,
-        &dsse::assemble(POLICY_TYPE, altered.as_bytes(), env.signatures()),
-    );
+    let altered = String::from_utf8(env.payload().to_vec()).unwrap().replace("wechat", "bash");
+    let ptr = fx.put_policy(3, &dsse::assemble(POLICY_TYPE, altered.as_bytes(), env.signatures()));
     fx.publish_ts(3, ptr);
     let err = fx.refused(&mut s);
     let (_, t) = threshold(&err);
@@ -383,41 +301,17 @@ fn signed_but_malformed_payloads_are_refused_by_the_strict_parser() {
     let good = fx.policy(3, "gov-test", vec![rule("x", "wechat")], fx.now.plus(DAY));
     let good_json = String::from_utf8(good.to_bytes()).unwrap();
     let too_many: Vec<Rule> = (0..200_001).map(|i| rule(&format!("r{i}"), "p")).collect();
-    let oversize_list = Policy {
-        rules: too_many,
-        ..good.clone()
-    };
+    let oversize_list = Policy { rules: too_many, ..good.clone() };
     let long_desc = {
         let mut r = rule("x", "y");
         r.description = "d".repeat(5000);
-        Policy {
-            rules: vec![r],
-            ..good.clone()
-        }
+        Policy { rules: vec![r], ..good.clone() }
     };
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        (
-            "duplicate key",
-            good_json
-                .replacen("\"version\":3", "\"version\":3,\"version\":4", 1)
-                .into_bytes(),
-        ),
-        (
-            "unknown field",
-            good_json
-                .replacen("{\"fleet\"", "{\"extra\":1,\"fleet\"", 1)
-                .into_bytes(),
-        ),
-        (
-            "float version",
-            good_json
-                .replacen("\"version\":3", "\"version\":3.0", 1)
-                .into_bytes(),
-        ),
-        (
-            "unknown action",
-            good_json.replace("\"remove\"", "\"delete\"").into_bytes(),
-        ),
+        ("duplicate key", good_json.replacen("\"version\":3", "\"version\":3,\"version\":4", 1).into_bytes()),
+        ("unknown field", good_json.replacen("{\"fleet\"", "{\"extra\":1,\"fleet\"", 1).into_bytes()),
+        ("float version", good_json.replacen("\"version\":3", "\"version\":3.0", 1).into_bytes()),
+        ("unknown action", good_json.replace("\"remove\"", "\"delete\"").into_bytes()),
         ("oversize list", oversize_list.to_bytes()),
         ("oversize string", long_desc.to_bytes()),
     ];
@@ -446,23 +340,11 @@ fn policy_hash_or_length_not_the_timestamps_is_refused() {
     swapped.resize(real.length as usize, b' ');
     std::fs::write(&path, &swapped).unwrap();
     fx.publish_ts(3, real.clone());
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::PolicyHashMismatch { .. }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::PolicyHashMismatch { .. }));
     // Right bytes, wrong signed length.
     let real = fx.publish_policy(3, vec![rule("x", "y")]);
-    fx.publish_ts(
-        4,
-        PolicyPointer {
-            length: real.length + 1,
-            ..real
-        },
-    );
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::PolicyLengthMismatch { .. }
-    ));
+    fx.publish_ts(4, PolicyPointer { length: real.length + 1, ..real });
+    assert!(matches!(fx.refused(&mut s), UpdateError::PolicyLengthMismatch { .. }));
 }
 
 #[test]
@@ -472,16 +354,7 @@ fn policy_version_not_the_timestamps_is_refused() {
     let p4 = fx.publish_policy(4, vec![rule("x", "y")]);
     fx.publish_ts(3, PolicyPointer { version: 3, ..p4 });
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(
-            err,
-            UpdateError::PolicyVersionMismatch {
-                timestamp: 3,
-                policy: 4
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::PolicyVersionMismatch { timestamp: 3, policy: 4 }), "{err}");
 }
 
 #[test]
@@ -491,22 +364,10 @@ fn older_timestamp_and_older_policy_are_rollbacks() {
     let old_ts = fx.ts_bytes(1, p1.clone(), fx.now.plus(DAY), &fx.ts_key);
     let mut s = fx.established();
     fx.put_ts(&old_ts);
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::TimestampRollback {
-            trusted: 2,
-            offered: 1
-        }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::TimestampRollback { trusted: 2, offered: 1 }));
     // A newer timestamp that names the older policy.
     fx.publish_ts(9, p1);
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::PolicyRollback {
-            trusted: 2,
-            offered: 1
-        }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::PolicyRollback { trusted: 2, offered: 1 }));
 }
 
 #[test]
@@ -515,39 +376,17 @@ fn same_version_with_different_bytes_is_refused() {
     let mut s = fx.established();
     let trusted_ptr = {
         let p = s.policy().unwrap();
-        PolicyPointer {
-            version: p.version,
-            sha256: p.sha256.clone(),
-            length: p.length,
-        }
+        PolicyPointer { version: p.version, sha256: p.sha256.clone(), length: p.length }
     };
     // Timestamp v2 again, re-signed with another expiry.
     fx.put_ts(&fx.ts_bytes(2, trusted_ptr, fx.now.plus(2 * DAY), &fx.ts_key));
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(
-            err,
-            UpdateError::SameVersionDifferentBytes {
-                role: RoleName::Timestamp,
-                version: 2
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::SameVersionDifferentBytes { role: RoleName::Timestamp, version: 2 }), "{err}");
     // Policy v2 again with other rules, named by a fresh timestamp.
     let other = fx.publish_policy(2, vec![rule("other", "bash")]);
     fx.publish_ts(3, other);
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(
-            err,
-            UpdateError::SameVersionDifferentBytes {
-                role: RoleName::Policy,
-                version: 2
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::SameVersionDifferentBytes { role: RoleName::Policy, version: 2 }), "{err}");
 }
 
 #[test]
@@ -557,49 +396,28 @@ fn expired_timestamp_policy_and_root_are_refused_and_the_last_policy_stays() {
     // Expired timestamp.
     let p3 = fx.publish_policy(3, vec![rule("x", "y")]);
     fx.put_ts(&fx.ts_bytes(3, p3, fx.now.minus(Duration::from_secs(1)), &fx.ts_key));
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::TimestampExpired { version: 3, .. }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::TimestampExpired { version: 3, .. }));
     // A fresh timestamp naming an expired policy.
-    let p = fx.policy(
-        4,
-        "gov-test",
-        vec![rule("x", "y")],
-        fx.now.minus(Duration::from_secs(1)),
-    );
+    let p = fx.policy(4, "gov-test", vec![rule("x", "y")], fx.now.minus(Duration::from_secs(1)));
     let ptr = fx.put_policy(4, &fx.sign_policy_with(&p, &fx.pkeys()));
     fx.publish_ts(4, ptr);
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::PolicyExpired { version: 4, .. }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::PolicyExpired { version: 4, .. }));
     // The trusted policy itself expiring is reported, and it stays in force.
     let later = fx.now.plus(31 * DAY);
     let p2_ptr = {
         let p = s.policy().unwrap();
-        PolicyPointer {
-            version: p.version,
-            sha256: p.sha256.clone(),
-            length: p.length,
-        }
+        PolicyPointer { version: p.version, sha256: p.sha256.clone(), length: p.length }
     };
     fx.put_ts(&fx.ts_bytes(5, p2_ptr, later.plus(DAY), &fx.ts_key));
     let err = fx.update_at(&mut s, later).unwrap_err();
-    assert!(
-        matches!(err, UpdateError::PolicyExpired { version: 2, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::PolicyExpired { version: 2, .. }), "{err}");
     assert_eq!(s.policy().unwrap().version, 2, "expiry never un-bans");
     assert!(s.staleness(later).unwrap().contains("policy v2 expired"));
     // Expired root.
     let fx = Fx::new();
     let mut s = fx.established();
     let err = fx.refused_at(&mut s, fx.now.plus(366 * DAY));
-    assert!(
-        matches!(err, UpdateError::RootExpired { version: 1, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::RootExpired { version: 1, .. }), "{err}");
 }
 
 #[test]
@@ -616,42 +434,15 @@ fn root_v2_needs_old_and_new_thresholds() {
     let fx = Fx::new();
     let mut s = fx.established();
     let new_keys: Vec<SigningKey> = (0..2).map(|_| SigningKey::generate()).collect();
-    let root2 = fx.new_root(
-        2,
-        &new_keys.iter().collect::<Vec<_>>(),
-        &[&fx.ts_key],
-        &fx.pkeys(),
-    );
+    let root2 = fx.new_root(2, &new_keys.iter().collect::<Vec<_>>(), &[&fx.ts_key], &fx.pkeys());
     // Only the new keys.
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &new_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &new_keys.iter().collect::<Vec<_>>()));
     let err = fx.refused(&mut s);
-    assert_eq!(
-        threshold(&err).0,
-        Signers::RootOldKeys { version: 2 },
-        "{err}"
-    );
+    assert_eq!(threshold(&err).0, Signers::RootOldKeys { version: 2 }, "{err}");
     // Only the old keys.
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     let err = fx.refused(&mut s);
-    assert_eq!(
-        threshold(&err).0,
-        Signers::RootNewKeys { version: 2 },
-        "{err}"
-    );
+    assert_eq!(threshold(&err).0, Signers::RootNewKeys { version: 2 }, "{err}");
     // Both: accepted, and the chain continues from it.
     let signers: Vec<&SigningKey> = fx.root_keys.iter().chain(&new_keys).collect();
     fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &signers));
@@ -663,32 +454,10 @@ fn root_v2_needs_old_and_new_thresholds() {
 fn root_file_2_saying_version_5_is_refused() {
     let fx = Fx::new();
     let mut s = fx.established();
-    let root5 = fx.new_root(
-        5,
-        &fx.root_keys.iter().collect::<Vec<_>>(),
-        &[&fx.ts_key],
-        &fx.pkeys(),
-    );
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root5.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    let root5 = fx.new_root(5, &fx.root_keys.iter().collect::<Vec<_>>(), &[&fx.ts_key], &fx.pkeys());
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root5.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(
-            err,
-            UpdateError::RootVersionMismatch {
-                expected: 2,
-                found: 5,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::RootVersionMismatch { expected: 2, found: 5, .. }), "{err}");
 }
 
 #[test]
@@ -697,20 +466,9 @@ fn a_revoked_policy_key_cannot_sign_after_rotation() {
     let mut s = fx.established();
     let replacement = SigningKey::generate();
     // Rotate: policy key 1 is revoked and replaced.
-    let root2 = fx.new_root(
-        2,
-        &fx.root_keys.iter().collect::<Vec<_>>(),
-        &[&fx.ts_key],
-        &[&fx.policy_keys[0], &replacement],
-    );
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    let root2 =
+        fx.new_root(2, &fx.root_keys.iter().collect::<Vec<_>>(), &[&fx.ts_key], &[&fx.policy_keys[0], &replacement]);
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     // The rotation verifies and is kept; the policy in force was signed by the revoked key, so
     // re-checking it under the new keys is reported (and it stays in force: expiry and
     // revocation never un-ban).
@@ -725,10 +483,7 @@ fn a_revoked_policy_key_cannot_sign_after_rotation() {
     let (who, t) = threshold(&err);
     assert_eq!((who, t.valid, t.unknown), (Signers::Policy, 1, 1), "{err}");
     // Signed by key 0 and the replacement: accepted.
-    let ptr = fx.put_policy(
-        3,
-        &fx.sign_policy_with(&p, &[&fx.policy_keys[0], &replacement]),
-    );
+    let ptr = fx.put_policy(3, &fx.sign_policy_with(&p, &[&fx.policy_keys[0], &replacement]));
     fx.publish_ts(4, ptr);
     assert!(matches!(fx.update(&mut s), Ok(UpdateOutcome::NewPolicy(_))));
 }
@@ -742,23 +497,12 @@ fn another_fleets_documents_are_refused() {
     let ptr = fx.put_policy(3, &fx.sign_policy_with(&p, &fx.pkeys()));
     fx.publish_ts(3, ptr.clone());
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(err, UpdateError::FleetMismatch { ref found, .. } if found == "other-fleet"),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::FleetMismatch { ref found, .. } if found == "other-fleet"), "{err}");
     // A timestamp for another fleet.
-    let ts = Timestamp {
-        fleet: "other-fleet".into(),
-        version: 4,
-        expires: fx.now.plus(DAY),
-        policy: ptr,
-    };
+    let ts = Timestamp { fleet: "other-fleet".into(), version: 4, expires: fx.now.plus(DAY), policy: ptr };
     fx.put_ts(&dsse::sign(TIMESTAMP_TYPE, &ts.to_bytes(), &[&fx.ts_key]));
     let err = fx.refused(&mut s);
-    assert!(
-        matches!(err, UpdateError::FleetMismatch { ref path, .. } if path == "timestamp.json"),
-        "{err}"
-    );
+    assert!(matches!(err, UpdateError::FleetMismatch { ref path, .. } if path == "timestamp.json"), "{err}");
 }
 
 #[test]
@@ -768,11 +512,7 @@ fn fast_forward_recovery_after_timestamp_key_rotation() {
     // The online key is compromised and signs a timestamp with a huge version.
     let ptr = {
         let p = s.policy().unwrap();
-        PolicyPointer {
-            version: p.version,
-            sha256: p.sha256.clone(),
-            length: p.length,
-        }
+        PolicyPointer { version: p.version, sha256: p.sha256.clone(), length: p.length }
     };
     fx.publish_ts(u64::MAX / 2, ptr.clone());
     assert!(fx.update(&mut s).is_ok());
@@ -780,26 +520,11 @@ fn fast_forward_recovery_after_timestamp_key_rotation() {
     // Without a rotation, honest timestamps now look like rollbacks.
     let p3 = fx.publish_policy(3, vec![rule("a", "a")]);
     fx.publish_ts(10, p3.clone());
-    assert!(matches!(
-        fx.refused(&mut s),
-        UpdateError::TimestampRollback { .. }
-    ));
+    assert!(matches!(fx.refused(&mut s), UpdateError::TimestampRollback { .. }));
     // Rotate the timestamp key: the client drops the poisoned version and accepts v10.
     let new_ts_key = SigningKey::generate();
-    let root2 = fx.new_root(
-        2,
-        &fx.root_keys.iter().collect::<Vec<_>>(),
-        &[&new_ts_key],
-        &fx.pkeys(),
-    );
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    let root2 = fx.new_root(2, &fx.root_keys.iter().collect::<Vec<_>>(), &[&new_ts_key], &fx.pkeys());
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     fx.put_ts(&fx.ts_bytes(10, p3, fx.now.plus(DAY), &new_ts_key));
     assert!(matches!(fx.update(&mut s), Ok(UpdateOutcome::NewPolicy(_))));
     assert_eq!(s.timestamp().unwrap().version, 10);
@@ -817,32 +542,14 @@ fn fast_forward_recovery_after_policy_key_rotation_keeps_enforcing_until_new_pol
     assert_eq!(s.policy().unwrap().version, 1000);
     // Rotate policy keys; the honest v5 is accepted though lower, and v1000 stays in force until then.
     let new_pkeys = [SigningKey::generate(), SigningKey::generate()];
-    let root2 = fx.new_root(
-        2,
-        &fx.root_keys.iter().collect::<Vec<_>>(),
-        &[&fx.ts_key],
-        &[&new_pkeys[0], &new_pkeys[1]],
-    );
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    let root2 =
+        fx.new_root(2, &fx.root_keys.iter().collect::<Vec<_>>(), &[&fx.ts_key], &[&new_pkeys[0], &new_pkeys[1]]);
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     fx.put_ts(b"not yet");
     assert!(fx.update(&mut s).is_err());
-    assert_eq!(
-        (s.root().version, s.policy().unwrap().version),
-        (2, 1000),
-        "root kept, old policy in force"
-    );
+    assert_eq!((s.root().version, s.policy().unwrap().version), (2, 1000), "root kept, old policy in force");
     let honest = fx.policy(5, "gov-test", vec![rule("x", "y")], fx.now.plus(DAY));
-    let ptr = fx.put_policy(
-        5,
-        &fx.sign_policy_with(&honest, &[&new_pkeys[0], &new_pkeys[1]]),
-    );
+    let ptr = fx.put_policy(5, &fx.sign_policy_with(&honest, &[&new_pkeys[0], &new_pkeys[1]]));
     fx.publish_ts(4, ptr);
     assert!(matches!(fx.update(&mut s), Ok(UpdateOutcome::NewPolicy(_))));
     assert_eq!(s.policy().unwrap().version, 5);
@@ -857,44 +564,22 @@ fn oversize_documents_are_cut_at_the_cap() {
     fx.put_ts(&big);
     let err = fx.refused(&mut s);
     assert!(
-        matches!(
-            err,
-            UpdateError::Fetch {
-                source: embargo_policy::transport::FetchError::TooLarge { .. },
-                ..
-            }
-        ),
+        matches!(err, UpdateError::Fetch { source: embargo_policy::transport::FetchError::TooLarge { .. }, .. }),
         "{err}"
     );
 }
 
 fn s_ptr(s: &TrustedState) -> PolicyPointer {
     let p = s.policy().unwrap();
-    PolicyPointer {
-        version: p.version,
-        sha256: p.sha256.clone(),
-        length: p.length,
-    }
+    PolicyPointer { version: p.version, sha256: p.sha256.clone(), length: p.length }
 }
 
 #[test]
 fn a_missing_next_root_does_not_revert_a_persisted_rotation() {
     let fx = Fx::new();
     let mut s = fx.established();
-    let root2 = fx.new_root(
-        2,
-        &fx.root_keys.iter().collect::<Vec<_>>(),
-        &[&fx.ts_key],
-        &fx.pkeys(),
-    );
-    fx.put_root(
-        2,
-        &dsse::sign(
-            ROOT_TYPE,
-            &root2.to_bytes(),
-            &fx.root_keys.iter().collect::<Vec<_>>(),
-        ),
-    );
+    let root2 = fx.new_root(2, &fx.root_keys.iter().collect::<Vec<_>>(), &[&fx.ts_key], &fx.pkeys());
+    fx.put_root(2, &dsse::sign(ROOT_TYPE, &root2.to_bytes(), &fx.root_keys.iter().collect::<Vec<_>>()));
     assert!(fx.update(&mut s).is_ok());
     std::fs::remove_file(fx.repo.join("root/2.json")).unwrap();
     let reopened = fx.open();

@@ -6,19 +6,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_embargo-policy"))
-        .args(args)
-        .output()
-        .expect("run embargo-policy")
+    Command::new(env!("CARGO_BIN_EXE_embargo-policy")).args(args).output().expect("run embargo-policy")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = tool(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -30,23 +23,12 @@ fn p(path: &Path) -> &str {
 fn round_trip_and_a_flipped_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let (root, ts, pol, repo) = (
-        d.join("root.key"),
-        d.join("ts.key"),
-        d.join("policy.key"),
-        d.join("repo"),
-    );
+    let (root, ts, pol, repo) = (d.join("root.key"), d.join("ts.key"), d.join("policy.key"), d.join("repo"));
     for k in [&root, &ts, &pol] {
         let out = ok(&["keygen", p(k)]);
-        assert_eq!(
-            std::fs::metadata(k).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(k).unwrap().permissions().mode() & 0o777, 0o600);
         let secret: serde_json::Value = serde_json::from_slice(&std::fs::read(k).unwrap()).unwrap();
-        assert!(
-            !out.contains(secret["private"].as_str().unwrap()),
-            "private key printed"
-        );
+        assert!(!out.contains(secret["private"].as_str().unwrap()), "private key printed");
     }
     ok(&[
         "init",
@@ -63,30 +45,15 @@ fn round_trip_and_a_flipped_byte() {
     ]);
     let policy_toml = d.join("wechat-kaspersky.toml");
     std::fs::write(&policy_toml, embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
-    let out = ok(&[
-        "sign",
-        "--repo",
-        p(&repo),
-        "--key",
-        p(&pol),
-        p(&policy_toml),
-    ]);
+    let out = ok(&["sign", "--repo", p(&repo), "--key", p(&pol), p(&policy_toml)]);
     assert!(out.contains("policy v1"), "{out}");
     ok(&["timestamp", "--repo", p(&repo), "--key", p(&ts)]);
     let anchor = repo.join("root/1.json");
     let out = ok(&["verify", p(&repo), "--root", p(&anchor)]);
-    assert!(
-        out.contains("OK: fleet gov root v1") && out.contains("policy v1"),
-        "{out}"
-    );
+    assert!(out.contains("OK: fleet gov root v1") && out.contains("policy v1"), "{out}");
 
     // One flipped byte in the published policy.
-    let policy_file = std::fs::read_dir(repo.join("policy"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let policy_file = std::fs::read_dir(repo.join("policy")).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&policy_file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -109,18 +76,12 @@ fn round_trip_and_a_flipped_byte() {
 fn lint_names_file_and_line_and_usage_errors_exit_64() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("bad.toml");
-    std::fs::write(
-        &f,
-        "[[rule]]\nid = \"x\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"*\"\n",
-    )
-    .unwrap();
+    std::fs::write(&f, "[[rule]]\nid = \"x\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"*\"\n")
+        .unwrap();
     let out = tool(&["lint", p(&f)]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("{}:1:", p(&f))) && err.contains("match everything"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{}:1:", p(&f))) && err.contains("match everything"), "{err}");
     let good = tmp.path().join("good.toml");
     std::fs::write(&good, embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
     assert!(ok(&["lint", p(&good)]).contains("ok (2 rules)"));
@@ -144,10 +105,7 @@ fn impact_lists_what_a_policy_would_act_on() {
     std::fs::write(&pol, embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
     let out = ok(&["impact", "--inventory", p(&inv), p(&pol)]);
     assert!(out.contains("2 of 3 apps would be acted on"), "{out}");
-    assert!(
-        out.contains("wechat") && out.contains("com.kaspersky.kes") && !out.contains("firefox"),
-        "{out}"
-    );
+    assert!(out.contains("wechat") && out.contains("com.kaspersky.kes") && !out.contains("firefox"), "{out}");
     let schema: serde_json::Value = serde_json::from_str(&ok(&["schema"])).unwrap();
     assert!(schema["$defs"]["policy"]["properties"]["rules"].is_object());
 }

@@ -8,9 +8,7 @@ use proptest::prelude::*;
 
 fn valid_policy_envelope() -> (Vec<u8>, SigningKey) {
     let key = SigningKey::generate();
-    let src =
-        embargo_policy::source::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML)
-            .unwrap();
+    let src = embargo_policy::source::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
     let p = Policy {
         fleet: "f".into(),
         version: 1,

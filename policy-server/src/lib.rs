@@ -32,52 +32,26 @@ pub enum ServerError {
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server config (ring provider).
-pub fn tls_config(
-    cert_pem: &Path,
-    key_pem: &Path,
-) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+pub fn tls_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| ServerError::Tls {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        })
+        std::fs::read(p).map_err(|e| ServerError::Tls { path: p.display().to_string(), reason: e.to_string() })
     };
     let cert_bytes = read(cert_pem)?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &cert_bytes[..]).collect();
-    let certs = certs.map_err(|e| ServerError::Tls {
-        path: cert_pem.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let certs = certs.map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(ServerError::Tls {
-            path: cert_pem.display().to_string(),
-            reason: "no PEM certificate".into(),
-        });
+        return Err(ServerError::Tls { path: cert_pem.display().to_string(), reason: "no PEM certificate".into() });
     }
     let key_bytes = read(key_pem)?;
     let key = rustls_pemfile::private_key(&mut &key_bytes[..])
-        .map_err(|e| ServerError::Tls {
-            path: key_pem.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .ok_or_else(|| ServerError::Tls {
-            path: key_pem.display().to_string(),
-            reason: "no PEM private key".into(),
-        })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ServerError::Tls {
-        path: cert_pem.display().to_string(),
-        reason: e.to_string(),
-    })?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| ServerError::Tls {
-        path: cert_pem.display().to_string(),
-        reason: e.to_string(),
-    })?;
+        .map_err(|e| ServerError::Tls { path: key_pem.display().to_string(), reason: e.to_string() })?
+        .ok_or_else(|| ServerError::Tls { path: key_pem.display().to_string(), reason: "no PEM private key".into() })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?;
     Ok(Arc::new(config))
 }
 
@@ -105,9 +79,7 @@ pub async fn run(
     let app = axum::Router::new()
         .fallback(serve)
         .layer(axum::middleware::from_fn(log_request))
-        .with_state(AppState {
-            repo: Arc::new(repo.clone()),
-        });
+        .with_state(AppState { repo: Arc::new(repo.clone()) });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let resigner = signer.map(|s| tokio::spawn(resign_loop(repo, s)));
     tokio::pin!(shutdown);
@@ -126,25 +98,20 @@ pub async fn run(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -201,8 +168,7 @@ async fn serve(State(state): State<AppState>, req: Request) -> Response {
     };
     let file = state.repo.join(path);
     let immutable = path.starts_with("policy/");
-    let etag =
-        immutable.then(|| format!("\"{}\"", &path["policy/".len()..path.len() - ".json".len()]));
+    let etag = immutable.then(|| format!("\"{}\"", &path["policy/".len()..path.len() - ".json".len()]));
     if let Some(tag) = &etag {
         let matches = req
             .headers()
@@ -213,35 +179,23 @@ async fn serve(State(state): State<AppState>, req: Request) -> Response {
             return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag.clone())]).into_response();
         }
     }
-    let bytes =
-        match tokio::task::spawn_blocking(move || embargo_policy::fsutil::read_capped(&file, cap))
-            .await
-        {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return status(StatusCode::NOT_FOUND, "no such document\n")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(path, error = %e, "reading repository file");
-                return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n");
-            }
-            Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n"),
-        };
+    let bytes = match tokio::task::spawn_blocking(move || embargo_policy::fsutil::read_capped(&file, cap)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return status(StatusCode::NOT_FOUND, "no such document\n")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(path, error = %e, "reading repository file");
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n");
+        }
+        Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n"),
+    };
     let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(tag) = etag {
-        h.insert(
-            header::ETAG,
-            HeaderValue::from_str(&tag).expect("hex etag is a valid header"),
-        );
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=31536000, immutable"),
-        );
+        h.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex etag is a valid header"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }

@@ -34,10 +34,7 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Op
         if let Some(v) = cond() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -54,22 +51,13 @@ pub fn test_ca(dir: &Path) -> TestCa {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "embargo test CA");
+    ca_params.distinguished_name.push(DnType::CommonName, "embargo test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let out = TestCa {
-        ca_pem: dir.join("ca.pem"),
-        cert_pem: dir.join("server.pem"),
-        key_pem: dir.join("server.key"),
-    };
+    let out = TestCa { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("server.pem"), key_pem: dir.join("server.key") };
     std::fs::write(&out.ca_pem, ca.pem()).unwrap();
     std::fs::write(&out.cert_pem, cert.pem()).unwrap();
     std::fs::write(&out.key_pem, key.serialize_pem()).unwrap();
@@ -78,11 +66,7 @@ pub fn test_ca(dir: &Path) -> TestCa {
 
 /// A free loopback port (bound then released; the server binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed when dropped.
@@ -99,18 +83,8 @@ impl Drop for Running {
 pub fn start_server(repo: &Path, ca: &TestCa, extra: &[&str]) -> (Running, String) {
     let port = free_port();
     let child = Command::new(bin("embargo-server"))
-        .args([
-            "--repo",
-            repo.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args([
-            "--tls-cert",
-            ca.cert_pem.to_str().unwrap(),
-            "--tls-key",
-            ca.key_pem.to_str().unwrap(),
-        ])
+        .args(["--repo", repo.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", ca.cert_pem.to_str().unwrap(), "--tls-key", ca.key_pem.to_str().unwrap()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -131,19 +105,12 @@ pub struct Repo {
 }
 
 pub fn policy_tool(args: &[&str]) -> std::process::Output {
-    Command::new(bin("embargo-policy"))
-        .args(args)
-        .output()
-        .expect("run embargo-policy")
+    Command::new(bin("embargo-policy")).args(args).output().expect("run embargo-policy")
 }
 
 pub fn policy_tool_ok(args: &[&str]) -> String {
     let out = policy_tool(args);
-    assert!(
-        out.status.success(),
-        "embargo-policy {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "embargo-policy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -171,18 +138,7 @@ pub fn make_repo(base: &Path, policy_toml: &str) -> Repo {
     ]);
     let toml = base.join("policy.toml");
     std::fs::write(&toml, policy_toml).unwrap();
-    policy_tool_ok(&[
-        "sign",
-        "--repo",
-        d,
-        "--key",
-        &k("policy.key"),
-        toml.to_str().unwrap(),
-    ]);
+    policy_tool_ok(&["sign", "--repo", d, "--key", &k("policy.key"), toml.to_str().unwrap()]);
     policy_tool_ok(&["timestamp", "--repo", d, "--key", &k("timestamp.key")]);
-    Repo {
-        anchor: dir.join("root/1.json"),
-        dir,
-        keys,
-    }
+    Repo { anchor: dir.join("root/1.json"), dir, keys }
 }

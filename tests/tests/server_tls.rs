@@ -9,10 +9,7 @@ use embargo_policy::transport::{Fetch, FetchError};
 use embargo_policy::trust::{TrustedState, UpdateOutcome};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn transport(url: &str, ca: &TestCa) -> HttpsTransport {
@@ -29,21 +26,15 @@ async fn raw_request(port: u16, ca: &TestCa, request: &str) -> String {
     for c in rustls_pemfile_certs(&pem) {
         roots.add(c).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut tls = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
@@ -52,9 +43,7 @@ async fn raw_request(port: u16, ca: &TestCa, request: &str) -> String {
 
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .map(|c| c.unwrap())
-        .collect()
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).map(|c| c.unwrap()).collect()
 }
 
 #[test]
@@ -63,34 +52,20 @@ fn serves_root_timestamp_policy_with_caching_and_refuses_escapes() {
     let repo = make_repo(tmp.path(), embargo_policy::example::WECHAT_KASPERSKY_TOML);
     let ca = test_ca(tmp.path());
     let (_server, url) = start_server(&repo.dir, &ca, &[]);
-    let port: u16 = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
     let rt = rt();
     let t = transport(&url, &ca);
 
     // The whole client update over TLS.
     let anchor = std::fs::read(&repo.anchor).unwrap();
     let mut state = TrustedState::from_anchor(&anchor).unwrap();
-    let outcome = rt
-        .block_on(state.update(&t, embargo_policy::metadata::Time::now()))
-        .unwrap();
-    assert!(matches!(outcome, UpdateOutcome::NewPolicy(ref p) if p.rules.len() == 2));
+    let outcome = rt.block_on(state.update(&t, embargo_policy::metadata::Time::now(), &[])).unwrap();
+    assert!(matches!(outcome, UpdateOutcome::NewPolicy(ref p) if p.len() == 2));
     let sha = state.policy().unwrap().sha256.clone();
 
     // Root v1 exists, v2 is a 404 (the end of the chain).
-    assert!(rt
-        .block_on(t.fetch("root/1.json", 65536))
-        .unwrap()
-        .is_some());
-    assert!(rt
-        .block_on(t.fetch("root/2.json", 65536))
-        .unwrap()
-        .is_none());
+    assert!(rt.block_on(t.fetch("root/1.json", 65536)).unwrap().is_some());
+    assert!(rt.block_on(t.fetch("root/2.json", 65536)).unwrap().is_none());
 
     // Caching headers.
     let head = rt.block_on(raw_request(
@@ -99,23 +74,15 @@ fn serves_root_timestamp_policy_with_caching_and_refuses_escapes() {
         "GET /timestamp.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     ));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("cache-control: no-cache"),
-        "{head}"
-    );
-    let req =
-        format!("GET /policy/{sha}.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(head.to_ascii_lowercase().contains("cache-control: no-cache"), "{head}");
+    let req = format!("GET /policy/{sha}.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let first = rt.block_on(raw_request(port, &ca, &req));
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    assert!(
-        first
-            .to_ascii_lowercase()
-            .contains(&format!("etag: \"{sha}\"")),
-        "{first}"
-    );
+    assert!(first.to_ascii_lowercase().contains(&format!("etag: \"{sha}\"")), "{first}");
     assert!(first.to_ascii_lowercase().contains("immutable"), "{first}");
-    let req = format!("GET /policy/{sha}.json HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: \"{sha}\"\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /policy/{sha}.json HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: \"{sha}\"\r\nConnection: close\r\n\r\n"
+    );
     let second = rt.block_on(raw_request(port, &ca, &req));
     assert!(second.starts_with("HTTP/1.1 304"), "{second}");
 
@@ -135,10 +102,7 @@ fn serves_root_timestamp_policy_with_caching_and_refuses_escapes() {
             &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
         ));
         assert!(!resp.contains("secret"), "{path} leaked: {resp}");
-        assert!(
-            resp.starts_with("HTTP/1.1 404") || resp.starts_with("HTTP/1.1 400"),
-            "{path}: {resp}"
-        );
+        assert!(resp.starts_with("HTTP/1.1 404") || resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
     }
 }
 
@@ -167,30 +131,17 @@ fn the_server_re_signs_the_timestamp_on_a_schedule() {
     let ca = test_ca(tmp.path());
     let before = std::fs::read(repo.dir.join("timestamp.json")).unwrap();
     let key = repo.keys.join("timestamp.key");
-    let (_server, url) = start_server(
-        &repo.dir,
-        &ca,
-        &[
-            "--timestamp-key",
-            key.to_str().unwrap(),
-            "--timestamp-ttl",
-            "4s",
-        ],
-    );
+    let (_server, url) =
+        start_server(&repo.dir, &ca, &["--timestamp-key", key.to_str().unwrap(), "--timestamp-ttl", "4s"]);
     let t = transport(&url, &ca);
     let rt = rt();
     let first = eventually("a re-signed timestamp", Duration::from_secs(10), || {
-        rt.block_on(t.fetch("timestamp.json", 16384))
-            .unwrap()
-            .filter(|b| *b != before)
+        rt.block_on(t.fetch("timestamp.json", 16384)).unwrap().filter(|b| *b != before)
     });
     eventually("a second re-signing", Duration::from_secs(10), || {
-        rt.block_on(t.fetch("timestamp.json", 16384))
-            .unwrap()
-            .filter(|b| *b != first)
+        rt.block_on(t.fetch("timestamp.json", 16384)).unwrap().filter(|b| *b != first)
     });
     let anchor = std::fs::read(&repo.anchor).unwrap();
     let mut state = TrustedState::from_anchor(&anchor).unwrap();
-    rt.block_on(state.update(&t, embargo_policy::metadata::Time::now()))
-        .unwrap();
+    rt.block_on(state.update(&t, embargo_policy::metadata::Time::now(), &[])).unwrap();
 }

@@ -15,11 +15,7 @@ use embargo_policy::repo::{self, RoleSpec};
 use embargo_policy::trust::{TrustedState, UpdateOutcome};
 
 #[derive(Parser)]
-#[command(
-    name = "embargo-policy",
-    version,
-    about = "Create, sign, publish and verify embargo policy repositories"
-)]
+#[command(name = "embargo-policy", version, about = "Create, sign, publish and verify embargo policy repositories")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -153,17 +149,11 @@ fn main() -> ExitCode {
 }
 
 fn private_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
-    paths
-        .iter()
-        .map(|p| SigningKey::read(p).map_err(anyhow::Error::from))
-        .collect()
+    paths.iter().map(|p| SigningKey::read(p).map_err(anyhow::Error::from)).collect()
 }
 
 fn role(paths: &[PathBuf], threshold: u32) -> anyhow::Result<RoleSpec> {
-    let keys = paths
-        .iter()
-        .map(|p| repo::read_public(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = paths.iter().map(|p| repo::read_public(p)).collect::<Result<Vec<_>, _>>()?;
     Ok(RoleSpec { keys, threshold })
 }
 
@@ -209,10 +199,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 expires,
                 now,
             )?;
-            println!(
-                "created {} (fleet {fleet}, root v1)",
-                dir.join("root/1.json").display()
-            );
+            println!("created {} (fleet {fleet}, root v1)", dir.join("root/1.json").display());
             println!("ship root/1.json to devices as their trust anchor (/etc/embargo/root.json)");
         }
         Command::RotateRoot {
@@ -228,16 +215,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let old = private_keys(&old_root_keys)?;
             let new = private_keys(&root_keys)?;
-            let ts = if timestamp_keys.is_empty() {
-                None
-            } else {
-                Some(role(&timestamp_keys, timestamp_threshold)?)
-            };
-            let pol = if policy_keys.is_empty() {
-                None
-            } else {
-                Some(role(&policy_keys, policy_threshold)?)
-            };
+            let ts = if timestamp_keys.is_empty() { None } else { Some(role(&timestamp_keys, timestamp_threshold)?) };
+            let pol = if policy_keys.is_empty() { None } else { Some(role(&policy_keys, policy_threshold)?) };
             let v = repo::rotate_root(
                 &dir,
                 &old.iter().collect::<Vec<_>>(),
@@ -250,31 +229,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             )?;
             println!("published root v{v}");
         }
-        Command::Sign {
-            repo: dir,
-            keys,
-            version,
-            policy,
-        } => {
+        Command::Sign { repo: dir, keys, version, policy } => {
             let mut source = read_source(&policy)?;
             if version.is_some() {
                 source.version = version;
             }
             let keys = private_keys(&keys)?;
             let p = repo::sign_policy(&dir, source, &keys.iter().collect::<Vec<_>>(), now)?;
-            println!(
-                "published policy v{} -> {} ({} bytes)",
-                p.version,
-                p.path.display(),
-                p.length
-            );
+            println!("published policy v{} -> {} ({} bytes)", p.version, p.path.display(), p.length);
             println!("run `embargo-policy timestamp` to make devices pick it up");
         }
-        Command::Timestamp {
-            repo: dir,
-            keys,
-            expires,
-        } => {
+        Command::Timestamp { repo: dir, keys, expires } => {
             let keys = private_keys(&keys)?;
             let ts = repo::timestamp(&dir, &keys.iter().collect::<Vec<_>>(), None, expires, now)?;
             println!(
@@ -282,62 +247,44 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ts.version, ts.policy.version, ts.policy.sha256, ts.expires
             );
         }
-        Command::Verify {
-            repo: location,
-            root,
-            ca,
-            at,
-        } => {
+        Command::Verify { repo: location, root, ca, at } => {
             let anchor = std::fs::read(&root).with_context(|| root.display().to_string())?;
             let mut state = TrustedState::from_anchor(&anchor)?;
             let at = match at {
                 Some(t) => Time::parse(&t).map_err(anyhow::Error::msg)?,
                 None => now,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let result = if location.starts_with("https://") {
-                let mut opts =
-                    embargo_policy::https::HttpsOptions::new(if location.ends_with('/') {
-                        location.clone()
-                    } else {
-                        format!("{location}/")
-                    });
+                let mut opts = embargo_policy::https::HttpsOptions::new(if location.ends_with('/') {
+                    location.clone()
+                } else {
+                    format!("{location}/")
+                });
                 if let Some(ca) = ca {
-                    opts.ca_pem =
-                        Some(std::fs::read(&ca).with_context(|| ca.display().to_string())?);
+                    opts.ca_pem = Some(std::fs::read(&ca).with_context(|| ca.display().to_string())?);
                 }
-                let t =
-                    embargo_policy::https::HttpsTransport::new(opts).map_err(anyhow::Error::msg)?;
-                runtime.block_on(state.update(&t, at))
+                let t = embargo_policy::https::HttpsTransport::new(opts).map_err(anyhow::Error::msg)?;
+                runtime.block_on(state.update(&t, at, &[]))
             } else if location.contains("://") && !location.starts_with("file://") {
                 bail!("{location}: only https:// and file:// repositories are supported");
             } else {
                 let dir = location.strip_prefix("file://").unwrap_or(&location);
                 let t = embargo_policy::transport::FileTransport::new(dir);
-                runtime.block_on(state.update(&t, at))
+                runtime.block_on(state.update(&t, at, &[]))
             };
             match result {
                 Ok(outcome) => {
-                    let p = state
-                        .policy()
-                        .expect("a successful first update trusts a policy");
-                    let t = state
-                        .timestamp()
-                        .expect("a successful update trusts a timestamp");
-                    println!(
-                        "OK: fleet {} root v{}",
-                        state.root().fleet,
-                        state.root().version
-                    );
+                    let p = state.policy().expect("a successful first update trusts a policy");
+                    let t = state.timestamp().expect("a successful update trusts a timestamp");
+                    println!("OK: fleet {} root v{}", state.root().fleet, state.root().version);
                     println!("timestamp v{} expires {}", t.version, t.expires);
                     println!(
                         "policy v{} sha256 {} ({} rules) issued {} expires {}",
                         p.version, p.sha256, p.rule_count, p.issued, p.expires
                     );
-                    if let UpdateOutcome::NewPolicy(policy) = outcome {
-                        RuleSet::compile(policy.rules, &[]);
+                    if let UpdateOutcome::NewPolicy(rules) = outcome {
+                        println!("compiled {} rules for a device without tags", rules.len());
                     }
                 }
                 Err(e) => {
@@ -358,31 +305,21 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Impact {
-            inventory,
-            policy,
-            tags,
-            json,
-        } => {
-            let bytes =
-                std::fs::read(&inventory).with_context(|| inventory.display().to_string())?;
-            let inv = Inventory::parse(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", inventory.display()))?;
+        Command::Impact { inventory, policy, tags, json } => {
+            let bytes = std::fs::read(&inventory).with_context(|| inventory.display().to_string())?;
+            let inv = Inventory::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", inventory.display()))?;
             let set = RuleSet::compile(read_source(&policy)?.rules, &tags);
             let mut hits = Vec::new();
             for entry in &inv.apps {
                 if let Some(v) = set.verdict(&entry.app) {
                     hits.push(embargo_policy::app::InventoryEntry {
                         app: entry.app.clone(),
-                        verdict: Some(v),
+                        verdict: Some(v.to_owned()),
                     });
                 }
             }
             if json {
-                let out = Inventory {
-                    schema_version: embargo_policy::app::INVENTORY_SCHEMA_VERSION,
-                    apps: hits,
-                };
+                let out = Inventory { schema_version: embargo_policy::app::INVENTORY_SCHEMA_VERSION, apps: hits };
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for h in &hits {
@@ -397,17 +334,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                         h.app.paths.first().map(String::as_str).unwrap_or("")
                     );
                 }
-                println!(
-                    "{} of {} apps would be acted on",
-                    hits.len(),
-                    inv.apps.len()
-                );
+                println!("{} of {} apps would be acted on", hits.len(), inv.apps.len());
             }
         }
-        Command::Schema => println!(
-            "{}",
-            serde_json::to_string_pretty(&embargo_policy::schema::schema())?
-        ),
+        Command::Schema => println!("{}", serde_json::to_string_pretty(&embargo_policy::schema::schema())?),
     }
     Ok(ExitCode::SUCCESS)
 }

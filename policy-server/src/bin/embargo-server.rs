@@ -9,11 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "embargo-server",
-    version,
-    about = "Serve an embargo policy repository over HTTPS"
-)]
+#[command(name = "embargo-server", version, about = "Serve an embargo policy repository over HTTPS")]
 struct Args {
     #[arg(long)]
     repo: PathBuf,
@@ -40,10 +36,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBARGO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBARGO_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let usage = |msg: String| {
@@ -51,10 +44,7 @@ fn main() -> ExitCode {
         ExitCode::from(64)
     };
     if !args.repo.join("root").is_dir() {
-        return usage(format!(
-            "{}: not a repository (no root/ directory)",
-            args.repo.display()
-        ));
+        return usage(format!("{}: not a repository (no root/ directory)", args.repo.display()));
     }
     let tls = match embargo_server::tls_config(&args.tls_cert, &args.tls_key) {
         Ok(t) => t,
@@ -63,17 +53,11 @@ fn main() -> ExitCode {
     let signer = match &args.timestamp_key {
         None => None,
         Some(p) => match embargo_policy::keys::SigningKey::read(p) {
-            Ok(key) => Some(embargo_server::TimestampSigner {
-                key,
-                ttl: args.timestamp_ttl,
-            }),
+            Ok(key) => Some(embargo_server::TimestampSigner { key, ttl: args.timestamp_ttl }),
             Err(e) => return usage(e.to_string()),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("embargo-server: {e}");
@@ -85,16 +69,13 @@ fn main() -> ExitCode {
         tracing::info!(addr = %listener.local_addr()?, repo = %args.repo.display(), "serving");
         let shutdown = async {
             let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
         };
-        embargo_server::run(listener, tls, args.repo.clone(), signer, shutdown)
-            .await
-            .map_err(anyhow::Error::from)
+        embargo_server::run(listener, tls, args.repo.clone(), signer, shutdown).await.map_err(anyhow::Error::from)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
