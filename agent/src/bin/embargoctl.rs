@@ -1,0 +1,339 @@
+//! `embargoctl`: talks to embargod over its Unix socket. Thin: formats what the daemon says.
+//! Exit codes: 0 ok (status: healthy), 1 failed (status: degraded), 3 daemon unreachable,
+//! 4 permission denied, 64 bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use embargo_agent::proto::{Request, Response, Status};
+
+#[derive(Parser)]
+#[command(name = "embargoctl", version, about = "Query and control the embargo agent")]
+struct Args {
+    /// Control socket (default: `socket` of /etc/embargo/agent.toml, else /run/embargo/embargod.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Daemon, policy, sources, enforcement and quarantine at a glance (exit 0 healthy, 1 degraded, 3 unreachable).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync the policy now (root).
+    Sync,
+    /// Rescan every watched location now (root).
+    Scan,
+    /// Apps seen and their verdicts.
+    Inventory {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Identify PATH as the agent would and name the rule that would act on it.
+    Check {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The quarantine store.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// The audit log (hash-chained).
+    Events {
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on apps a policy update held back for exceeding the action cap (root).
+    Confirm,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a quarantined file back where it was (root).
+    Restore { id: String },
+    /// Delete a quarantined file for good (root).
+    Purge { id: String },
+}
+
+fn default_socket() -> PathBuf {
+    std::fs::read_to_string(embargo_agent::config::DEFAULT_CONFIG)
+        .ok()
+        .and_then(|t| embargo_agent::Config::parse(embargo_agent::config::DEFAULT_CONFIG.as_ref(), &t).ok())
+        .map(|c| c.socket)
+        .unwrap_or_else(|| embargo_agent::config::DEFAULT_SOCKET.into())
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    let socket = args.socket.unwrap_or_else(default_socket);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let call = |req: Request, timeout: Duration| rt.block_on(embargo_agent::control::call(&socket, req, timeout));
+    let short = Duration::from_secs(10);
+    let result = match args.command {
+        Command::Status { json } => match call(Request::Status, short) {
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"schema_version": 1, "daemon": {"health": "unreachable"}, "error": e})
+                    );
+                }
+                eprintln!("embargoctl: {e}");
+                return ExitCode::from(3);
+            }
+            Ok(r) => match decode::<Status>(r) {
+                Err(code) => return code,
+                Ok(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+                    } else {
+                        print_status(&s);
+                    }
+                    return ExitCode::from(if s.daemon.health == "healthy" { 0 } else { 1 });
+                }
+            },
+        },
+        Command::Sync => call(Request::Sync, Duration::from_secs(180)),
+        Command::Scan => call(Request::Scan, Duration::from_secs(600)),
+        Command::Confirm => call(Request::Confirm, Duration::from_secs(600)),
+        Command::Inventory { json } => {
+            let r = call(Request::Inventory, short);
+            return show(r, |v| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+                } else {
+                    let inv: embargo_policy::app::Inventory = serde_json::from_value(v.clone())
+                        .unwrap_or(embargo_policy::app::Inventory { schema_version: 1, apps: vec![] });
+                    for e in &inv.apps {
+                        let verdict = e
+                            .verdict
+                            .as_ref()
+                            .map(|v| format!("{} ({}, {})", v.action, v.rule, v.strength))
+                            .unwrap_or_else(|| "allowed".into());
+                        println!(
+                            "{:<9} {:<40} {:<12} {:<28} {}",
+                            e.app.kind,
+                            e.app.id,
+                            e.app.version.as_deref().unwrap_or("-"),
+                            verdict,
+                            e.app.paths.first().map(String::as_str).unwrap_or("")
+                        );
+                    }
+                    println!("{} apps", inv.apps.len());
+                }
+            });
+        }
+        Command::Check { path, json } => {
+            let app = match identify(&path) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("embargoctl: {}: {e}", path.display());
+                    return ExitCode::from(1);
+                }
+            };
+            let r = call(Request::Evaluate { app: app.clone() }, short);
+            return show(r, |v| {
+                if json {
+                    println!("{}", serde_json::json!({"app": app, "verdicts": v}));
+                } else {
+                    println!(
+                        "{} {} (name {:?}, sha256 {})",
+                        app.kind,
+                        app.id,
+                        app.name.as_deref().unwrap_or(""),
+                        app.sha256.as_deref().unwrap_or("-")
+                    );
+                    match v.as_array().and_then(|a| a.first()) {
+                        None => println!("allowed: no rule applies"),
+                        Some(top) => println!(
+                            "{}: rule {} ({} match){}",
+                            top["action"].as_str().unwrap_or("?"),
+                            top["rule"].as_str().unwrap_or("?"),
+                            top["strength"].as_str().unwrap_or("?"),
+                            top["description"].as_str().map(|d| format!(" — {d}")).unwrap_or_default()
+                        ),
+                    }
+                }
+            });
+        }
+        Command::Quarantine { command } => match command {
+            QuarantineCommand::List { json } => {
+                let r = call(Request::QuarantineList, short);
+                return show(r, |v| {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+                    } else {
+                        for m in v.as_array().into_iter().flatten() {
+                            println!(
+                                "{}  {}  rule {}  {}  {}",
+                                m["id"].as_str().unwrap_or(""),
+                                m["quarantined_at"].as_str().unwrap_or(""),
+                                m["rule"].as_str().unwrap_or(""),
+                                m["sha256"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
+                                m["original_path"].as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                });
+            }
+            QuarantineCommand::Restore { id } => call(Request::QuarantineRestore { id }, short),
+            QuarantineCommand::Purge { id } => call(Request::QuarantinePurge { id }, short),
+        },
+        Command::Events { follow, json } => {
+            let mut since = 0;
+            loop {
+                let r = match call(Request::Events { since, limit: 1000 }, short) {
+                    Err(e) => {
+                        eprintln!("embargoctl: {e}");
+                        return ExitCode::from(3);
+                    }
+                    Ok(r) => r,
+                };
+                let v = match decode::<serde_json::Value>(r) {
+                    Ok(v) => v,
+                    Err(code) => return code,
+                };
+                if v["chain_ok"] == false {
+                    eprintln!("embargoctl: WARNING: the audit log's hash chain breaks at entry {}", v["chain_break"]);
+                }
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    since = since.max(e["seq"].as_u64().unwrap_or(0));
+                    if json {
+                        println!("{e}");
+                    } else {
+                        println!("{:>6} {} {}", e["seq"], e["time"].as_str().unwrap_or(""), e["event"]);
+                    }
+                }
+                if !follow {
+                    return ExitCode::SUCCESS;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    show(result, |v| println!("{}", serde_json::to_string_pretty(v).expect("json")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(r: Response) -> Result<T, ExitCode> {
+    if !r.ok {
+        eprintln!("embargoctl: {}", r.error.unwrap_or_default());
+        return Err(ExitCode::from(if r.code.as_deref() == Some("denied") { 4 } else { 1 }));
+    }
+    serde_json::from_value(r.result.unwrap_or_default()).map_err(|e| {
+        eprintln!("embargoctl: unexpected reply: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn show(r: Result<Response, String>, print: impl FnOnce(&serde_json::Value)) -> ExitCode {
+    match r {
+        Err(e) => {
+            eprintln!("embargoctl: {e}");
+            ExitCode::from(3)
+        }
+        Ok(r) => match decode::<serde_json::Value>(r) {
+            Ok(v) => {
+                print(&v);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}
+
+/// Identifies a file with the caller's own permissions, as the agent would.
+fn identify(path: &std::path::Path) -> Result<embargo_policy::app::App, String> {
+    use embargo_policy::rules::Kind;
+    let abs = std::path::absolute(path).map_err(|e| e.to_string())?;
+    let parent = abs.parent().ok_or("no parent directory")?;
+    let name = abs.file_name().ok_or("no file name")?;
+    let dir = embargo_agent::safefs::open_root(parent).map_err(|e| e.to_string())?;
+    let (mut file, meta) = embargo_agent::safefs::open_file_beneath(&dir, name.as_ref()).map_err(|e| e.to_string())?;
+    for kind in [Kind::Appimage, Kind::Desktop, Kind::File] {
+        if let Some(app) = embargo_agent::identify::identify(kind, parent, name.as_ref(), &mut file, &meta)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(app);
+        }
+    }
+    Err("not identifiable".into())
+}
+
+fn print_status(s: &Status) {
+    let d = &s.daemon;
+    println!(
+        "embargod {} (pid {}, up {}s) mode {} — {}",
+        d.version,
+        d.pid,
+        d.uptime_secs,
+        d.mode,
+        d.health.to_uppercase()
+    );
+    for r in &d.reasons {
+        println!("  ! {r}");
+    }
+    let p = &s.policy;
+    println!(
+        "policy   fleet {} · root v{} · policy {} ({} rules) · sha256 {}",
+        p.fleet,
+        p.root_version,
+        p.policy_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
+        p.rule_count,
+        p.sha256.as_deref().map(|h| &h[..12]).unwrap_or("-")
+    );
+    println!(
+        "         issued {} · expires {} · timestamp {} expires {}",
+        p.issued.as_deref().unwrap_or("-"),
+        p.expires.as_deref().unwrap_or("-"),
+        p.timestamp_version.map(|v| format!("v{v}")).unwrap_or_else(|| "-".into()),
+        p.timestamp_expires.as_deref().unwrap_or("-")
+    );
+    println!(
+        "         repository {} · last sync {} · last attempt {}",
+        p.repository,
+        p.last_success.as_deref().unwrap_or("never"),
+        p.last_attempt.as_deref().unwrap_or("never")
+    );
+    if let Some(e) = &p.last_error {
+        println!("         last error [{}] {}", e.kind, e.message);
+    }
+    println!("sources");
+    for src in &s.sources {
+        println!("  {:<9} {:<45} {:>5} apps  {}", src.kind, src.path, src.apps_seen, src.watch);
+    }
+    let c = &s.enforcement.counters;
+    println!(
+        "enforcement  detected {} · quarantined {} · audited {} · restored {} · purged {} · failed {}",
+        c.detected, c.quarantined, c.audited, c.restored, c.purged, c.failed
+    );
+    for a in s.enforcement.last_actions.iter().take(5) {
+        println!(
+            "  {} {} {} [{} / {} match] {} in {} µs",
+            a.time, a.action, a.result, a.rule, a.strength, a.path, a.micros
+        );
+    }
+    println!(
+        "quarantine   {} items, {} bytes · pending confirmation {} · pending reports {}",
+        s.quarantine.items, s.quarantine.bytes, s.pending.needs_confirmation, s.pending.reports
+    );
+}

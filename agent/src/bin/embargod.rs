@@ -1,0 +1,75 @@
+//! `embargod [--config /etc/embargo/agent.toml]` — runs the agent in the foreground.
+//! `embargod --demo DIR` — builds and runs the demo device in DIR (see README).
+//! Exit codes: 0 clean shutdown, 1 runtime failure, 64 bad usage or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use embargo_agent::{AgentError, Config};
+
+#[derive(Parser)]
+#[command(name = "embargod", version, about = "The embargo agent: enforces the signed app blocklist")]
+struct Args {
+    #[arg(long, default_value = embargo_agent::config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Build a demo device in this directory and run it (no root needed).
+    #[arg(long, conflicts_with = "config")]
+    demo: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    // The demo narrates on stdout; its log stays quiet unless EMBARGO_LOG asks.
+    let default_filter = if args.demo.is_some() { "warn" } else { "warn,embargo_agent=info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBARGO_LOG").unwrap_or_else(|_| default_filter.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("embargod: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(dir) = args.demo {
+        return match runtime.block_on(embargo_agent::demo::run(&dir, shutdown())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("embargod --demo: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("embargod: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    match runtime.block_on(embargo_agent::run(cfg, shutdown())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AgentError::Config(e)) => {
+            eprintln!("embargod: {e}");
+            ExitCode::from(64)
+        }
+        Err(AgentError::Runtime(e)) => {
+            eprintln!("embargod: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,374 @@
+//! Agent configuration: raw TOML (unknown keys are errors) validated once into [`Config`].
+//!
+//! Every error names the file and line (`agent.toml:12:1: ...`); `embargod` exits 64 on them so a
+//! supervisor stops restarting a daemon that cannot start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use embargo_policy::rules::Kind;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    tags: Vec<String>,
+    policy: toml::Spanned<RawPolicy>,
+    #[serde(default)]
+    watch: Vec<toml::Spanned<RawWatch>>,
+    #[serde(default)]
+    enforcement: Option<toml::Spanned<RawEnforcement>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    repository: toml::Spanned<String>,
+    root: PathBuf,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
+    #[serde(default)]
+    interval: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    kind: toml::Spanned<String>,
+    paths: Vec<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnforcement {
+    /// How long quarantined files of `remove` rules are kept before they are purged.
+    #[serde(default)]
+    retention: Option<String>,
+    /// Most apps one policy update may act on; over it, none are acted on ("needs confirmation").
+    #[serde(default)]
+    max_actions_per_update: Option<usize>,
+    /// Full reconcile scan of every watched root (the backstop for missed events).
+    #[serde(default)]
+    reconcile_interval: Option<String>,
+}
+
+/// Enforce acts; monitor turns every action into audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// Where policies come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repository {
+    /// `https://…/` (ends with `/`).
+    Https(String),
+    /// A local directory (`file:///…`).
+    Dir(PathBuf),
+}
+
+impl std::fmt::Display for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repository::Https(u) => f.write_str(u),
+            Repository::Dir(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
+/// One watched location: a kind of source and path patterns (a `*` component matches any
+/// directory name, e.g. `/home/*/Applications`, and picks up directories that appear later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    pub kind: Kind,
+    pub patterns: Vec<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tags: Vec<String>,
+    pub repository: Repository,
+    pub root: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    pub interval: Duration,
+    pub watches: Vec<Watch>,
+    pub retention: Duration,
+    pub max_actions_per_update: usize,
+    pub reconcile_interval: Duration,
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
+pub const DEFAULT_SOCKET: &str = "/run/embargo/embargod.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/embargo";
+
+/// A configuration error, with its location when it has one.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+/// Directories an agent must never treat as install roots: acting there would touch the system
+/// itself (packages are removed through their package manager, never by deleting files).
+const PROTECTED_ROOTS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/run",
+    "/var/lib/dpkg",
+    "/var/lib/rpm",
+];
+
+/// The sources this build can watch.
+pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File];
+
+/// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
+pub fn default_watches() -> Vec<Watch> {
+    let p = |s: &[&str]| s.iter().map(PathBuf::from).collect();
+    vec![
+        Watch { kind: Kind::Appimage, patterns: p(&["/home/*/Applications", "/home/*/Downloads", "/opt"]) },
+        Watch {
+            kind: Kind::Desktop,
+            patterns: p(&[
+                "/usr/share/applications",
+                "/usr/local/share/applications",
+                "/home/*/.local/share/applications",
+            ]),
+        },
+    ]
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            location: None,
+            message: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let at = |offset: usize, message: String| ConfigError {
+            file: file.clone(),
+            location: Some(embargo_policy::source::line_col(text, offset)),
+            message,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| at(e.span().map_or(0, |s| s.start), e.message().trim().to_owned()))?;
+        let mode = match raw.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span().start)) {
+            None | Some(("enforce", _)) => Mode::Enforce,
+            Some(("monitor", _)) => Mode::Monitor,
+            Some((other, at_)) => return Err(at(at_, format!("mode {other:?} is not \"enforce\" or \"monitor\""))),
+        };
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let pol = raw.policy.get_ref();
+        let repo_text = pol.repository.get_ref();
+        let repository = if let Some(rest) = repo_text.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(at(
+                    pol.repository.span().start,
+                    format!("{repo_text:?}: file:// URLs must be absolute (file:///dir)"),
+                ));
+            }
+            Repository::Dir(PathBuf::from(rest))
+        } else if repo_text.starts_with("https://") {
+            let mut u = repo_text.clone();
+            if !u.ends_with('/') {
+                u.push('/');
+            }
+            Repository::Https(u)
+        } else {
+            return Err(at(
+                pol.repository.span().start,
+                format!("repository {repo_text:?} must be https:// or file://"),
+            ));
+        };
+        let duration = |s: &toml::Spanned<String>, what: &str, min: Duration| {
+            let d = humantime::parse_duration(s.get_ref())
+                .map_err(|e| at(s.span().start, format!("{what} {:?}: {e}", s.get_ref())))?;
+            if d < min {
+                return Err(at(s.span().start, format!("{what} must be at least {}", humantime::format_duration(min))));
+            }
+            Ok(d)
+        };
+        let interval = match &pol.interval {
+            None => Duration::from_secs(15 * 60),
+            Some(s) => duration(s, "interval", Duration::from_secs(1))?,
+        };
+        let client_identity = match (&pol.client_cert, &pol.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((abs(c.clone()), abs(k.clone()))),
+            _ => return Err(at(raw.policy.span().start, "client_cert and client_key go together".into())),
+        };
+        let mut watches = Vec::new();
+        for w in &raw.watch {
+            let kind_text = w.get_ref().kind.get_ref();
+            let kind: Kind = kind_text.parse().map_err(|e: String| at(w.get_ref().kind.span().start, e))?;
+            if !WATCH_KINDS.contains(&kind) {
+                return Err(at(
+                    w.get_ref().kind.span().start,
+                    format!("watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file)"),
+                ));
+            }
+            let mut patterns = Vec::new();
+            for p in &w.get_ref().paths {
+                let pb = PathBuf::from(p.get_ref());
+                if !pb.is_absolute() || pb.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return Err(at(
+                        p.span().start,
+                        format!("watch path {:?} must be absolute, without `..`", p.get_ref()),
+                    ));
+                }
+                let norm: PathBuf = pb.components().collect();
+                if PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
+                    return Err(at(
+                        p.span().start,
+                        format!("watch path {:?} is a protected system directory", p.get_ref()),
+                    ));
+                }
+                patterns.push(norm);
+            }
+            if patterns.is_empty() {
+                return Err(at(w.span().start, "a [[watch]] needs at least one path".into()));
+            }
+            watches.push(Watch { kind, patterns });
+        }
+        if raw.watch.is_empty() {
+            watches = default_watches();
+        }
+        let (mut retention, mut max_actions, mut reconcile) =
+            (Duration::from_secs(30 * 86400), 100, Duration::from_secs(600));
+        if let Some(e) = &raw.enforcement {
+            let s = e.span().start;
+            let e = e.get_ref();
+            if let Some(r) = &e.retention {
+                retention = humantime::parse_duration(r).map_err(|err| at(s, format!("retention {r:?}: {err}")))?;
+            }
+            if let Some(m) = e.max_actions_per_update {
+                if m == 0 {
+                    return Err(at(s, "max_actions_per_update must be at least 1".into()));
+                }
+                max_actions = m;
+            }
+            if let Some(r) = &e.reconcile_interval {
+                reconcile =
+                    humantime::parse_duration(r).map_err(|err| at(s, format!("reconcile_interval {r:?}: {err}")))?;
+                if reconcile < Duration::from_secs(1) {
+                    return Err(at(s, "reconcile_interval must be at least 1s".into()));
+                }
+            }
+        }
+        for t in &raw.tags {
+            if t.is_empty() || t.len() > 64 {
+                return Err(at(0, format!("tag {t:?} must be 1..=64 characters")));
+            }
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            mode,
+            state_dir: abs(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into())),
+            socket: abs(raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            tags: raw.tags,
+            repository: match repository {
+                Repository::Dir(d) => Repository::Dir(abs(d)),
+                other => other,
+            },
+            root: abs(pol.root.clone()),
+            ca: pol.ca.clone().map(abs),
+            client_identity,
+            interval,
+            watches,
+            retention,
+            max_actions_per_update: max_actions,
+            reconcile_interval: reconcile,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+mode = "enforce"
+state_dir = "/var/lib/embargo"
+socket = "/run/embargo/embargod.sock"
+tags = ["mobile"]
+
+[policy]
+repository = "https://policy.example.org/fleet/"
+root = "/etc/embargo/root.json"
+ca = "/etc/embargo/ca.pem"
+interval = "15m"
+
+[[watch]]
+kind = "appimage"
+paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = Config::parse(Path::new("agent.toml"), GOOD).unwrap();
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(c.repository, Repository::Https("https://policy.example.org/fleet/".into()));
+        assert_eq!(c.interval, Duration::from_secs(900));
+        assert_eq!(c.watches[0].patterns.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        for (bad, line, needle) in [
+            (GOOD.replace("interval = \"15m\"", "interval = \"15m\"\ncolour = \"red\""), 12, "colour"),
+            (GOOD.replace("mode = \"enforce\"", "mode = \"block\""), 2, "block"),
+            (GOOD.replace("https://policy", "http://policy"), 8, "https:// or file://"),
+            (GOOD.replace("kind = \"appimage\"", "kind = \"flatpak\""), 15, "not built yet"),
+            (GOOD.replace("\"/opt\"", "\"/usr\""), 16, "protected"),
+            (GOOD.replace("interval = \"15m\"", "interval = \"soon\""), 11, "interval"),
+        ] {
+            let err = Config::parse(Path::new("agent.toml"), &bad).unwrap_err();
+            assert_eq!(err.location.map(|l| l.0), Some(line), "{err}");
+            assert!(err.to_string().starts_with(&format!("agent.toml:{line}:")), "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+}

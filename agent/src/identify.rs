@@ -1,0 +1,187 @@
+//! Identifying a file as an app, from an already opened fd (never by path, never by running it).
+//!
+//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8. The name comes
+//!   from the file name (`WeChat-x86_64.AppImage` → `WeChat`); the desktop entry embedded in the
+//!   squashfs is **not read yet** (see README).
+//! - `desktop`: a freedesktop `.desktop` entry; id is the desktop file id (path under the
+//!   applications dir, `/` → `-`), name is `Name=`, and the `Exec=` target is listed in `paths`.
+//! - `file`: any regular file, by name and sha256.
+//!
+//! Every app carries the sha256 of its file. This module reads; it never moves anything.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use embargo_policy::app::{App, Scope};
+use embargo_policy::rules::Kind;
+use sha2::{Digest as _, Sha256};
+
+use crate::safefs::Meta;
+
+/// Largest desktop entry read.
+const DESKTOP_MAX: u64 = 256 * 1024;
+
+pub fn sha256_of(file: &mut std::fs::File) -> std::io::Result<String> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Whether the first bytes are an AppImage (type 1 or 2).
+pub fn is_appimage(head: &[u8]) -> bool {
+    head.len() >= 11 && &head[..4] == b"\x7fELF" && &head[8..10] == b"AI" && (head[10] == 1 || head[10] == 2)
+}
+
+/// `WeChat-x86_64.AppImage` → `WeChat`; `my_tool_1.2.AppImage` → `my`.
+pub fn appimage_name(file_name: &str) -> String {
+    let stem = file_name.strip_suffix(".AppImage").or_else(|| file_name.strip_suffix(".appimage")).unwrap_or(file_name);
+    stem.split(['-', '_']).next().filter(|s| !s.is_empty()).unwrap_or(stem).to_owned()
+}
+
+/// A parsed `[Desktop Entry]`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DesktopEntry {
+    pub name: Option<String>,
+    pub exec: Option<String>,
+    pub is_application: bool,
+}
+
+pub fn parse_desktop(text: &str) -> DesktopEntry {
+    let mut e = DesktopEntry::default();
+    let mut in_main = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_main = line == "[Desktop Entry]";
+            continue;
+        }
+        if !in_main || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else { continue };
+        match k.trim() {
+            "Name" => e.name = Some(v.trim().to_owned()),
+            "Exec" => e.exec = Some(v.trim().to_owned()),
+            "Type" => e.is_application = v.trim() == "Application",
+            _ => {}
+        }
+    }
+    e
+}
+
+/// The program an `Exec=` line runs: its first word, unquoted.
+pub fn exec_target(exec: &str) -> Option<String> {
+    let first = exec.trim_start();
+    let word = if let Some(rest) = first.strip_prefix('"') {
+        rest.split('"').next()?
+    } else {
+        first.split_whitespace().next()?
+    };
+    (!word.is_empty()).then(|| word.to_owned())
+}
+
+/// Identifies the opened file `rel` under a root of `kind` at `root_path`. `None`: not an app
+/// of that kind.
+pub fn identify(
+    kind: Kind,
+    root_path: &Path,
+    rel: &Path,
+    file: &mut std::fs::File,
+    meta: &Meta,
+) -> std::io::Result<Option<App>> {
+    let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let full = root_path.join(rel).display().to_string();
+    let scope = if meta.uid == 0 { Scope::System } else { Scope::User(meta.uid) };
+    let mut head = [0u8; 16];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(file, &mut head)?;
+    let mut app = match kind {
+        Kind::Appimage => {
+            if !is_appimage(&head[..n]) {
+                return Ok(None);
+            }
+            let mut a = App::new(Kind::Appimage, file_name.clone());
+            a.name = Some(appimage_name(&file_name));
+            a
+        }
+        Kind::Desktop => {
+            if !file_name.ends_with(".desktop") || meta.size > DESKTOP_MAX {
+                return Ok(None);
+            }
+            let mut text = String::new();
+            file.seek(SeekFrom::Start(0))?;
+            file.take(DESKTOP_MAX).read_to_string(&mut text).ok();
+            let entry = parse_desktop(&text);
+            if !entry.is_application {
+                return Ok(None);
+            }
+            let id = rel.to_string_lossy().trim_end_matches(".desktop").replace('/', "-");
+            let mut a = App::new(Kind::Desktop, id);
+            a.name = entry.name;
+            if let Some(t) = entry.exec.as_deref().and_then(exec_target) {
+                a.paths.push(t);
+            }
+            a
+        }
+        _ => {
+            let mut a = App::new(Kind::File, file_name.clone());
+            a.name = Some(file_name.clone());
+            a
+        }
+    };
+    app.sha256 = Some(sha256_of(file)?);
+    app.paths.insert(0, full);
+    app.scope = scope;
+    Ok(Some(app))
+}
+
+fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Bytes of a minimal file that identifies as an AppImage (an ELF header with the type-2 magic),
+/// followed by `payload`. Used by the demo and tests to "install" an AppImage without a
+/// squashfs; real AppImages carry the same 11 bytes.
+pub fn fake_appimage(payload: &[u8]) -> Vec<u8> {
+    let mut v = b"\x7fELF\x02\x01\x01\x00AI\x02\x00\x00\x00\x00\x00".to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appimage_magic_and_names() {
+        assert!(is_appimage(&fake_appimage(b"x")));
+        assert!(!is_appimage(b"\x7fELF\x02\x01\x01\x00\x00\x00\x00"));
+        assert!(!is_appimage(b"#!/bin/sh\n"));
+        assert_eq!(appimage_name("WeChat-x86_64.AppImage"), "WeChat");
+        assert_eq!(appimage_name("Firefox.AppImage"), "Firefox");
+    }
+
+    #[test]
+    fn desktop_entries() {
+        let e = parse_desktop("[Desktop Entry]\nType=Application\nName=WeChat\nExec=\"/opt/wechat/wechat\" %U\n[Desktop Action new]\nName=Other\n");
+        assert_eq!(e.name.as_deref(), Some("WeChat"));
+        assert!(e.is_application);
+        assert_eq!(exec_target(e.exec.as_deref().unwrap()).as_deref(), Some("/opt/wechat/wechat"));
+        assert_eq!(exec_target("env FOO=1 app").as_deref(), Some("env"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The control-socket protocol between `embargoctl` and `embargod`: one JSON line each way.
+//! `{"v":1,"request":{"method":"status"}}` → `{"ok":true,"result":{...}}` or
+//! `{"ok":false,"code":"denied","error":"..."}`. These types are the API boundary (they derive
+//! serde); the daemon's internal state does not.
+
+use embargo_policy::app::App;
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    pub v: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Inventory,
+    /// Which rule would act on this app (the client identified it).
+    Evaluate {
+        app: App,
+    },
+    QuarantineList,
+    Events {
+        since: u64,
+        limit: usize,
+    },
+    Sync,
+    Scan,
+    QuarantineRestore {
+        id: String,
+    },
+    QuarantinePurge {
+        id: String,
+    },
+    /// Act on what a policy update held back for exceeding the action cap.
+    Confirm,
+}
+
+impl Request {
+    /// Whether the request changes anything (root only).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Request::Sync
+                | Request::Scan
+                | Request::QuarantineRestore { .. }
+                | Request::QuarantinePurge { .. }
+                | Request::Confirm
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(result: impl Serialize) -> Self {
+        Self {
+            ok: true,
+            result: Some(serde_json::to_value(result).expect("result serializes")),
+            code: None,
+            error: None,
+        }
+    }
+
+    pub fn err(code: &str, error: impl Into<String>) -> Self {
+        Self { ok: false, result: None, code: Some(code.into()), error: Some(error.into()) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub mode: String,
+    pub health: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncError {
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PolicyStatus {
+    pub repository: String,
+    pub fleet: String,
+    pub root_version: u64,
+    pub policy_version: Option<u64>,
+    pub issued: Option<String>,
+    pub expires: Option<String>,
+    pub timestamp_version: Option<u64>,
+    pub timestamp_expires: Option<String>,
+    pub rule_count: usize,
+    pub sha256: Option<String>,
+    pub last_success: Option<String>,
+    pub last_attempt: Option<String>,
+    pub last_error: Option<SyncError>,
+    pub stale: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub kind: String,
+    pub path: String,
+    pub apps_seen: usize,
+    pub watch: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub time: String,
+    pub action: String,
+    pub result: String,
+    pub rule: String,
+    pub strength: String,
+    pub app_kind: String,
+    pub app_id: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_id: Option<String>,
+    /// From the filesystem event (or scan) to the action being done.
+    pub micros: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Counters {
+    pub detected: u64,
+    pub audited: u64,
+    pub quarantined: u64,
+    pub purged: u64,
+    pub restored: u64,
+    pub failed: u64,
+    pub protected_skipped: u64,
+    pub rescans: u64,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnforcementStatus {
+    pub counters: Counters,
+    pub last_actions: Vec<ActionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuarantineStatus {
+    pub items: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// Apps a policy update would act on, held back because they exceed the action cap.
+    pub needs_confirmation: usize,
+    /// Reports not yet delivered to the policy server (reporting is not built yet: always 0).
+    pub reports: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub schema_version: u32,
+    pub daemon: DaemonStatus,
+    pub policy: PolicyStatus,
+    pub sources: Vec<SourceStatus>,
+    pub enforcement: EnforcementStatus,
+    pub quarantine: QuarantineStatus,
+    pub pending: PendingStatus,
+}

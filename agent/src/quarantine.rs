@@ -1,0 +1,415 @@
+//! The quarantine store: reversible removal of banned files, with evidence.
+//!
+//! Layout (root-only, 0700): `<id>.bin` is the quarantined file itself (moved, not copied, when
+//! it is on the store's filesystem), `<id>.json` its manifest (original path, owner, mode,
+//! sha256, rule, time, device and inode).
+//!
+//! Order of a quarantine, each step through fds (see `safefs`): the file was opened beneath its
+//! root and hashed; its parent is opened beneath the root and the name is checked to still be
+//! that inode; processes running it are killed; the manifest is attached to the inode as an
+//! xattr; the name is renamed into the store with RENAME_NOREPLACE; the stored name is checked to
+//! be the same inode (else it is moved back and the race reported); modes are stripped through
+//! the fd; the manifest file is written atomically.
+//! **Crash safety:** a crash after the rename leaves `<id>.bin` with its xattr, from which
+//! `recover` rebuilds the manifest; a crash before it leaves the file where it was.
+
+use std::io::{Seek as _, Write as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use embargo_policy::metadata::Time;
+use embargo_policy::rules::Action;
+use rustix::fs::OFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::safefs::{self, FileId, Meta};
+
+const XATTR: &str = "trusted.embargo.manifest";
+const XATTR_USER: &str = "user.embargo.manifest";
+pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: the file changed while it was being quarantined (replaced or renamed); nothing was moved")]
+    Raced { path: String },
+    #[error("no quarantined item {0:?}")]
+    NoSuchItem(String),
+    #[error("{path}: something already exists at the original location; not overwritten")]
+    Occupied { path: String },
+}
+
+/// What was quarantined, where from, and why. Written beside the file and returned by `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub id: String,
+    pub original_path: String,
+    pub root: String,
+    pub rel: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub size: u64,
+    pub sha256: String,
+    pub rule: String,
+    pub action: Action,
+    pub app_kind: String,
+    pub app_id: String,
+    pub quarantined_at: Time,
+    /// For `remove` rules on unmanaged apps: purged after this time.
+    pub purge_after: Option<Time>,
+    pub dev: u64,
+    pub ino: u64,
+    /// Processes that were running the file and were killed.
+    #[serde(default)]
+    pub killed_pids: Vec<i32>,
+}
+
+/// One item to quarantine.
+pub struct Request<'a> {
+    pub root_path: &'a Path,
+    pub root_fd: &'a OwnedFd,
+    pub rel: &'a Path,
+    pub file: &'a std::fs::File,
+    pub meta: &'a Meta,
+    pub sha256: &'a str,
+    pub rule: &'a str,
+    pub action: Action,
+    pub app_kind: &'a str,
+    pub app_id: &'a str,
+    pub purge_after: Option<Time>,
+}
+
+#[derive(Debug)]
+pub struct QuarantineStore {
+    dir: PathBuf,
+    fd: OwnedFd,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> QuarantineError {
+    move |source| QuarantineError::Io { path: path.to_string(), source }
+}
+
+/// Kills every process whose executable is `id`. Returns their pids.
+pub fn kill_processes_running(id: FileId) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut killed = Vec::new();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return killed };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        // stat of /proc/<pid>/exe follows the magic link to the executable's inode.
+        let Ok(m) = std::fs::metadata(e.path().join("exe")) else { continue };
+        if m.dev() == id.dev && m.ino() == id.ino {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
+                    killed.push(pid);
+                }
+            }
+        }
+    }
+    killed
+}
+
+impl QuarantineStore {
+    /// Opens (creating) the store directory, mode 0700.
+    pub fn open(dir: &Path) -> Result<Self, QuarantineError> {
+        embargo_policy::fsutil::ensure_dir(dir, 0o700).map_err(io(dir.display()))?;
+        let fd = safefs::open_root(dir).map_err(io(dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), fd, counter: std::sync::atomic::AtomicU64::new(0) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        format!("q{t:x}{n:04x}")
+    }
+
+    /// Quarantines one file (see the module header for the order of steps).
+    pub fn quarantine(&self, r: Request<'_>) -> Result<Manifest, QuarantineError> {
+        let original = r.root_path.join(r.rel);
+        let shown = original.display().to_string();
+        let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
+        let name_str = name.to_str().ok_or_else(|| QuarantineError::Raced { path: shown.clone() })?;
+        match safefs::meta_at(&parent, name_str) {
+            Ok(m) if m.id == r.meta.id => {}
+            Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
+        }
+        let killed_pids = kill_processes_running(r.meta.id);
+        let id = self.new_id();
+        let mut manifest = Manifest {
+            schema_version: MANIFEST_SCHEMA_VERSION,
+            id: id.clone(),
+            original_path: shown.clone(),
+            root: r.root_path.display().to_string(),
+            rel: r.rel.display().to_string(),
+            uid: r.meta.uid,
+            gid: r.meta.gid,
+            mode: r.meta.mode,
+            size: r.meta.size,
+            sha256: r.sha256.to_owned(),
+            rule: r.rule.to_owned(),
+            action: r.action,
+            app_kind: r.app_kind.to_owned(),
+            app_id: r.app_id.to_owned(),
+            quarantined_at: Time::now(),
+            purge_after: r.purge_after,
+            dev: r.meta.id.dev,
+            ino: r.meta.id.ino,
+            killed_pids,
+        };
+        let record = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let tagged = safefs::set_xattr(r.file, XATTR, &record)
+            .or_else(|_| safefs::set_xattr(r.file, XATTR_USER, &record))
+            .is_ok();
+        if !tagged {
+            // No xattrs here: make the manifest durable before the move instead.
+            self.write_manifest(&manifest)?;
+        }
+        let bin = format!("{id}.bin");
+        match safefs::rename_noreplace(&parent, name, &self.fd, bin.as_ref()) {
+            Ok(()) => {
+                let moved = safefs::meta_at(&self.fd, &bin).map_err(io(&shown))?;
+                if moved.id != r.meta.id {
+                    // Someone swapped the name between our check and the rename: put back
+                    // what we took, untouched, and report.
+                    let _ = safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, name);
+                    let _ = self.remove_manifest(&id);
+                    return Err(QuarantineError::Raced { path: shown });
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                self.copy_in(&r, &parent, name_str, &bin, &record).map_err(|e| {
+                    let _ = self.remove_manifest(&id);
+                    e
+                })?;
+            }
+            Err(e) => {
+                let _ = self.remove_manifest(&id);
+                return Err(io(&shown)(e));
+            }
+        }
+        // Strip every permission bit through the fd: the store is root-only anyway, and the
+        // original mode is in the manifest for restore.
+        let _ = safefs::fchmod(r.file, 0o400);
+        manifest.quarantined_at = Time::now();
+        self.write_manifest(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// The store is on another filesystem: copy through the fd, make it durable, then unlink the
+    /// original name if it still is the same inode.
+    fn copy_in(
+        &self,
+        r: &Request<'_>,
+        parent: &OwnedFd,
+        name: &str,
+        bin: &str,
+        record: &[u8],
+    ) -> Result<(), QuarantineError> {
+        let shown = r.root_path.join(r.rel).display().to_string();
+        let fd = rustix::fs::openat(
+            &self.fd,
+            bin,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o400),
+        )
+        .map_err(|e| io(&shown)(e.into()))?;
+        let mut out = std::fs::File::from(fd);
+        let mut src = r.file.try_clone().map_err(io(&shown))?;
+        src.seek(std::io::SeekFrom::Start(0)).map_err(io(&shown))?;
+        std::io::copy(&mut src, &mut out).map_err(io(&shown))?;
+        let _ = safefs::set_xattr(&out, XATTR, record).or_else(|_| safefs::set_xattr(&out, XATTR_USER, record));
+        out.flush().and_then(|()| out.sync_all()).map_err(io(&shown))?;
+        match safefs::meta_at(parent, name) {
+            Ok(m) if m.id == r.meta.id => safefs::unlink_at(parent, name).map_err(io(&shown)),
+            _ => {
+                let _ = safefs::unlink_at(&self.fd, bin);
+                Err(QuarantineError::Raced { path: shown })
+            }
+        }
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<(), QuarantineError> {
+        let mut bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        bytes.push(b'\n');
+        embargo_policy::fsutil::write_atomic(&self.dir, &format!("{}.json", m.id), &bytes, 0o600)
+            .map_err(io(self.dir.display()))
+    }
+
+    fn remove_manifest(&self, id: &str) -> std::io::Result<()> {
+        match safefs::unlink_at(&self.fd, &format!("{id}.json")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn valid_id(id: &str) -> bool {
+        id.len() <= 64 && id.starts_with('q') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Manifest, QuarantineError> {
+        if !Self::valid_id(id) {
+            return Err(QuarantineError::NoSuchItem(id.into()));
+        }
+        let path = self.dir.join(format!("{id}.json"));
+        let bytes = embargo_policy::fsutil::read_capped(&path, 1 << 20).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                QuarantineError::NoSuchItem(id.into())
+            } else {
+                io(path.display())(e)
+            }
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| io(path.display())(std::io::Error::other(e)))
+    }
+
+    /// Every quarantined item, oldest first.
+    pub fn list(&self) -> Vec<Manifest> {
+        let mut out: Vec<Manifest> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+            .filter_map(|id| self.get(&id).ok())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Total bytes held.
+    pub fn size(&self) -> u64 {
+        self.list().iter().map(|m| m.size).sum()
+    }
+
+    /// Puts a quarantined file back where it was, with its mode and owner. Refuses to overwrite.
+    pub fn restore(&self, id: &str) -> Result<Manifest, QuarantineError> {
+        let m = self.get(id)?;
+        let root = safefs::open_root(Path::new(&m.root)).map_err(io(&m.root))?;
+        let rel = PathBuf::from(&m.rel);
+        let name = rel.file_name().ok_or_else(|| QuarantineError::NoSuchItem(id.into()))?.to_owned();
+        let parent =
+            safefs::mkdirs_beneath(&root, rel.parent().unwrap_or(Path::new(""))).map_err(io(&m.original_path))?;
+        let bin = format!("{id}.bin");
+        let payload = rustix::fs::openat(
+            &self.fd,
+            bin.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io(&m.original_path)(e.into()))?;
+        if safefs::meta_at(&parent, name.to_str().unwrap_or("")).is_ok() {
+            return Err(QuarantineError::Occupied { path: m.original_path.clone() });
+        }
+        match safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, &name) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                let fd = rustix::fs::openat(
+                    &parent,
+                    &name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| io(&m.original_path)(e.into()))?;
+                let mut out = std::fs::File::from(fd);
+                std::io::copy(&mut std::fs::File::from(payload.try_clone().map_err(io(&m.original_path))?), &mut out)
+                    .map_err(io(&m.original_path))?;
+                out.sync_all().map_err(io(&m.original_path))?;
+                restore_owner(&out, &m);
+                safefs::unlink_at(&self.fd, &bin).map_err(io(&m.original_path))?;
+                self.remove_manifest(id).map_err(io(self.dir.display()))?;
+                return Ok(m);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(QuarantineError::Occupied { path: m.original_path.clone() })
+            }
+            Err(e) => return Err(io(&m.original_path)(e)),
+        }
+        restore_owner(&payload, &m);
+        self.remove_manifest(id).map_err(io(self.dir.display()))?;
+        let _ = embargo_policy::fsutil::sync_dir(&self.dir);
+        Ok(m)
+    }
+
+    /// Deletes a quarantined file and its manifest for good.
+    pub fn purge(&self, id: &str) -> Result<Manifest, QuarantineError> {
+        let m = self.get(id)?;
+        match safefs::unlink_at(&self.fd, &format!("{id}.bin")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&m.original_path)(e)),
+        }
+        self.remove_manifest(id).map_err(io(self.dir.display()))?;
+        let _ = embargo_policy::fsutil::sync_dir(&self.dir);
+        Ok(m)
+    }
+
+    /// Purges items whose retention has passed. Returns them.
+    pub fn purge_expired(&self, now: Time) -> Vec<Manifest> {
+        self.list()
+            .into_iter()
+            .filter(|m| m.purge_after.is_some_and(|t| t <= now))
+            .filter_map(|m| self.purge(&m.id).ok())
+            .collect()
+    }
+
+    /// After a crash: rebuilds manifests of stored files from their xattr, and drops manifests
+    /// whose file is gone (a restore that finished moving but not cleaning up). Returns what it fixed.
+    pub fn recover(&self) -> Vec<String> {
+        let mut fixed = Vec::new();
+        let names: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        for n in &names {
+            if let Some(id) = n.strip_suffix(".bin") {
+                if names.iter().any(|x| *x == format!("{id}.json")) {
+                    continue;
+                }
+                let Ok(fd) = rustix::fs::openat(
+                    &self.fd,
+                    n.as_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                ) else {
+                    continue;
+                };
+                let record = safefs::get_xattr(&fd, XATTR).or_else(|_| safefs::get_xattr(&fd, XATTR_USER));
+                if let Some(m) = record.ok().and_then(|r| serde_json::from_slice::<Manifest>(&r).ok()) {
+                    if self.write_manifest(&m).is_ok() {
+                        fixed.push(format!("rebuilt manifest of {id} ({})", m.original_path));
+                    }
+                }
+            } else if let Some(id) = n.strip_suffix(".json") {
+                if Self::valid_id(id) && !names.iter().any(|x| *x == format!("{id}.bin")) {
+                    // The payload was restored (or never moved): the manifest is stale.
+                    if self.remove_manifest(id).is_ok() {
+                        fixed.push(format!("dropped stale manifest {id}"));
+                    }
+                }
+            }
+        }
+        fixed
+    }
+
+    pub fn fd(&self) -> impl AsFd + '_ {
+        &self.fd
+    }
+}
+
+fn restore_owner(fd: impl AsFd, m: &Manifest) {
+    let _ = safefs::fchown(fd.as_fd(), m.uid, m.gid);
+    let _ = safefs::fchmod(fd, m.mode);
+}
