@@ -361,8 +361,8 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             (GOOD.replace("interval = \"15m\"", "interval = \"15m\"\ncolour = \"red\""), 12, "colour"),
             (GOOD.replace("mode = \"enforce\"", "mode = \"block\""), 2, "block"),
             (GOOD.replace("https://policy", "http://policy"), 8, "https:// or file://"),
-            (GOOD.replace("kind = \"appimage\"", "kind = \"flatpak\""), 15, "not built yet"),
-            (GOOD.replace("\"/opt\"", "\"/usr\""), 16, "protected"),
+            (GOOD.replace("kind = \"appimage\"", "kind = \"flatpak\""), 14, "not built yet"),
+            (GOOD.replace("\"/opt\"", "\"/usr\""), 15, "protected"),
             (GOOD.replace("interval = \"15m\"", "interval = \"soon\""), 11, "interval"),
         ] {
             let err = Config::parse(Path::new("agent.toml"), &bad).unwrap_err();
