@@ -287,9 +287,6 @@ impl Daemon {
             self.counters.protected_skipped += 1;
             return;
         }
-        if self.exempt.contains(&meta.id) {
-            return;
-        }
         let cached =
             self.inventory.get(&full).filter(|it| it.id == meta.id && it.size == meta.size).map(|it| it.app.clone());
         let app = match cached {
@@ -324,6 +321,9 @@ impl Daemon {
             },
         );
         let Some(v) = verdict else { return };
+        if self.exempt.contains(&meta.id) {
+            return;
+        }
         match verdict_action(self.cfg.mode, &v) {
             Action::Audit => {
                 if !audited {
@@ -419,15 +419,30 @@ impl Daemon {
                 return;
             }
         };
+        tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "fs event");
         if ev.need_rescan() || ev.paths.is_empty() {
             tracing::info!("event queue overflowed: rescanning everything");
             self.rescan_all(since);
             return;
         }
         use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+        // Opens and non-writing closes (our own reads among them) say nothing new.
+        if matches!(
+            ev.kind,
+            EventKind::Access(
+                AccessKind::Open(_)
+                    | AccessKind::Read
+                    | AccessKind::Close(AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other)
+            )
+        ) {
+            return;
+        }
+        let structural =
+            matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
         for path in &ev.paths {
-            if self.anchors.iter().any(|a| path.parent() == Some(a.as_path()) || path == a)
+            if structural
                 && self.root_of(path).is_none()
+                && self.anchors.iter().any(|a| path.parent() == Some(a.as_path()) || path == a)
             {
                 self.refresh_roots();
                 continue;

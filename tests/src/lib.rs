@@ -142,3 +142,164 @@ pub fn make_repo(base: &Path, policy_toml: &str) -> Repo {
     policy_tool_ok(&["timestamp", "--repo", d, "--key", &k("timestamp.key")]);
     Repo { anchor: dir.join("root/1.json"), dir, keys }
 }
+
+/// A whole device: a repository served over TLS by `embargo-server`, and `embargod` watching
+/// a fake home directory, with its control socket and state in a temp dir.
+pub struct Device {
+    pub tmp: tempfile::TempDir,
+    pub repo: Repo,
+    pub ca: TestCa,
+    pub url: String,
+    pub server: Option<Running>,
+    pub agent: Option<Running>,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    /// `home/alice`: `Applications/` and `Downloads/` are watched for AppImages.
+    pub home: PathBuf,
+    pub staging: PathBuf,
+}
+
+impl Device {
+    /// Starts the server for a repository signed with `policy_toml`, then the agent.
+    pub fn new(policy_toml: &str) -> Self {
+        Self::with_ttl(policy_toml, "1d")
+    }
+
+    pub fn with_ttl(policy_toml: &str, timestamp_ttl: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        // Readable by other users: the non-root embargoctl test connects to the socket in here.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let repo = make_repo(tmp.path(), policy_toml);
+        let k = |n: &str| repo.keys.join(n).to_str().unwrap().to_owned();
+        policy_tool_ok(&[
+            "timestamp",
+            "--repo",
+            repo.dir.to_str().unwrap(),
+            "--key",
+            &k("timestamp.key"),
+            "--expires",
+            timestamp_ttl,
+        ]);
+        let ca = test_ca(tmp.path());
+        let (server, url) = start_server(&repo.dir, &ca, &[]);
+        let home = tmp.path().join("home/alice");
+        for d in ["Applications", "Downloads"] {
+            std::fs::create_dir_all(home.join(d)).unwrap();
+        }
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let state = tmp.path().join("state");
+        let socket = tmp.path().join("embargod.sock");
+        let config = tmp.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "mode = \"enforce\"\nstate_dir = \"{state}\"\nsocket = \"{socket}\"\n\n[policy]\nrepository = \"{url}\"\nroot = \"{anchor}\"\nca = \"{ca}\"\ninterval = \"1h\"\n\n[[watch]]\nkind = \"appimage\"\npaths = [\"{home}/*/Applications\", \"{home}/*/Downloads\"]\n",
+                state = state.display(),
+                socket = socket.display(),
+                anchor = repo.anchor.display(),
+                ca = ca.ca_pem.display(),
+                home = tmp.path().join("home").display(),
+            ),
+        )
+        .unwrap();
+        let mut d =
+            Device { tmp, repo, ca, url, server: Some(server), agent: None, config, socket, state, home, staging };
+        d.start_agent();
+        d
+    }
+
+    pub fn start_agent(&mut self) {
+        let child = Command::new(bin("embargod"))
+            .args(["--config", self.config.to_str().unwrap()])
+            .env("EMBARGO_LOG", "warn,embargo_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.tmp.path().join("embargod.log")).unwrap())
+            .spawn()
+            .expect("start embargod");
+        self.agent = Some(Running(child));
+        // Up, watching, and enforcing a verified policy (synced, or persisted from before).
+        eventually("embargod to enforce a verified policy", Duration::from_secs(20), || {
+            self.status().filter(|s| {
+                s["sources"].as_array().is_some_and(|a| !a.is_empty()) && s["policy"]["policy_version"].is_u64()
+            })
+        });
+    }
+
+    pub fn stop_agent(&mut self) {
+        self.agent = None;
+    }
+
+    pub fn stop_server(&mut self) {
+        self.server = None;
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("embargoctl")).arg("--socket").arg(&self.socket).args(args).output().expect("run embargoctl")
+    }
+
+    /// `embargoctl status --json`, parsed; `None` if the daemon is unreachable.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.ctl(&["status", "--json"]);
+        if out.status.code() == Some(3) {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn policy_version(&self) -> Option<u64> {
+        self.status()?["policy"]["policy_version"].as_u64()
+    }
+
+    /// Signs `policy_toml` as the next policy version and re-signs the timestamp.
+    pub fn publish(&self, policy_toml: &str) {
+        let k = |n: &str| self.repo.keys.join(n).to_str().unwrap().to_owned();
+        let toml = self.tmp.path().join("next-policy.toml");
+        std::fs::write(&toml, policy_toml).unwrap();
+        let d = self.repo.dir.to_str().unwrap();
+        policy_tool_ok(&["sign", "--repo", d, "--key", &k("policy.key"), toml.to_str().unwrap()]);
+        policy_tool_ok(&["timestamp", "--repo", d, "--key", &k("timestamp.key")]);
+    }
+
+    /// Installs `bytes` at `rel` under the home directory the way installers do: written in a
+    /// staging directory, renamed into place. Mode 0755.
+    pub fn install(&self, rel: &str, bytes: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dest = self.home.join(rel);
+        let tmp = self.staging.join(format!("{}.part", dest.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &dest).unwrap();
+        dest
+    }
+
+    pub fn quarantine_list(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["quarantine", "list", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    pub fn inventory_has(&self, path: &Path) -> Option<serde_json::Value> {
+        let out = self.ctl(&["inventory", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["apps"].as_array()?.iter().find(|e| e["app"]["paths"][0].as_str() == path.to_str()).cloned()
+    }
+}
+
+/// A file that identifies as an AppImage (ELF + `AI\x02`), with `payload` after the header.
+pub fn appimage(payload: &str) -> Vec<u8> {
+    let mut v = b"\x7fELF\x02\x01\x01\x00AI\x02\x00\x00\x00\x00\x00".to_vec();
+    v.extend_from_slice(payload.as_bytes());
+    v
+}
+
+/// Whether tests that need `what` must fail rather than skip (`.ci/run` sets it).
+pub fn require_tools() -> bool {
+    std::env::var("EMBARGO_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// A policy banning only Kaspersky (no WeChat rule).
+pub const KASPERSKY_ONLY: &str =
+    "[[rule]]\nid = \"kaspersky\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"kesl\"\n";
