@@ -58,9 +58,6 @@ struct RawEnforcement {
     /// Most apps one policy update may act on; over it, none are acted on ("needs confirmation").
     #[serde(default)]
     max_actions_per_update: Option<usize>,
-    /// Full reconcile scan of every watched root (the backstop for missed events).
-    #[serde(default)]
-    reconcile_interval: Option<String>,
 }
 
 /// Enforce acts; monitor turns every action into audit.
@@ -121,7 +118,6 @@ pub struct Config {
     pub watches: Vec<Watch>,
     pub retention: Duration,
     pub max_actions_per_update: usize,
-    pub reconcile_interval: Duration,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -276,8 +272,7 @@ impl Config {
         if raw.watch.is_empty() {
             watches = default_watches();
         }
-        let (mut retention, mut max_actions, mut reconcile) =
-            (Duration::from_secs(30 * 86400), 100, Duration::from_secs(600));
+        let (mut retention, mut max_actions) = (Duration::from_secs(30 * 86400), 100);
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -289,13 +284,6 @@ impl Config {
                     return Err(at(s, "max_actions_per_update must be at least 1".into()));
                 }
                 max_actions = m;
-            }
-            if let Some(r) = &e.reconcile_interval {
-                reconcile =
-                    humantime::parse_duration(r).map_err(|err| at(s, format!("reconcile_interval {r:?}: {err}")))?;
-                if reconcile < Duration::from_secs(1) {
-                    return Err(at(s, "reconcile_interval must be at least 1s".into()));
-                }
             }
         }
         for t in &raw.tags {
@@ -320,7 +308,6 @@ impl Config {
             watches,
             retention,
             max_actions_per_update: max_actions,
-            reconcile_interval: reconcile,
         })
     }
 }

@@ -33,7 +33,6 @@ pub enum Event {
     Fs(notify::Result<notify::Event>),
     Sync(Box<SyncReport>),
     Control { request: Request, uid: u32, reply: oneshot::Sender<Response> },
-    Reconcile,
 }
 
 /// Most files one scan of a root looks at, and how deep it goes.
@@ -531,6 +530,7 @@ impl Daemon {
 
     fn on_sync(&mut self, report: SyncReport) {
         self.policy = report.status;
+        let new_policy = report.new_rules.is_some();
         if let Some(rules) = report.new_rules {
             tracing::info!(version = ?self.policy.policy_version, rules = rules.len(), "enforcing new policy");
             self.audit(serde_json::json!({"type": "policy", "version": self.policy.policy_version, "sha256": self.policy.sha256, "rules": rules.len()}));
@@ -540,6 +540,10 @@ impl Daemon {
             if report.attempted {
                 self.audit(serde_json::json!({"type": "sync-failed", "kind": e.kind, "message": e.message}));
             }
+        }
+        if !new_policy {
+            // The backstop for anything the watcher missed (a new policy already rescanned).
+            self.reconcile();
         }
         for w in self.sync_waiters.drain(..) {
             let _ = w.send(match &self.policy.last_error {
@@ -678,21 +682,18 @@ impl Daemon {
         }
     }
 
-    /// Runs until `events` closes or `shutdown` completes.
+    /// Runs until `events` closes or `shutdown` completes. There is no timer here: the sync
+    /// task's timer is the only periodic wake-up, and each sync ends with a reconcile.
     pub async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         self.refresh_roots();
-        let mut tick = tokio::time::interval(self.cfg.reconcile_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
         tokio::pin!(shutdown);
         loop {
             let ev = tokio::select! {
                 () = &mut shutdown => break,
-                _ = tick.tick() => Event::Reconcile,
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
             };
             let since = Instant::now();
@@ -700,7 +701,6 @@ impl Daemon {
                 Event::Fs(res) => self.on_fs(res, since),
                 Event::Sync(report) => self.on_sync(*report),
                 Event::Control { request, uid, reply } => self.on_control(request, uid, reply),
-                Event::Reconcile => self.reconcile(),
             }
         }
         tracing::info!("shutting down");

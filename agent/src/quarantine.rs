@@ -190,9 +190,8 @@ impl QuarantineStore {
                 }
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                self.copy_in(&r, &parent, name_str, &bin, &record).map_err(|e| {
+                self.copy_in(&r, &parent, name_str, &bin, &record).inspect_err(|_| {
                     let _ = self.remove_manifest(&id);
-                    e
                 })?;
             }
             Err(e) => {
@@ -412,4 +411,81 @@ impl QuarantineStore {
 fn restore_owner(fd: impl AsFd, m: &Manifest) {
     let _ = safefs::fchown(fd.as_fd(), m.uid, m.gid);
     let _ = safefs::fchmod(fd, m.mode);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarantine_one(store: &QuarantineStore, root: &Path, name: &str) -> Manifest {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = root.join(name);
+        std::fs::write(&p, b"payload").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let root_fd = safefs::open_root(root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new(name)).unwrap();
+        store
+            .quarantine(Request {
+                root_path: root,
+                root_fd: &root_fd,
+                rel: Path::new(name),
+                file: &file,
+                meta: &meta,
+                sha256: "00",
+                rule: "r",
+                action: Action::Quarantine,
+                app_kind: "file",
+                app_id: name,
+                purge_after: None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_crash_between_the_move_and_the_manifest_is_recovered_from_the_xattr() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let m = quarantine_one(&store, &root, "a");
+        // Simulate the crash: the file is in the store, its manifest was never written.
+        std::fs::remove_file(store.dir().join(format!("{}.json", m.id))).unwrap();
+        assert!(store.list().is_empty());
+        let fixed = store.recover();
+        assert_eq!(fixed.len(), 1, "{fixed:?}");
+        let back = store.get(&m.id).unwrap();
+        assert_eq!((back.original_path, back.mode), (m.original_path.clone(), 0o750));
+        // And it restores with its mode.
+        store.restore(&m.id).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(std::fs::metadata(root.join("a")).unwrap().mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn a_crash_after_a_restore_moved_the_file_drops_the_stale_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let m = quarantine_one(&store, &root, "b");
+        // Simulate the crash: the payload went back, the manifest stayed.
+        std::fs::rename(store.dir().join(format!("{}.bin", m.id)), root.join("b")).unwrap();
+        assert_eq!(store.recover().len(), 1);
+        assert!(store.list().is_empty());
+        assert!(root.join("b").exists());
+    }
+
+    #[test]
+    fn restore_refuses_to_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let m = quarantine_one(&store, &root, "c");
+        std::fs::write(root.join("c"), "something new").unwrap();
+        assert!(matches!(store.restore(&m.id), Err(QuarantineError::Occupied { .. })));
+        assert_eq!(std::fs::read(root.join("c")).unwrap(), b"something new");
+        assert_eq!(store.list().len(), 1, "still quarantined");
+    }
 }

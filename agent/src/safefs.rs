@@ -126,7 +126,7 @@ pub fn open_file_beneath(root: impl AsFd, rel: &Path) -> std::io::Result<(std::f
 }
 
 /// Opens the parent directory of `rel` beneath `root` and returns it with the final name.
-pub fn open_parent_beneath<'a>(root: impl AsFd, rel: &'a Path) -> std::io::Result<(OwnedFd, &'a std::ffi::OsStr)> {
+pub fn open_parent_beneath(root: impl AsFd, rel: &Path) -> std::io::Result<(OwnedFd, &std::ffi::OsStr)> {
     let name = rel.file_name().ok_or_else(|| std::io::Error::other("no file name"))?;
     let parent = rel.parent().unwrap_or(Path::new(""));
     let fd = open_beneath(root, parent, OFlags::PATH | OFlags::DIRECTORY)?;
