@@ -690,10 +690,21 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         self.refresh_roots();
+        // READY: the persisted policy is loaded and enforced, the socket is bound, the watches
+        // are in place. (A no-op outside systemd.)
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        // The watchdog is fed from this loop, so a stuck loop stops the pings and systemd
+        // restarts us. Only under systemd with WatchdogSec=; otherwise there is no timer at all.
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut ping = watchdog.map(|d| tokio::time::interval(d / 2));
         tokio::pin!(shutdown);
         loop {
             let ev = tokio::select! {
                 () = &mut shutdown => break,
+                _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    continue;
+                }
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
             };
             let since = Instant::now();
@@ -703,6 +714,7 @@ impl Daemon {
                 Event::Control { request, uid, reply } => self.on_control(request, uid, reply),
             }
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down");
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod dpkg;
 pub mod identify;
 pub mod proto;
 pub mod quarantine;
