@@ -153,7 +153,11 @@ const PROTECTED_ROOTS: &[&str] = &[
 ];
 
 /// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File];
+pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb];
+
+/// Kinds whose watch paths are package-manager roots (read through the package database and
+/// acted on through the package manager), not install folders whose files are moved.
+pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb];
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -243,7 +247,9 @@ impl Config {
             if !WATCH_KINDS.contains(&kind) {
                 return Err(at(
                     w.get_ref().kind.span().start,
-                    format!("watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file)"),
+                    format!(
+                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb)"
+                    ),
                 ));
             }
             let mut patterns = Vec::new();
@@ -256,7 +262,7 @@ impl Config {
                     ));
                 }
                 let norm: PathBuf = pb.components().collect();
-                if PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
+                if !PACKAGE_KINDS.contains(&kind) && PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
                     return Err(at(
                         p.span().start,
                         format!("watch path {:?} is a protected system directory", p.get_ref()),

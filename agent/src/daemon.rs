@@ -77,6 +77,11 @@ pub struct Daemon {
     sync_waiters: Vec<oneshot::Sender<Response>>,
     /// Inodes an admin restored from quarantine; not acted on again under the same policy.
     exempt: std::collections::HashSet<FileId>,
+    /// Package-manager roots (dpkg) and what is installed there.
+    pkg_roots: Vec<crate::packages::PkgRoot>,
+    /// When to retry removals that wait for a package-manager lock (no timer otherwise).
+    retry_at: Option<tokio::time::Instant>,
+    retry_attempts: u32,
 }
 
 fn verdict_action(mode: Mode, v: &Verdict) -> Action {
@@ -159,6 +164,9 @@ impl Daemon {
             started: Instant::now(),
             sync_waiters: Vec::new(),
             exempt: Default::default(),
+            pkg_roots: Vec::new(),
+            retry_at: None,
+            retry_attempts: 0,
         })
     }
 
@@ -171,9 +179,10 @@ impl Daemon {
     /// Brings the set of roots in line with the watch patterns: new directories (a new user's
     /// ~/Applications) are watched and scanned; vanished ones dropped.
     pub fn refresh_roots(&mut self) {
+        self.refresh_package_roots();
         let mut wanted: Vec<(Kind, PathBuf)> = Vec::new();
         let mut anchors = Vec::new();
-        for w in &self.cfg.watches {
+        for w in self.cfg.watches.iter().filter(|w| !crate::config::PACKAGE_KINDS.contains(&w.kind)) {
             for p in &w.patterns {
                 let (roots, a) = expand(p);
                 wanted.extend(roots.into_iter().map(|r| (w.kind, r)));
@@ -223,6 +232,84 @@ impl Daemon {
         }
         for p in new_roots {
             self.scan_path(&p, Instant::now());
+        }
+    }
+
+    /// Opens and watches the package-manager roots (their database directories only).
+    fn refresh_package_roots(&mut self) {
+        let wanted: Vec<PathBuf> =
+            self.cfg.watches.iter().filter(|w| w.kind == Kind::Deb).flat_map(|w| w.patterns.iter().cloned()).collect();
+        for root in wanted {
+            if self.pkg_roots.iter().any(|r| r.root == root) {
+                continue;
+            }
+            match crate::packages::PkgRoot::open(&root) {
+                Ok(r) => {
+                    for dir in [r.admindir(), r.admindir().join("updates")] {
+                        if let Err(e) = self.watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                            tracing::warn!(path = %dir.display(), error = %e, "cannot watch the dpkg database");
+                        }
+                    }
+                    tracing::info!(root = %root.display(), "watching dpkg");
+                    self.pkg_roots.push(r);
+                    let i = self.pkg_roots.len() - 1;
+                    self.scan_packages(i, Instant::now());
+                }
+                Err(e) => tracing::warn!(root = %root.display(), error = %e, "cannot open the dpkg root"),
+            }
+        }
+    }
+
+    /// Re-reads one package root and acts on what the policy bans there.
+    fn scan_packages(&mut self, i: usize, since: Instant) {
+        let todo = self.pkg_roots[i].scan(&self.rules);
+        if self.pkg_roots.iter().all(|r| r.waiting() == 0) {
+            self.retry_attempts = 0;
+        }
+        let monitor = self.cfg.mode == Mode::Monitor;
+        for name in todo {
+            let Some((v, app, outcome)) = self.pkg_roots[i].act(&name, monitor, &self.store) else { continue };
+            use crate::packages::Outcome;
+            let (action, result) = match &outcome {
+                Outcome::Audited => ("audit".to_owned(), "recorded".to_owned()),
+                Outcome::Removed => ("remove".to_owned(), "removed by dpkg --purge".to_owned()),
+                Outcome::NeedsAdmin(why) => (v.action.to_string(), format!("needs admin: {why}")),
+                Outcome::WaitingForLock => {
+                    tracing::info!(package = %name, "a package-manager transaction holds the lock; waiting");
+                    // Retry soon (dpkg holds the lock until it exits, right after committing),
+                    // then less often while another frontend keeps it.
+                    let delay = std::time::Duration::from_millis(10 << self.retry_attempts.min(6));
+                    self.retry_attempts += 1;
+                    self.retry_at.get_or_insert_with(|| tokio::time::Instant::now() + delay);
+                    continue;
+                }
+                Outcome::Protected(why) => ("skip".to_owned(), format!("protected: {why}")),
+                Outcome::Failed(e) => ("remove".to_owned(), format!("failed: {e}")),
+            };
+            match &outcome {
+                Outcome::Removed => self.counters.purged += 1,
+                Outcome::Audited => self.counters.audited += 1,
+                Outcome::Protected(_) => self.counters.protected_skipped += 1,
+                Outcome::Failed(_) => self.counters.failed += 1,
+                Outcome::NeedsAdmin(_) => self.counters.quarantined += 1,
+                Outcome::WaitingForLock => {}
+            }
+            self.counters.detected += 1;
+            let path = self.pkg_roots[i].root.join("var/lib/dpkg/info").join(format!("{}.list", app.id));
+            tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
+            self.record(&action, &result, &v, &app, &path, None, since);
+        }
+    }
+
+    fn retry_packages(&mut self) {
+        self.retry_at = None;
+        if self.pkg_roots.iter().all(|r| r.waiting() == 0) {
+            self.retry_attempts = 0;
+        }
+        for i in 0..self.pkg_roots.len() {
+            if self.pkg_roots[i].waiting() > 0 {
+                self.scan_packages(i, Instant::now());
+            }
         }
     }
 
@@ -436,6 +523,10 @@ impl Daemon {
         ) {
             return;
         }
+        if let Some(i) = self.pkg_roots.iter().position(|r| ev.paths.iter().any(|p| r.is_db_change(p))) {
+            self.scan_packages(i, since);
+            return;
+        }
         let structural =
             matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
         for path in &ev.paths {
@@ -489,6 +580,9 @@ impl Daemon {
     fn apply_rules(&mut self, rules: RuleSet) {
         self.rules = rules;
         self.exempt.clear();
+        for i in 0..self.pkg_roots.len() {
+            self.scan_packages(i, Instant::now());
+        }
         self.needs_confirmation.clear();
         let mut to_act = Vec::new();
         for (path, it) in &self.inventory {
@@ -569,6 +663,10 @@ impl Daemon {
                 reasons.push(format!("watch of {} {}", r.path.display(), r.watch));
             }
         }
+        let waiting: usize = self.pkg_roots.iter().map(|r| r.waiting()).sum();
+        if waiting > 0 {
+            reasons.push(format!("{waiting} package removal(s) waiting for the package manager's lock"));
+        }
         if !self.needs_confirmation.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.needs_confirmation.len()));
         }
@@ -581,6 +679,12 @@ impl Daemon {
                 apps_seen: self.inventory.values().filter(|it| it.root == r.path).count(),
                 watch: r.watch.clone(),
             })
+            .chain(self.pkg_roots.iter().map(|r| proto::SourceStatus {
+                kind: "deb".into(),
+                path: r.admindir().display().to_string(),
+                apps_seen: r.packages.len(),
+                watch: "inotify".into(),
+            }))
             .collect();
         let q = self.store.list();
         proto::Status {
@@ -618,6 +722,9 @@ impl Daemon {
                     .inventory
                     .values()
                     .map(|it| InventoryEntry { app: it.app.clone(), verdict: it.verdict.clone() })
+                    .chain(self.pkg_roots.iter().flat_map(|r| {
+                        r.packages.values().map(|p| InventoryEntry { app: p.app.clone(), verdict: p.verdict.clone() })
+                    }))
                     .collect();
                 Response::ok(Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps })
             }
@@ -703,6 +810,10 @@ impl Daemon {
                 () = &mut shutdown => break,
                 _ = async { ping.as_mut().expect("guarded").tick().await }, if ping.is_some() => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    continue;
+                }
+                () = tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)), if self.retry_at.is_some() => {
+                    self.retry_packages();
                     continue;
                 }
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },

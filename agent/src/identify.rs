@@ -103,7 +103,10 @@ pub fn identify(
     let mut head = [0u8; 16];
     file.seek(SeekFrom::Start(0))?;
     let n = read_up_to(file, &mut head)?;
+    let artifact =
+        if matches!(kind, Kind::Appimage | Kind::File) { installer_artifact(&file_name, file)? } else { None };
     let mut app = match kind {
+        _ if artifact.is_some() => artifact.expect("checked"),
         Kind::Appimage => {
             if !is_appimage(&head[..n]) {
                 return Ok(None);
@@ -140,6 +143,99 @@ pub fn identify(
     app.sha256 = Some(sha256_of(file)?);
     app.paths.insert(0, full);
     app.scope = scope;
+    Ok(Some(app))
+}
+
+/// Runs a package tool with the opened file as its stdin (`/dev/stdin` reopens that same inode,
+/// so there is no path to race) and returns its stdout lines, or `None` if it failed.
+fn query_through_stdin(file: &std::fs::File, program: &str, args: &[&str]) -> Option<Vec<String>> {
+    let stdin = file.try_clone().ok()?;
+    let mut f = stdin.try_clone().ok()?;
+    f.seek(SeekFrom::Start(0)).ok()?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::from(stdin))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+}
+
+/// Installer artifacts as they sit in download folders, identified without running them:
+/// `.deb` (control: Package, Version, Maintainer via dpkg-deb), `.rpm` (header via rpm -qp;
+/// by file name when rpm is not installed), `.flatpakref` (Name), `.apk` (by hash until APK
+/// parsing lands). `.AppImage` files are handled as AppImages.
+fn installer_artifact(file_name: &str, file: &mut std::fs::File) -> std::io::Result<Option<App>> {
+    let lower = file_name.to_ascii_lowercase();
+    let stem = |ext: &str| file_name[..file_name.len() - ext.len()].to_owned();
+    let app = if lower.ends_with(".deb") {
+        let fields = query_through_stdin(
+            file,
+            "dpkg-deb",
+            &["--showformat=${Package}\\n${Version}\\n${Maintainer}\\n", "--show", "/dev/stdin"],
+        );
+        let mut a;
+        match fields {
+            Some(f) if f.first().is_some_and(|p| !p.is_empty()) => {
+                a = App::new(Kind::Deb, f[0].clone());
+                a.version = f.get(1).cloned().filter(|s| !s.is_empty());
+                a.publisher = f.get(2).cloned().filter(|s| !s.is_empty());
+            }
+            _ => {
+                a = App::new(Kind::Deb, stem(".deb").split('_').next().unwrap_or_default().to_owned());
+            }
+        }
+        a.name = Some(a.id.clone());
+        a
+    } else if lower.ends_with(".rpm") {
+        let fields = query_through_stdin(
+            file,
+            "rpm",
+            &[
+                "-qp",
+                "--nosignature",
+                "--nodigest",
+                "--qf",
+                "%{NAME}\\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n%{VENDOR}\\n",
+                "/dev/stdin",
+            ],
+        );
+        let mut a;
+        match fields {
+            Some(f) if f.first().is_some_and(|p| !p.is_empty()) => {
+                a = App::new(Kind::Rpm, f[0].clone());
+                a.version = f.get(1).map(|v| v.trim_start_matches("0:").to_owned());
+                a.publisher = f.get(2).cloned().filter(|s| !s.is_empty() && s != "(none)");
+            }
+            _ => {
+                // No rpm here: the name is the file name's up to the version.
+                let s = stem(".rpm");
+                let name = s
+                    .split('-')
+                    .take_while(|part| !part.starts_with(|c: char| c.is_ascii_digit()))
+                    .collect::<Vec<_>>()
+                    .join("-");
+                a = App::new(Kind::Rpm, if name.is_empty() { s } else { name });
+            }
+        }
+        a.name = Some(a.id.clone());
+        a
+    } else if lower.ends_with(".flatpakref") {
+        let mut text = String::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.take(64 * 1024).read_to_string(&mut text).ok();
+        let name = text.lines().find_map(|l| l.trim().strip_prefix("Name=")).map(|s| s.trim().to_owned());
+        let Some(name) = name else { return Ok(None) };
+        let mut a = App::new(Kind::Flatpak, name.clone());
+        a.name = Some(name);
+        a
+    } else if lower.ends_with(".apk") {
+        let mut a = App::new(Kind::Android, file_name.to_owned());
+        a.name = Some(stem(".apk"));
+        a
+    } else {
+        return Ok(None);
+    };
     Ok(Some(app))
 }
 

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dpkg;
 pub mod identify;
+pub mod packages;
 pub mod proto;
 pub mod quarantine;
 pub mod safefs;

@@ -167,6 +167,11 @@ impl Device {
     }
 
     pub fn with_ttl(policy_toml: &str, timestamp_ttl: &str) -> Self {
+        Self::with_config(policy_toml, timestamp_ttl, "")
+    }
+
+    /// `extra` is appended to the agent's config (e.g. more `[[watch]]` tables).
+    pub fn with_config(policy_toml: &str, timestamp_ttl: &str, extra: &str) -> Self {
         use std::os::unix::fs::PermissionsExt as _;
         let tmp = tempfile::tempdir().unwrap();
         // Readable by other users: the non-root embargoctl test connects to the socket in here.
@@ -202,7 +207,7 @@ impl Device {
                 anchor = repo.anchor.display(),
                 ca = ca.ca_pem.display(),
                 home = tmp.path().join("home").display(),
-            ),
+            ) + extra,
         )
         .unwrap();
         let mut d =

@@ -1,0 +1,228 @@
+//! Package-manager installs, end to end with the real tools: .deb packages built with dpkg-deb
+//! and installed with the real dpkg into a throwaway root that embargod watches; removal through
+//! the real dpkg; installers (.deb, .rpm built with rpmbuild) caught in a download folder.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use embargo_e2e::*;
+use embargo_policy::example::WECHAT_KASPERSKY_TOML;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn need(tools: &[&str]) -> bool {
+    for t in tools {
+        if !have(t) {
+            assert!(!require_tools(), "needs {t} (EMBARGO_REQUIRE_TOOLS=1)");
+            eprintln!("SKIP: needs {t}");
+            return false;
+        }
+    }
+    true
+}
+
+/// An empty dpkg database under `root`.
+fn dpkg_root(root: &Path) {
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+}
+
+/// A .deb with one executable, `/usr/bin/<name>`.
+fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    let mut control = format!("Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test <test@example.invalid>\nDescription: {name} for tests\n");
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    std::fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    let exe = tree.join("usr/bin").join(name);
+    std::fs::write(&exe, format!("#!/bin/sh\necho {name}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join(format!("{name}_{version}_all.deb"));
+    let o = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn dpkg(root: &Path) -> Command {
+    let mut c = Command::new("dpkg");
+    c.arg(format!("--root={}", root.display())).args(["--force-script-chrootless", "--force-not-root"]);
+    c
+}
+
+fn install(root: &Path, debs: &[&Path], frontend_locked: bool) {
+    let mut c = dpkg(root);
+    if frontend_locked {
+        c.env("DPKG_FRONTEND_LOCKED", "1");
+    }
+    let o = c.arg("-i").args(debs).output().unwrap();
+    assert!(o.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn installed(root: &Path, name: &str) -> bool {
+    let o = Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).ends_with(" installed")
+}
+
+/// Purged: dpkg no longer knows the package at all (or only as not-installed).
+fn purged(root: &Path, name: &str) -> bool {
+    let o = Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&o.stdout);
+    !o.status.success() || status.is_empty() || status.ends_with("not-installed")
+}
+
+fn deb_device(root: &Path) -> Device {
+    Device::with_config(
+        WECHAT_KASPERSKY_TOML,
+        "1d",
+        &format!("\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n", root.display()),
+    )
+}
+
+fn last_result(dev: &Device) -> String {
+    dev.status().map(|s| s["enforcement"]["last_actions"].to_string()).unwrap_or_default()
+}
+
+#[test]
+fn a_banned_deb_installed_with_dpkg_is_purged_with_dpkg() {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    dpkg_root(&root);
+    let dev = deb_device(&root);
+    let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
+    let firefox = build_deb(tmp.path(), "firefox-esr", "115.0-1", None);
+    install(&root, &[&wechat, &firefox], false);
+    eventually("wechat purged by the agent", WAIT, || purged(&root, "wechat").then_some(()));
+    assert!(!root.join("usr/bin/wechat").exists());
+    assert!(installed(&root, "firefox-esr"), "an allowed package stays");
+    let listed =
+        Command::new("dpkg").arg(format!("--root={}", root.display())).args(["-l", "wechat"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("ii  wechat"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let actions = last_result(&dev);
+    assert!(actions.contains("removed by dpkg --purge") && actions.contains("\"app_id\":\"wechat\""), "{actions}");
+    let events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+    assert!(events.contains("removed by dpkg --purge"), "{events}");
+}
+
+#[test]
+fn a_banned_deb_another_package_depends_on_is_not_removed() {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    dpkg_root(&root);
+    let dev = deb_device(&root);
+    let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
+    let plugin = build_deb(tmp.path(), "wechat-plugin", "1.0-1", Some("wechat"));
+    install(&root, &[&wechat, &plugin], false);
+    let actions =
+        eventually("needs admin reported", WAIT, || Some(last_result(&dev)).filter(|a| a.contains("needs admin")));
+    assert!(actions.contains("other packages depend on wechat"), "{actions}");
+    assert!(installed(&root, "wechat") && installed(&root, "wechat-plugin"), "nothing was removed");
+    assert!(!root.join("usr/bin/wechat").exists(), "the banned package's executable is quarantined");
+    assert!(root.join("usr/bin/wechat-plugin").exists(), "the dependent package is untouched");
+    let q = dev.quarantine_list();
+    assert!(q.iter().any(|m| m["original_path"].as_str().is_some_and(|p| p.ends_with("/usr/bin/wechat"))), "{q:?}");
+}
+
+/// Holds dpkg's frontend lock the way apt does (a POSIX record lock) until dropped.
+fn hold_frontend_lock(root: &Path) -> OwnedFd {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fd = rustix::fs::open(
+        root.join("var/lib/dpkg/lock-frontend"),
+        OFlags::RDWR | OFlags::CREATE,
+        Mode::from_raw_mode(0o640),
+    )
+    .unwrap();
+    rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive).unwrap();
+    fd
+}
+
+#[test]
+fn a_package_installed_while_the_lock_is_held_is_removed_after_it_is_released() {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    dpkg_root(&root);
+    let dev = deb_device(&root);
+    let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
+    let lock = hold_frontend_lock(&root);
+    // Like apt: the frontend lock is held, dpkg runs under it.
+    install(&root, &[&wechat], true);
+    let s = eventually("the agent to wait for the lock", WAIT, || {
+        dev.status().filter(|s| s["daemon"]["reasons"].to_string().contains("waiting for the package manager's lock"))
+    });
+    assert!(installed(&root, "wechat"), "left alone while the lock is held: {s}");
+    drop(lock);
+    eventually("wechat purged once the lock is released", WAIT, || purged(&root, "wechat").then_some(()));
+}
+
+#[test]
+fn banned_installers_in_downloads_are_quarantined_before_anyone_installs_them() {
+    if !need(&["dpkg-deb", "rpmbuild", "rpm"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
+    let firefox = build_deb(tmp.path(), "firefox-esr", "115.0-1", None);
+    // A kesl .rpm built with rpmbuild.
+    let top = tmp.path().join("rpmbuild");
+    let spec = tmp.path().join("kesl.spec");
+    std::fs::write(&spec, "Name: kesl\nVersion: 11.4.0\nRelease: 1\nSummary: test\nLicense: none\nBuildArch: noarch\n%description\ntest\n%files\n").unwrap();
+    let o = Command::new("rpmbuild")
+        .args(["-bb", "--define", &format!("_topdir {}", top.display())])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpmbuild: {}", String::from_utf8_lossy(&o.stderr));
+    let kesl = top.join("RPMS/noarch/kesl-11.4.0-1.noarch.rpm");
+    // Renamed into ~/Downloads under names that do not give them away.
+    let d_wechat = dev.install("Downloads/installer-a.deb", &std::fs::read(&wechat).unwrap());
+    let d_kesl = dev.install("Downloads/security-update.rpm", &std::fs::read(&kesl).unwrap());
+    let d_firefox = dev.install("Downloads/browser.deb", &std::fs::read(&firefox).unwrap());
+    eventually("the wechat .deb quarantined", WAIT, || (!d_wechat.exists()).then_some(()));
+    eventually("the kesl .rpm quarantined", WAIT, || (!d_kesl.exists()).then_some(()));
+    let entry = eventually("the allowed .deb seen", WAIT, || dev.inventory_has(&d_firefox));
+    assert_eq!(entry["app"]["kind"], "deb");
+    assert_eq!(entry["app"]["id"], "firefox-esr");
+    assert!(d_firefox.exists());
+    let q = dev.quarantine_list();
+    let kinds: Vec<(String, String)> = q
+        .iter()
+        .map(|m| (m["app_kind"].as_str().unwrap().to_owned(), m["app_id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(
+        kinds.contains(&("deb".into(), "wechat".into())) && kinds.contains(&("rpm".into(), "kesl".into())),
+        "{kinds:?}"
+    );
+}
