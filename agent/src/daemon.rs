@@ -652,7 +652,19 @@ impl Daemon {
         if self.policy.policy_version.is_none() {
             reasons.push("no verified policy yet".to_owned());
         }
-        if let Some(s) = &self.policy.stale {
+        // Expiry is judged now, not when the last sync report came in (a backed-off sync may
+        // be minutes away while the timestamp expires).
+        let now = Time::now();
+        let expired = |version: Option<u64>, expires: &Option<String>, role: &str| {
+            let at = expires.as_deref().and_then(|e| Time::parse(e).ok())?;
+            (at <= now).then(|| format!("{role} v{} expired at {at}", version.unwrap_or(0)))
+        };
+        let live = expired(self.policy.policy_version, &self.policy.expires, "policy")
+            .or_else(|| expired(self.policy.timestamp_version, &self.policy.timestamp_expires, "timestamp"))
+            .or_else(|| self.policy.stale.clone());
+        let mut policy = self.policy.clone();
+        policy.stale = live.clone();
+        if let Some(s) = live {
             reasons.push(format!("policy is stale: {s}"));
         }
         if let Some(e) = &self.policy.last_error {
@@ -697,7 +709,7 @@ impl Daemon {
                 health: if reasons.is_empty() { "healthy" } else { "degraded" }.into(),
                 reasons,
             },
-            policy: self.policy.clone(),
+            policy,
             sources,
             enforcement: proto::EnforcementStatus {
                 counters: self.counters.clone(),
