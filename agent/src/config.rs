@@ -153,11 +153,11 @@ const PROTECTED_ROOTS: &[&str] = &[
 ];
 
 /// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb];
+pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm];
 
 /// Kinds whose watch paths are package-manager roots (read through the package database and
 /// acted on through the package manager), not install folders whose files are moved.
-pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb];
+pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm];
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -248,7 +248,7 @@ impl Config {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
-                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb)"
+                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm)"
                     ),
                 ));
             }

@@ -237,25 +237,35 @@ impl Daemon {
 
     /// Opens and watches the package-manager roots (their database directories only).
     fn refresh_package_roots(&mut self) {
-        let wanted: Vec<PathBuf> =
-            self.cfg.watches.iter().filter(|w| w.kind == Kind::Deb).flat_map(|w| w.patterns.iter().cloned()).collect();
-        for root in wanted {
-            if self.pkg_roots.iter().any(|r| r.root == root) {
+        use crate::packages::Manager;
+        let wanted: Vec<(Manager, PathBuf)> = self
+            .cfg
+            .watches
+            .iter()
+            .filter_map(|w| match w.kind {
+                Kind::Deb => Some((Manager::Dpkg, w)),
+                Kind::Rpm => Some((Manager::Rpm, w)),
+                _ => None,
+            })
+            .flat_map(|(m, w)| w.patterns.iter().map(move |p| (m, p.clone())))
+            .collect();
+        for (manager, root) in wanted {
+            if self.pkg_roots.iter().any(|r| r.root == root && r.manager == manager) {
                 continue;
             }
-            match crate::packages::PkgRoot::open(&root) {
+            match crate::packages::PkgRoot::open(manager, &root) {
                 Ok(r) => {
-                    for dir in [r.admindir(), r.admindir().join("updates")] {
+                    for dir in r.watch_dirs() {
                         if let Err(e) = self.watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                            tracing::warn!(path = %dir.display(), error = %e, "cannot watch the dpkg database");
+                            tracing::warn!(path = %dir.display(), error = %e, "cannot watch the package database");
                         }
                     }
-                    tracing::info!(root = %root.display(), "watching dpkg");
+                    tracing::info!(root = %root.display(), ?manager, "watching the package database");
                     self.pkg_roots.push(r);
                     let i = self.pkg_roots.len() - 1;
                     self.scan_packages(i, Instant::now());
                 }
-                Err(e) => tracing::warn!(root = %root.display(), error = %e, "cannot open the dpkg root"),
+                Err(e) => tracing::warn!(root = %root.display(), error = %e, "cannot open the package root"),
             }
         }
     }
@@ -272,7 +282,13 @@ impl Daemon {
             use crate::packages::Outcome;
             let (action, result) = match &outcome {
                 Outcome::Audited => ("audit".to_owned(), "recorded".to_owned()),
-                Outcome::Removed => ("remove".to_owned(), "removed by dpkg --purge".to_owned()),
+                Outcome::Removed => (
+                    "remove".to_owned(),
+                    match self.pkg_roots[i].manager {
+                        crate::packages::Manager::Dpkg => "removed by dpkg --purge".to_owned(),
+                        crate::packages::Manager::Rpm => "removed by rpm -e".to_owned(),
+                    },
+                ),
                 Outcome::NeedsAdmin(why) => (v.action.to_string(), format!("needs admin: {why}")),
                 Outcome::WaitingForLock => {
                     tracing::info!(package = %name, "a package-manager transaction holds the lock; waiting");
@@ -295,7 +311,7 @@ impl Daemon {
                 Outcome::WaitingForLock => {}
             }
             self.counters.detected += 1;
-            let path = self.pkg_roots[i].root.join("var/lib/dpkg/info").join(format!("{}.list", app.id));
+            let path = self.pkg_roots[i].admindir();
             tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
             self.record(&action, &result, &v, &app, &path, None, since);
         }
@@ -692,7 +708,7 @@ impl Daemon {
                 watch: r.watch.clone(),
             })
             .chain(self.pkg_roots.iter().map(|r| proto::SourceStatus {
-                kind: "deb".into(),
+                kind: r.manager.kind().to_string(),
                 path: r.admindir().display().to_string(),
                 apps_seen: r.packages.len(),
                 watch: "inotify".into(),

@@ -45,6 +45,8 @@ pub struct Package {
     pub essential: bool,
     pub priority: Option<String>,
     pub installed: bool,
+    /// Signing key id (rpm); dpkg records none.
+    pub signer: Option<String>,
 }
 
 impl Package {
@@ -98,6 +100,7 @@ pub fn parse_status(text: &str) -> (Vec<Package>, usize) {
             essential: get("Essential").is_some_and(|v| v == "yes"),
             priority: get("Priority"),
             installed: status.ends_with(" installed"),
+            signer: None,
         });
     }
     (out, bad)
@@ -120,11 +123,17 @@ pub fn files(root: &Path, p: &Package) -> Vec<String> {
 
 /// The app identity of an installed package.
 pub fn to_app(root: &Path, p: &Package) -> App {
-    let mut a = App::new(Kind::Deb, p.name.clone());
+    app_of(Kind::Deb, root, p, files(root, p))
+}
+
+/// The app identity of a package of `kind` whose files (absolute in `root`) are `files`.
+pub fn app_of(kind: Kind, root: &Path, p: &Package, files: Vec<String>) -> App {
+    let mut a = App::new(kind, p.name.clone());
     a.name = Some(p.name.clone());
     a.version = Some(p.version.clone());
     a.publisher = p.maintainer.clone();
-    a.paths = files(root, p).into_iter().map(|f| root.join(f.trim_start_matches('/')).display().to_string()).collect();
+    a.paths = files.into_iter().map(|f| root.join(f.trim_start_matches('/')).display().to_string()).collect();
+    a.signers = p.signer.iter().cloned().collect();
     a.scope = Scope::System;
     a
 }
@@ -139,8 +148,14 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<Package>> {
     Ok(pkgs.into_iter().filter(|p| p.installed).collect())
 }
 
-/// dpkg's frontend lock, held by the agent for the length of a removal.
+/// A package manager's lock (a POSIX record lock), held until dropped.
 pub struct FrontendLock(#[allow(dead_code)] OwnedFd);
+
+impl FrontendLock {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+}
 
 /// Takes `<admindir>/lock-frontend` without waiting. `Ok(None)`: another frontend holds it (a
 /// transaction is in progress).

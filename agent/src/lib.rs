@@ -23,6 +23,7 @@ pub mod identify;
 pub mod packages;
 pub mod proto;
 pub mod quarantine;
+pub mod rpm;
 pub mod safefs;
 pub mod sync;
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use embargo_policy::app::App;
 use embargo_policy::matcher::{RuleSet, Verdict};
-use embargo_policy::rules::Action;
+use embargo_policy::rules::{Action, Kind};
 
 use crate::dpkg::{self, Removal};
 use crate::safefs::{self, FileId};
@@ -40,47 +40,105 @@ pub struct PkgItem {
     pub outcome: Option<Outcome>,
 }
 
+/// Which package manager owns a root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    Dpkg,
+    Rpm,
+}
+
+impl Manager {
+    pub fn kind(self) -> Kind {
+        match self {
+            Manager::Dpkg => Kind::Deb,
+            Manager::Rpm => Kind::Rpm,
+        }
+    }
+}
+
 pub struct PkgRoot {
+    pub manager: Manager,
     pub root: PathBuf,
     pub fd: OwnedFd,
     pub packages: BTreeMap<String, PkgItem>,
 }
 
 impl PkgRoot {
-    pub fn open(root: &Path) -> std::io::Result<Self> {
+    pub fn open(manager: Manager, root: &Path) -> std::io::Result<Self> {
         let fd = safefs::open_root(root)?;
-        if !dpkg::admindir(root).join("status").exists() {
-            return Err(std::io::Error::other(format!("{} has no dpkg database", root.display())));
+        let ok = match manager {
+            Manager::Dpkg => dpkg::admindir(root).join("status").exists(),
+            Manager::Rpm => crate::rpm::dbpath(root).is_some(),
+        };
+        if !ok {
+            return Err(std::io::Error::other(format!("{} has no {manager:?} database", root.display())));
         }
-        Ok(Self { root: root.to_path_buf(), fd, packages: BTreeMap::new() })
+        Ok(Self { manager, root: root.to_path_buf(), fd, packages: BTreeMap::new() })
     }
 
+    /// The database directory the daemon watches.
     pub fn admindir(&self) -> PathBuf {
-        dpkg::admindir(&self.root)
+        match self.manager {
+            Manager::Dpkg => dpkg::admindir(&self.root),
+            Manager::Rpm => crate::rpm::dbpath(&self.root).unwrap_or_else(|| self.root.join("var/lib/rpm")),
+        }
     }
 
-    /// Whether a filesystem event under the admindir means the database changed (and not,
-    /// say, our own lock file being opened).
+    /// The directories to watch (non-recursively).
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        match self.manager {
+            Manager::Dpkg => vec![self.admindir(), self.admindir().join("updates")],
+            Manager::Rpm => vec![self.admindir()],
+        }
+    }
+
+    /// Whether a filesystem event means the database changed (and not, say, our own lock file
+    /// being opened, or a reader's sqlite shared-memory file).
     pub fn is_db_change(&self, path: &Path) -> bool {
         let admin = self.admindir();
-        path == admin.join("status") || path.parent() == Some(admin.join("updates").as_path())
+        match self.manager {
+            Manager::Dpkg => path == admin.join("status") || path.parent() == Some(admin.join("updates").as_path()),
+            Manager::Rpm => {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                path.parent() == Some(admin.as_path())
+                    && matches!(name, "rpmdb.sqlite" | "Packages" | "Packages.db" | "Index.db" | "rpmdb.sqlite-wal")
+            }
+        }
+    }
+
+    fn read(&self) -> std::io::Result<Vec<(dpkg::Package, App)>> {
+        match self.manager {
+            Manager::Dpkg => Ok(dpkg::installed(&self.root)?
+                .into_iter()
+                .map(|p| {
+                    let app = dpkg::to_app(&self.root, &p);
+                    (p, app)
+                })
+                .collect()),
+            Manager::Rpm => Ok(crate::rpm::installed(&self.root)?
+                .into_iter()
+                .map(|(p, files)| {
+                    let app = dpkg::app_of(Kind::Rpm, &self.root, &p, files);
+                    (p, app)
+                })
+                .collect()),
+        }
     }
 
     /// Re-reads the installed packages and their verdicts. Returns the names whose verdict
     /// needs acting on (new, changed, or waiting).
     pub fn scan(&mut self, rules: &RuleSet) -> Vec<String> {
-        let installed = match dpkg::installed(&self.root) {
+        let installed = match self.read() {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(root = %self.root.display(), error = %e, "cannot read the dpkg database");
+                tracing::warn!(root = %self.root.display(), error = %e, "cannot read the package database");
                 return Vec::new();
             }
         };
         let mut next = BTreeMap::new();
         let mut todo = Vec::new();
-        for p in installed {
+        for (p, app) in installed {
             let old = self.packages.remove(&p.name);
-            let app = dpkg::to_app(&self.root, &p);
             let verdict = rules.verdict(&app).map(|v| v.to_owned());
             let outcome = old.filter(|o| o.package == p && o.verdict == verdict).and_then(|o| o.outcome);
             if verdict.is_some() && matches!(outcome, None | Some(Outcome::WaitingForLock)) {
@@ -137,7 +195,11 @@ impl PkgRoot {
                     Outcome::Protected(why)
                 } else {
                     self.stop_processes(&app);
-                    match dpkg::purge(&self.root, &package) {
+                    let removal = match self.manager {
+                        Manager::Dpkg => dpkg::purge(&self.root, &package),
+                        Manager::Rpm => crate::rpm::erase(&self.root, &package),
+                    };
+                    match removal {
                         Ok(Removal::Purged) => Outcome::Removed,
                         Ok(Removal::Busy) => Outcome::WaitingForLock,
                         Ok(Removal::Protected(why)) => Outcome::Protected(why),
@@ -181,7 +243,7 @@ impl PkgRoot {
                 sha256: &sha,
                 rule: &v.rule,
                 action: Action::Quarantine,
-                app_kind: "deb",
+                app_kind: self.manager.kind().as_str(),
                 app_id: &app.id,
                 purge_after: None,
             };

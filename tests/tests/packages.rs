@@ -226,3 +226,73 @@ fn banned_installers_in_downloads_are_quarantined_before_anyone_installs_them() 
         "{kinds:?}"
     );
 }
+
+/// An rpm with one executable, `/usr/bin/<name>`, built with the real rpmbuild.
+fn build_rpm(dir: &Path, name: &str, version: &str, requires: Option<&str>) -> PathBuf {
+    let spec = dir.join(format!("{name}.spec"));
+    let req = requires.map(|r| format!("Requires: {r}\n")).unwrap_or_default();
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: {version}\nRelease: 1\nSummary: test\nLicense: none\nBuildArch: noarch\nAutoReqProv: no\n{req}%description\ntest\n%install\nmkdir -p %{{buildroot}}/usr/bin\nprintf 'binary' > %{{buildroot}}/usr/bin/{name}\nchmod 755 %{{buildroot}}/usr/bin/{name}\n%files\n/usr/bin/{name}\n"
+        ),
+    )
+    .unwrap();
+    let top = dir.join("rpmbuild");
+    let o = Command::new("rpmbuild")
+        .args(["-bb", "--define", &format!("_topdir {}", top.display())])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpmbuild: {}", String::from_utf8_lossy(&o.stderr));
+    top.join(format!("RPMS/noarch/{name}-{version}-1.noarch.rpm"))
+}
+
+fn rpm_cmd(root: &Path) -> Command {
+    let mut c = Command::new("rpm");
+    c.arg(format!("--root={}", root.display())).arg("--dbpath=/var/lib/rpm");
+    c
+}
+
+fn rpm_installed(root: &Path, name: &str) -> bool {
+    rpm_cmd(root).args(["-q", name]).output().unwrap().status.success()
+}
+
+#[test]
+fn a_banned_rpm_is_erased_with_rpm_and_one_another_needs_is_not() {
+    if !need(&["rpm", "rpmbuild"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    std::fs::create_dir_all(root.join("var/lib/rpm")).unwrap();
+    let o = rpm_cmd(&root).arg("--initdb").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dev = Device::with_config(
+        WECHAT_KASPERSKY_TOML,
+        "1d",
+        &format!("\n[[watch]]\nkind = \"rpm\"\npaths = [\"{}\"]\n", root.display()),
+    );
+    // kesl alone: erased. wechat with a package that requires it: left installed, needs admin.
+    let kesl = build_rpm(tmp.path(), "kesl", "11.4.0", None);
+    let o = rpm_cmd(&root).arg("-i").arg(&kesl).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eventually("kesl erased by the agent", WAIT, || (!rpm_installed(&root, "kesl")).then_some(()));
+    assert!(!root.join("usr/bin/kesl").exists());
+    let actions = last_result(&dev);
+    assert!(actions.contains("removed by rpm -e") && actions.contains("\"app_id\":\"kesl\""), "{actions}");
+
+    let wechat = build_rpm(tmp.path(), "wechat", "4.0.1", None);
+    let plugin = build_rpm(tmp.path(), "wechat-plugin", "1.0", Some("wechat"));
+    let o = rpm_cmd(&root).arg("-i").arg(&wechat).arg(&plugin).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let actions = eventually("needs admin reported", WAIT, || {
+        Some(last_result(&dev)).filter(|a| a.contains("needs admin") && a.contains("wechat"))
+    });
+    assert!(actions.contains("other packages depend on wechat"), "{actions}");
+    assert!(rpm_installed(&root, "wechat") && rpm_installed(&root, "wechat-plugin"));
+    assert!(!root.join("usr/bin/wechat").exists(), "the banned package's executable is quarantined");
+    assert!(root.join("usr/bin/wechat-plugin").exists());
+    let inv = String::from_utf8_lossy(&dev.ctl(&["inventory", "--json"]).stdout).into_owned();
+    assert!(inv.contains("\"kind\":\"rpm\"") || inv.contains("\"kind\": \"rpm\""), "{inv}");
+}
