@@ -153,11 +153,11 @@ const PROTECTED_ROOTS: &[&str] = &[
 ];
 
 /// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm];
+pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm, Kind::Flatpak];
 
 /// Kinds whose watch paths are package-manager roots (read through the package database and
 /// acted on through the package manager), not install folders whose files are moved.
-pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm];
+pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm, Kind::Flatpak];
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -248,7 +248,7 @@ impl Config {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
-                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm)"
+                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm, flatpak)"
                     ),
                 ));
             }
@@ -354,7 +354,7 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             (GOOD.replace("interval = \"15m\"", "interval = \"15m\"\ncolour = \"red\""), 12, "colour"),
             (GOOD.replace("mode = \"enforce\"", "mode = \"block\""), 2, "block"),
             (GOOD.replace("https://policy", "http://policy"), 8, "https:// or file://"),
-            (GOOD.replace("kind = \"appimage\"", "kind = \"flatpak\""), 14, "not built yet"),
+            (GOOD.replace("kind = \"appimage\"", "kind = \"snap\""), 14, "not built yet"),
             (GOOD.replace("\"/opt\"", "\"/usr\""), 15, "protected"),
             (GOOD.replace("interval = \"15m\"", "interval = \"soon\""), 11, "interval"),
         ] {

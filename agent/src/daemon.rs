@@ -245,9 +245,12 @@ impl Daemon {
             .filter_map(|w| match w.kind {
                 Kind::Deb => Some((Manager::Dpkg, w)),
                 Kind::Rpm => Some((Manager::Rpm, w)),
+                Kind::Flatpak => Some((Manager::Flatpak, w)),
                 _ => None,
             })
-            .flat_map(|(m, w)| w.patterns.iter().map(move |p| (m, p.clone())))
+            // `*` components (per-user installations) expand to the directories there now;
+            // new ones are picked up at the next reconcile.
+            .flat_map(|(m, w)| w.patterns.iter().flat_map(move |p| expand(p).0.into_iter().map(move |r| (m, r))))
             .collect();
         for (manager, root) in wanted {
             if self.pkg_roots.iter().any(|r| r.root == root && r.manager == manager) {
@@ -287,6 +290,7 @@ impl Daemon {
                     match self.pkg_roots[i].manager {
                         crate::packages::Manager::Dpkg => "removed by dpkg --purge".to_owned(),
                         crate::packages::Manager::Rpm => "removed by rpm -e".to_owned(),
+                        crate::packages::Manager::Flatpak => "removed by flatpak uninstall".to_owned(),
                     },
                 ),
                 Outcome::NeedsAdmin(why) => (v.action.to_string(), format!("needs admin: {why}")),

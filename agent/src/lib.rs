@@ -19,6 +19,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dpkg;
+pub mod flatpak;
 pub mod identify;
 pub mod packages;
 pub mod proto;

@@ -45,6 +45,7 @@ pub struct PkgItem {
 pub enum Manager {
     Dpkg,
     Rpm,
+    Flatpak,
 }
 
 impl Manager {
@@ -52,6 +53,7 @@ impl Manager {
         match self {
             Manager::Dpkg => Kind::Deb,
             Manager::Rpm => Kind::Rpm,
+            Manager::Flatpak => Kind::Flatpak,
         }
     }
 }
@@ -69,6 +71,7 @@ impl PkgRoot {
         let ok = match manager {
             Manager::Dpkg => dpkg::admindir(root).join("status").exists(),
             Manager::Rpm => crate::rpm::dbpath(root).is_some(),
+            Manager::Flatpak => root.is_dir(),
         };
         if !ok {
             return Err(std::io::Error::other(format!("{} has no {manager:?} database", root.display())));
@@ -81,6 +84,7 @@ impl PkgRoot {
         match self.manager {
             Manager::Dpkg => dpkg::admindir(&self.root),
             Manager::Rpm => crate::rpm::dbpath(&self.root).unwrap_or_else(|| self.root.join("var/lib/rpm")),
+            Manager::Flatpak => self.root.clone(),
         }
     }
 
@@ -88,7 +92,7 @@ impl PkgRoot {
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         match self.manager {
             Manager::Dpkg => vec![self.admindir(), self.admindir().join("updates")],
-            Manager::Rpm => vec![self.admindir()],
+            Manager::Rpm | Manager::Flatpak => vec![self.admindir()],
         }
     }
 
@@ -103,6 +107,7 @@ impl PkgRoot {
                 path.parent() == Some(admin.as_path())
                     && matches!(name, "rpmdb.sqlite" | "Packages" | "Packages.db" | "Index.db" | "rpmdb.sqlite-wal")
             }
+            Manager::Flatpak => path == admin.join(".changed") || path == admin.join("app"),
         }
     }
 
@@ -119,6 +124,13 @@ impl PkgRoot {
                 .into_iter()
                 .map(|(p, files)| {
                     let app = dpkg::app_of(Kind::Rpm, &self.root, &p, files);
+                    (p, app)
+                })
+                .collect()),
+            Manager::Flatpak => Ok(crate::flatpak::installed(&self.root)?
+                .into_iter()
+                .map(|(p, files)| {
+                    let app = dpkg::app_of(Kind::Flatpak, &self.root, &p, files);
                     (p, app)
                 })
                 .collect()),
@@ -198,6 +210,7 @@ impl PkgRoot {
                     let removal = match self.manager {
                         Manager::Dpkg => dpkg::purge(&self.root, &package),
                         Manager::Rpm => crate::rpm::erase(&self.root, &package),
+                        Manager::Flatpak => crate::flatpak::uninstall(&self.root, &package),
                     };
                     match removal {
                         Ok(Removal::Purged) => Outcome::Removed,

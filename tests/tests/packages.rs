@@ -296,3 +296,73 @@ fn a_banned_rpm_is_erased_with_rpm_and_one_another_needs_is_not() {
     let inv = String::from_utf8_lossy(&dev.ctl(&["inventory", "--json"]).stdout).into_owned();
     assert!(inv.contains("\"kind\":\"rpm\"") || inv.contains("\"kind\": \"rpm\""), "{inv}");
 }
+
+fn flatpak(user_dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("flatpak").arg("--user").args(args).env("FLATPAK_USER_DIR", user_dir).output().unwrap()
+}
+
+fn flatpak_ok(user_dir: &Path, args: &[&str]) {
+    let o = flatpak(user_dir, args);
+    assert!(o.status.success(), "flatpak {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Builds an app into `repo` with the real flatpak build tools.
+fn build_flatpak_app(tmp: &Path, user_dir: &Path, repo: &Path, id: &str) {
+    let dir = tmp.join(format!("build-{id}"));
+    let ok = |mut c: Command| {
+        let o = c.env("FLATPAK_USER_DIR", user_dir).output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let mut c = Command::new("flatpak");
+    c.args(["build-init"]).arg(&dir).args([id, "org.example.Platform", "org.example.Platform", "1"]);
+    ok(c);
+    std::fs::create_dir_all(dir.join("files/bin")).unwrap();
+    std::fs::write(dir.join("files/bin/app"), "#!/bin/sh\necho app\n").unwrap();
+    let mut c = Command::new("flatpak");
+    c.args(["build-finish", "--command=app"]).arg(&dir);
+    ok(c);
+    let mut c = Command::new("flatpak");
+    c.arg("build-export").arg(repo).arg(&dir).arg("stable");
+    ok(c);
+}
+
+#[test]
+fn a_banned_flatpak_is_uninstalled_with_flatpak() {
+    if !need(&["flatpak"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let user_dir = tmp.path().join("flatpak-user");
+    let repo = tmp.path().join("repo");
+    // A tiny runtime, exported and installed from a local repository (offline).
+    let arch = String::from_utf8(Command::new("flatpak").arg("--default-arch").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let rt = tmp.path().join("runtime");
+    std::fs::create_dir_all(rt.join("files")).unwrap();
+    std::fs::create_dir_all(rt.join("usr")).unwrap();
+    std::fs::write(rt.join("metadata"), format!("[Runtime]\nname=org.example.Platform\nruntime=org.example.Platform/{arch}/1\nsdk=org.example.Platform/{arch}/1\n")).unwrap();
+    let o = Command::new("flatpak").args(["build-export", "--runtime"]).arg(&repo).arg(&rt).arg("1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    flatpak_ok(&user_dir, &["remote-add", "--no-gpg-verify", "local", repo.to_str().unwrap()]);
+    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "org.example.Platform//1"]);
+    build_flatpak_app(tmp.path(), &user_dir, &repo, "com.tencent.WeChat");
+    build_flatpak_app(tmp.path(), &user_dir, &repo, "org.example.Editor");
+    let dev = Device::with_config(
+        WECHAT_KASPERSKY_TOML,
+        "1d",
+        &format!("\n[[watch]]\nkind = \"flatpak\"\npaths = [\"{}\"]\n", user_dir.display()),
+    );
+    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "org.example.Editor//stable"]);
+    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "com.tencent.WeChat//stable"]);
+    let list = || {
+        String::from_utf8_lossy(&flatpak(&user_dir, &["list", "--app", "--columns=application"]).stdout).into_owned()
+    };
+    eventually("WeChat uninstalled by the agent", WAIT, || (!list().contains("com.tencent.WeChat")).then_some(()));
+    assert!(list().contains("org.example.Editor"), "an allowed app stays: {}", list());
+    let actions = last_result(&dev);
+    assert!(actions.contains("removed by flatpak uninstall") && actions.contains("com.tencent.WeChat"), "{actions}");
+    let inv = String::from_utf8_lossy(&dev.ctl(&["inventory"]).stdout).into_owned();
+    assert!(inv.contains("org.example.Editor"), "{inv}");
+}
