@@ -153,11 +153,12 @@ const PROTECTED_ROOTS: &[&str] = &[
 ];
 
 /// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm, Kind::Flatpak];
+pub const WATCH_KINDS: &[Kind] =
+    &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
 
 /// Kinds whose watch paths are package-manager roots (read through the package database and
 /// acted on through the package manager), not install folders whose files are moved.
-pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm, Kind::Flatpak];
+pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -248,7 +249,7 @@ impl Config {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
-                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm, flatpak)"
+                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm, flatpak, snap)"
                     ),
                 ));
             }
@@ -354,7 +355,7 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             (GOOD.replace("interval = \"15m\"", "interval = \"15m\"\ncolour = \"red\""), 12, "colour"),
             (GOOD.replace("mode = \"enforce\"", "mode = \"block\""), 2, "block"),
             (GOOD.replace("https://policy", "http://policy"), 8, "https:// or file://"),
-            (GOOD.replace("kind = \"appimage\"", "kind = \"snap\""), 14, "not built yet"),
+            (GOOD.replace("kind = \"appimage\"", "kind = \"android\""), 14, "not built yet"),
             (GOOD.replace("\"/opt\"", "\"/usr\""), 15, "protected"),
             (GOOD.replace("interval = \"15m\"", "interval = \"soon\""), 11, "interval"),
         ] {

@@ -246,6 +246,7 @@ impl Daemon {
                 Kind::Deb => Some((Manager::Dpkg, w)),
                 Kind::Rpm => Some((Manager::Rpm, w)),
                 Kind::Flatpak => Some((Manager::Flatpak, w)),
+                Kind::Snap => Some((Manager::Snap, w)),
                 _ => None,
             })
             // `*` components (per-user installations) expand to the directories there now;
@@ -291,6 +292,7 @@ impl Daemon {
                         crate::packages::Manager::Dpkg => "removed by dpkg --purge".to_owned(),
                         crate::packages::Manager::Rpm => "removed by rpm -e".to_owned(),
                         crate::packages::Manager::Flatpak => "removed by flatpak uninstall".to_owned(),
+                        crate::packages::Manager::Snap => "removed by snap remove".to_owned(),
                     },
                 ),
                 Outcome::NeedsAdmin(why) => (v.action.to_string(), format!("needs admin: {why}")),

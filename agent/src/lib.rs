@@ -26,6 +26,7 @@ pub mod proto;
 pub mod quarantine;
 pub mod rpm;
 pub mod safefs;
+pub mod snap;
 pub mod sync;
 
 use std::future::Future;

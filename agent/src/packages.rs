@@ -46,6 +46,7 @@ pub enum Manager {
     Dpkg,
     Rpm,
     Flatpak,
+    Snap,
 }
 
 impl Manager {
@@ -54,6 +55,7 @@ impl Manager {
             Manager::Dpkg => Kind::Deb,
             Manager::Rpm => Kind::Rpm,
             Manager::Flatpak => Kind::Flatpak,
+            Manager::Snap => Kind::Snap,
         }
     }
 }
@@ -72,6 +74,7 @@ impl PkgRoot {
             Manager::Dpkg => dpkg::admindir(root).join("status").exists(),
             Manager::Rpm => crate::rpm::dbpath(root).is_some(),
             Manager::Flatpak => root.is_dir(),
+            Manager::Snap => root.join("snap").is_dir(),
         };
         if !ok {
             return Err(std::io::Error::other(format!("{} has no {manager:?} database", root.display())));
@@ -85,6 +88,7 @@ impl PkgRoot {
             Manager::Dpkg => dpkg::admindir(&self.root),
             Manager::Rpm => crate::rpm::dbpath(&self.root).unwrap_or_else(|| self.root.join("var/lib/rpm")),
             Manager::Flatpak => self.root.clone(),
+            Manager::Snap => self.root.join("snap"),
         }
     }
 
@@ -93,6 +97,7 @@ impl PkgRoot {
         match self.manager {
             Manager::Dpkg => vec![self.admindir(), self.admindir().join("updates")],
             Manager::Rpm | Manager::Flatpak => vec![self.admindir()],
+            Manager::Snap => vec![self.admindir(), self.root.join("var/lib/snapd/snaps")],
         }
     }
 
@@ -108,6 +113,10 @@ impl PkgRoot {
                     && matches!(name, "rpmdb.sqlite" | "Packages" | "Packages.db" | "Index.db" | "rpmdb.sqlite-wal")
             }
             Manager::Flatpak => path == admin.join(".changed") || path == admin.join("app"),
+            Manager::Snap => {
+                path.parent() == Some(admin.as_path())
+                    || path.parent() == Some(self.root.join("var/lib/snapd/snaps").as_path())
+            }
         }
     }
 
@@ -131,6 +140,13 @@ impl PkgRoot {
                 .into_iter()
                 .map(|(p, files)| {
                     let app = dpkg::app_of(Kind::Flatpak, &self.root, &p, files);
+                    (p, app)
+                })
+                .collect()),
+            Manager::Snap => Ok(crate::snap::installed(&self.root)?
+                .into_iter()
+                .map(|(p, files)| {
+                    let app = dpkg::app_of(Kind::Snap, &self.root, &p, files);
                     (p, app)
                 })
                 .collect()),
@@ -211,6 +227,7 @@ impl PkgRoot {
                         Manager::Dpkg => dpkg::purge(&self.root, &package),
                         Manager::Rpm => crate::rpm::erase(&self.root, &package),
                         Manager::Flatpak => crate::flatpak::uninstall(&self.root, &package),
+                        Manager::Snap => crate::snap::remove(&package),
                     };
                     match removal {
                         Ok(Removal::Purged) => Outcome::Removed,

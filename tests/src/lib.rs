@@ -158,6 +158,8 @@ pub struct Device {
     /// `home/alice`: `Applications/` and `Downloads/` are watched for AppImages.
     pub home: PathBuf,
     pub staging: PathBuf,
+    /// Extra environment for embargod (e.g. a PATH with stand-in tools).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Device {
@@ -210,16 +212,36 @@ impl Device {
             ) + extra,
         )
         .unwrap();
-        let mut d =
-            Device { tmp, repo, ca, url, server: Some(server), agent: None, config, socket, state, home, staging };
+        let mut d = Device {
+            tmp,
+            repo,
+            ca,
+            url,
+            server: Some(server),
+            agent: None,
+            config,
+            socket,
+            state,
+            home,
+            staging,
+            agent_env: Vec::new(),
+        };
         d.start_agent();
         d
+    }
+
+    /// Restarts the agent with `env` added to its environment.
+    pub fn restart_with_env(&mut self, env: &[(&str, String)]) {
+        self.stop_agent();
+        self.agent_env = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        self.start_agent();
     }
 
     pub fn start_agent(&mut self) {
         let child = Command::new(bin("embargod"))
             .args(["--config", self.config.to_str().unwrap()])
             .env("EMBARGO_LOG", "warn,embargo_agent=debug")
+            .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.tmp.path().join("embargod.log")).unwrap())
             .spawn()

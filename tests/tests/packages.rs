@@ -366,3 +366,49 @@ fn a_banned_flatpak_is_uninstalled_with_flatpak() {
     let inv = String::from_utf8_lossy(&dev.ctl(&["inventory"]).stdout).into_owned();
     assert!(inv.contains("org.example.Editor"), "{inv}");
 }
+
+/// snapd cannot run on this project's machines: snaps are real-format `snap.yaml` fixtures, and
+/// removal goes to a stand-in `snap` command on the agent's PATH that records the call and
+/// removes the snap's directory, as `snap remove` would.
+#[test]
+fn a_banned_snap_is_removed_through_a_stand_in_snap_command() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    for (name, version) in [("wechat-unofficial", "3.9.2"), ("firefox", "128.0")] {
+        let rev = root.join(format!("snap/{name}/x1/meta"));
+        std::fs::create_dir_all(&rev).unwrap();
+        std::fs::write(
+            rev.join("snap.yaml"),
+            format!("name: {name}\nversion: '{version}'\nsummary: {name} for tests\ndescription: |\n  name: not-this\narchitectures:\n  - amd64\nconfinement: strict\napps:\n  {name}:\n    command: bin/{name}\n"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("x1", root.join(format!("snap/{name}/current"))).unwrap();
+    }
+    std::fs::create_dir_all(root.join("var/lib/snapd/snaps")).unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let standin = bin.join("snap");
+    std::fs::write(
+        &standin,
+        "#!/bin/sh\n# Stand-in for snapd's snap command (snapd cannot run here).\necho \"$@\" >> \"$EMBARGO_TEST_SNAP_ROOT/snap-calls.log\"\nif [ \"$1\" = remove ]; then\n  name=\"$2\"; [ \"$2\" = --purge ] && name=\"$3\"\n  rm -rf \"$EMBARGO_TEST_SNAP_ROOT/snap/$name\"\nfi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&standin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = format!("{WECHAT_KASPERSKY_TOML}\n[[rule]]\nid = \"wechat-snap\"\naction = \"remove\"\n[[rule.match]]\nkind = \"snap\"\nid = \"wechat-*\"\n");
+    let mut dev = Device::with_config(
+        &policy,
+        "1d",
+        &format!("\n[[watch]]\nkind = \"snap\"\npaths = [\"{}\"]\n", root.display()),
+    );
+    // Start again with the stand-in first on PATH (the first start may already have tried the real one).
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    dev.restart_with_env(&[("PATH", path), ("EMBARGO_TEST_SNAP_ROOT", root.display().to_string())]);
+    eventually("the banned snap removed", WAIT, || (!root.join("snap/wechat-unofficial").exists()).then_some(()));
+    let calls = std::fs::read_to_string(root.join("snap-calls.log")).unwrap();
+    assert_eq!(calls.trim(), "remove --purge wechat-unofficial", "{calls}");
+    assert!(root.join("snap/firefox/current/meta/snap.yaml").exists(), "an allowed snap stays");
+    let inv = String::from_utf8_lossy(&dev.ctl(&["inventory", "--json"]).stdout).into_owned();
+    assert!(inv.contains("\"id\":\"firefox\"") || inv.contains("\"id\": \"firefox\""), "{inv}");
+    assert!(last_result(&dev).contains("removed by snap remove"));
+}
