@@ -124,6 +124,7 @@ fn main() -> ExitCode {
                 } else {
                     let inv: embargo_policy::app::Inventory = serde_json::from_value(v.clone())
                         .unwrap_or(embargo_policy::app::Inventory { schema_version: 1, apps: vec![] });
+                    println!("{:<9} {:<36} {:<16} {:<30} {:<34} PATH", "KIND", "ID", "VERSION", "PUBLISHER", "VERDICT");
                     for e in &inv.apps {
                         let verdict = e
                             .verdict
@@ -131,10 +132,11 @@ fn main() -> ExitCode {
                             .map(|v| format!("{} ({}, {})", v.action, v.rule, v.strength))
                             .unwrap_or_else(|| "allowed".into());
                         println!(
-                            "{:<9} {:<40} {:<12} {:<28} {}",
+                            "{:<9} {:<36} {:<16} {:<30} {:<34} {}",
                             e.app.kind,
                             e.app.id,
                             e.app.version.as_deref().unwrap_or("-"),
+                            e.app.publisher.as_deref().unwrap_or("-"),
                             verdict,
                             e.app.paths.first().map(String::as_str).unwrap_or("")
                         );
