@@ -121,36 +121,27 @@ impl PkgRoot {
     }
 
     fn read(&self) -> std::io::Result<Vec<(dpkg::Package, App)>> {
-        match self.manager {
-            Manager::Dpkg => Ok(dpkg::installed(&self.root)?
+        let root = &self.root;
+        let found: Vec<(dpkg::Package, Vec<String>)> = match self.manager {
+            Manager::Dpkg => dpkg::installed(root)?
                 .into_iter()
                 .map(|p| {
-                    let app = dpkg::to_app(&self.root, &p);
-                    (p, app)
+                    let files = dpkg::files(root, &p);
+                    (p, files)
                 })
-                .collect()),
-            Manager::Rpm => Ok(crate::rpm::installed(&self.root)?
-                .into_iter()
-                .map(|(p, files)| {
-                    let app = dpkg::app_of(Kind::Rpm, &self.root, &p, files);
-                    (p, app)
-                })
-                .collect()),
-            Manager::Flatpak => Ok(crate::flatpak::installed(&self.root)?
-                .into_iter()
-                .map(|(p, files)| {
-                    let app = dpkg::app_of(Kind::Flatpak, &self.root, &p, files);
-                    (p, app)
-                })
-                .collect()),
-            Manager::Snap => Ok(crate::snap::installed(&self.root)?
-                .into_iter()
-                .map(|(p, files)| {
-                    let app = dpkg::app_of(Kind::Snap, &self.root, &p, files);
-                    (p, app)
-                })
-                .collect()),
-        }
+                .collect(),
+            Manager::Rpm => crate::rpm::installed(root)?,
+            Manager::Flatpak => crate::flatpak::installed(root)?,
+            Manager::Snap => crate::snap::installed(root)?,
+        };
+        let kind = self.manager.kind();
+        Ok(found
+            .into_iter()
+            .map(|(p, files)| {
+                let app = dpkg::app_of(kind, root, &p, files);
+                (p, app)
+            })
+            .collect())
     }
 
     /// Re-reads the installed packages and their verdicts. Returns the names whose verdict
