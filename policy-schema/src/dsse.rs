@@ -188,9 +188,37 @@ fn decode_in_place(
 }
 
 impl Envelope {
-    /// Decodes an envelope from bytes. Nothing here is trusted yet.
+    /// Decodes an envelope from borrowed bytes into a new PAE buffer. Nothing here is trusted yet.
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        Self::decode_owned(bytes.to_vec())
+        let raw: RawEnvelope<'_> = serde_json::from_slice(bytes)?;
+        let signatures = Self::signatures_of(&raw)?;
+        let pae = build_pae(&raw.payload_type, &raw.payload)?;
+        let payload_start = pae.len() - decoded_len(&raw.payload).ok_or(EnvelopeError::Base64)?;
+        Ok(Self { payload_type: raw.payload_type.into_owned(), pae, payload_start, signatures })
+    }
+
+    /// The signatures of a raw envelope, checked for count and keyid length. A malformed
+    /// signature is kept as empty bytes and counted as invalid later, so one bad signature among
+    /// good ones does not hide the good ones.
+    fn signatures_of(raw: &RawEnvelope<'_>) -> Result<Vec<(String, Vec<u8>)>, EnvelopeError> {
+        if raw.signatures.len() > MAX_SIGNATURES {
+            return Err(EnvelopeError::TooManySignatures(raw.signatures.len()));
+        }
+        if raw.signatures.is_empty() {
+            return Err(EnvelopeError::NoSignatures);
+        }
+        let mut signatures = Vec::with_capacity(raw.signatures.len());
+        for s in &raw.signatures {
+            if s.keyid.len() > MAX_KEYID_LEN {
+                return Err(EnvelopeError::KeyidTooLong);
+            }
+            let mut sig = Vec::new();
+            if decode_b64_into(&s.sig, &mut sig).is_err() {
+                sig.clear();
+            }
+            signatures.push((s.keyid.to_string(), sig));
+        }
+        Ok(signatures)
     }
 
     /// Decodes an envelope, reusing `bytes` for the PAE: the base64 payload is decoded in place
@@ -198,25 +226,7 @@ impl Envelope {
     pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, EnvelopeError> {
         let (payload_type, signatures, text_range) = {
             let raw: RawEnvelope<'_> = serde_json::from_slice(&bytes)?;
-            if raw.signatures.len() > MAX_SIGNATURES {
-                return Err(EnvelopeError::TooManySignatures(raw.signatures.len()));
-            }
-            if raw.signatures.is_empty() {
-                return Err(EnvelopeError::NoSignatures);
-            }
-            let mut signatures = Vec::with_capacity(raw.signatures.len());
-            for s in &raw.signatures {
-                if s.keyid.len() > MAX_KEYID_LEN {
-                    return Err(EnvelopeError::KeyidTooLong);
-                }
-                let mut sig = Vec::new();
-                // A malformed signature is kept as empty bytes and counted as invalid later, so
-                // one bad signature among good ones does not hide the good ones.
-                if decode_b64_into(&s.sig, &mut sig).is_err() {
-                    sig.clear();
-                }
-                signatures.push((s.keyid.to_string(), sig));
-            }
+            let signatures = Self::signatures_of(&raw)?;
             // Where the payload text sits inside `bytes`, when serde could borrow it (no
             // escapes); otherwise it was unescaped into a copy.
             let range = match &raw.payload {
