@@ -98,19 +98,25 @@ fn deb_device(root: &Path) -> Device {
     )
 }
 
+/// A throwaway dpkg root and a device whose agent watches it; `None` (skipped) without dpkg.
+fn deb_setup() -> Option<(tempfile::TempDir, PathBuf, Device)> {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    dpkg_root(&root);
+    let dev = deb_device(&root);
+    Some((tmp, root, dev))
+}
+
 fn last_result(dev: &Device) -> String {
     dev.status().map(|s| s["enforcement"]["last_actions"].to_string()).unwrap_or_default()
 }
 
 #[test]
 fn a_banned_deb_installed_with_dpkg_is_purged_with_dpkg() {
-    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("sysroot");
-    dpkg_root(&root);
-    let dev = deb_device(&root);
+    let Some((tmp, root, dev)) = deb_setup() else { return };
     let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
     let firefox = build_deb(tmp.path(), "firefox-esr", "115.0-1", None);
     install(&root, &[&wechat, &firefox], false);
@@ -132,13 +138,7 @@ fn a_banned_deb_installed_with_dpkg_is_purged_with_dpkg() {
 
 #[test]
 fn a_banned_deb_another_package_depends_on_is_not_removed() {
-    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("sysroot");
-    dpkg_root(&root);
-    let dev = deb_device(&root);
+    let Some((tmp, root, dev)) = deb_setup() else { return };
     let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
     let plugin = build_deb(tmp.path(), "wechat-plugin", "1.0-1", Some("wechat"));
     install(&root, &[&wechat, &plugin], false);
@@ -167,13 +167,7 @@ fn hold_frontend_lock(root: &Path) -> OwnedFd {
 
 #[test]
 fn a_package_installed_while_the_lock_is_held_is_removed_after_it_is_released() {
-    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("sysroot");
-    dpkg_root(&root);
-    let dev = deb_device(&root);
+    let Some((tmp, root, dev)) = deb_setup() else { return };
     let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
     let lock = hold_frontend_lock(&root);
     // Like apt: the frontend lock is held, dpkg runs under it.
