@@ -432,6 +432,10 @@ impl Daemon {
         if self.exempt.contains(&meta.id) {
             return;
         }
+        // Held back by the action cap: a rescan or reconcile must not act before `confirm`.
+        if self.needs_confirmation.contains(&full) && verdict_action(self.cfg.mode, &v) != Action::Audit {
+            return;
+        }
         match verdict_action(self.cfg.mode, &v) {
             Action::Audit => {
                 if !audited {

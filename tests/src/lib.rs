@@ -230,6 +230,14 @@ impl Device {
         d
     }
 
+    /// Rewrites the agent's config with `edit` and restarts the agent.
+    pub fn reconfigure(&mut self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+        self.stop_agent();
+        self.start_agent();
+    }
+
     /// Restarts the agent with `env` added to its environment.
     pub fn restart_with_env(&mut self, env: &[(&str, String)]) {
         self.stop_agent();
