@@ -76,3 +76,26 @@ fn check_names_the_rule_that_would_act() {
     assert!(text.contains("allowed: no rule applies"), "{text}");
     assert!(banned.exists(), "check never acts");
 }
+
+#[test]
+fn processes_running_a_banned_file_are_stopped_before_it_is_quarantined() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    // A runnable AppImage: a real ELF executable (a copy of sleep) carrying the AppImage magic
+    // at offset 8, where real AppImages carry it too (the kernel ignores those bytes).
+    let mut elf = std::fs::read("/bin/sleep").unwrap();
+    elf[8..11].copy_from_slice(b"AI\x02");
+    let staged = dev.staging.join("WeChat-x86_64.AppImage");
+    std::fs::write(&staged, &elf).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&staged).arg("1000").spawn().expect("the patched ELF runs");
+    // The running binary is moved into a watched folder.
+    let dest = dev.home.join("Applications/WeChat-x86_64.AppImage");
+    std::fs::rename(&staged, &dest).unwrap();
+    let status = eventually("the process to be killed", WAIT, || child.try_wait().unwrap());
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    eventually("the file quarantined", WAIT, || (!dest.exists()).then_some(()));
+    let q = dev.quarantine_list();
+    assert_eq!(q[0]["killed_pids"][0], child.id(), "{q:?}");
+}
