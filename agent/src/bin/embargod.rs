@@ -28,8 +28,18 @@ fn main() -> ExitCode {
     };
     // The demo narrates on stdout; its log stays quiet unless EMBARGO_LOG asks.
     let default_filter = if args.demo.is_some() { "warn" } else { "warn,embargo_agent=info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBARGO_LOG").unwrap_or_else(|_| default_filter.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // `Targets` (not EnvFilter): the same `warn,embargo_agent=debug` syntax without a regex
+    // engine in a daemon that should stay small.
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter: tracing_subscriber::filter::Targets = std::env::var("EMBARGO_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default_filter.parse().expect("the default filter parses"));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
