@@ -286,11 +286,6 @@ impl QuarantineStore {
         out
     }
 
-    /// Total bytes held.
-    pub fn size(&self) -> u64 {
-        self.list().iter().map(|m| m.size).sum()
-    }
-
     /// Puts a quarantined file back where it was, with its mode and owner. Refuses to overwrite.
     pub fn restore(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
@@ -401,10 +396,6 @@ impl QuarantineStore {
             }
         }
         fixed
-    }
-
-    pub fn fd(&self) -> impl AsFd + '_ {
-        &self.fd
     }
 }
 

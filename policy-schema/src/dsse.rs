@@ -271,10 +271,6 @@ impl Envelope {
         &self.pae[self.payload_start..]
     }
 
-    pub fn signature_count(&self) -> usize {
-        self.signatures.len()
-    }
-
     /// Rejects an envelope whose authenticated type is not `expected`.
     pub fn expect_type(&self, expected: &str) -> Result<(), EnvelopeError> {
         if self.payload_type != expected {

@@ -213,11 +213,6 @@ impl Matcher {
     pub fn check(&self, rule: &str) -> Result<(), String> {
         self.view().check(rule)
     }
-
-    /// Whether this matcher identifies an app by something the app cannot choose freely.
-    pub fn is_strong(&self) -> bool {
-        !self.signer.is_empty() || !self.sha256.is_empty()
-    }
 }
 
 impl Rule {
@@ -283,6 +278,7 @@ impl MatcherRef<'_> {
         Ok(())
     }
 
+    /// Whether this matcher identifies an app by something the app cannot choose freely.
     pub fn is_strong(&self) -> bool {
         !self.signer.is_empty() || !self.sha256.is_empty()
     }

@@ -330,9 +330,29 @@ pub fn appimage(payload: &str) -> Vec<u8> {
     v
 }
 
-/// Whether tests that need `what` must fail rather than skip (`.ci/run` sets it).
+/// Whether tests that need a tool or privilege must fail rather than skip (`.ci/run` sets it).
 pub fn require_tools() -> bool {
     std::env::var("EMBARGO_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
+}
+
+/// Reports a skipped test and returns true; fails instead under EMBARGO_REQUIRE_TOOLS=1.
+pub fn skip(why: &str) -> bool {
+    assert!(!require_tools(), "{why} (EMBARGO_REQUIRE_TOOLS=1)");
+    eprintln!("SKIP: {why}");
+    true
+}
+
+/// Whether `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether every tool is on PATH; skips (or fails, see `skip`) naming the first missing one.
+pub fn need(tools: &[&str]) -> bool {
+    match tools.iter().find(|t| !have(t)) {
+        Some(t) => !skip(&format!("needs {t}")),
+        None => true,
+    }
 }
 
 /// A policy banning only Kaspersky (no WeChat rule).

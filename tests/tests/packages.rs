@@ -12,21 +12,6 @@ use embargo_policy::example::WECHAT_KASPERSKY_TOML;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn need(tools: &[&str]) -> bool {
-    for t in tools {
-        if !have(t) {
-            assert!(!require_tools(), "needs {t} (EMBARGO_REQUIRE_TOOLS=1)");
-            eprintln!("SKIP: needs {t}");
-            return false;
-        }
-    }
-    true
-}
-
 /// An empty dpkg database under `root`.
 fn dpkg_root(root: &Path) {
     for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "usr/bin"] {
@@ -70,24 +55,23 @@ fn install(root: &Path, debs: &[&Path], frontend_locked: bool) {
     assert!(o.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-fn installed(root: &Path, name: &str) -> bool {
+/// dpkg's status of a package (`install ok installed`, …), or `None` if dpkg does not know it.
+fn dpkg_status(root: &Path, name: &str) -> Option<String> {
     let o = Command::new("dpkg-query")
         .arg(format!("--root={}", root.display()))
         .args(["-W", "-f=${Status}", name])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&o.stdout).ends_with(" installed")
+    Some(String::from_utf8_lossy(&o.stdout).into_owned()).filter(|s| o.status.success() && !s.is_empty())
+}
+
+fn installed(root: &Path, name: &str) -> bool {
+    dpkg_status(root, name).is_some_and(|s| s.ends_with(" installed"))
 }
 
 /// Purged: dpkg no longer knows the package at all (or only as not-installed).
 fn purged(root: &Path, name: &str) -> bool {
-    let o = Command::new("dpkg-query")
-        .arg(format!("--root={}", root.display()))
-        .args(["-W", "-f=${Status}", name])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&o.stdout);
-    !o.status.success() || status.is_empty() || status.ends_with("not-installed")
+    dpkg_status(root, name).is_none_or(|s| s.ends_with("not-installed"))
 }
 
 fn deb_device(root: &Path) -> Device {

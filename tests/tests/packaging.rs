@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use embargo_e2e::{bin, require_tools};
+use embargo_e2e::{bin, need, skip};
 
 fn target_dir() -> PathBuf {
     bin("embargod").parent().unwrap().parent().unwrap().to_path_buf()
@@ -24,16 +24,6 @@ fn find(dir: &Path, prefix: &str, ext: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn skip(why: &str) -> bool {
-    assert!(!require_tools(), "{why} (EMBARGO_REQUIRE_TOOLS=1)");
-    eprintln!("SKIP: {why}");
-    true
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -67,7 +57,7 @@ fn the_deb_installs_upgrades_keeping_state_and_purges_cleanly() {
     if debs.len() < 2 && skip("needs two revisions of embargo-agent .deb in target/packages (packaging/build.sh)") {
         return;
     }
-    if !have("dpkg") && skip("needs dpkg") {
+    if !need(&["dpkg"]) {
         return;
     }
     let (first, second) = (&debs[0], &debs[debs.len() - 1]);
@@ -140,7 +130,7 @@ fn the_rpm_installs_and_erases_in_a_throwaway_root() {
     if rpms.is_empty() && skip("needs embargo-agent .rpm in target/packages (packaging/build.sh)") {
         return;
     }
-    if !have("rpm") && skip("needs rpm") {
+    if !need(&["rpm"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -173,7 +163,7 @@ fn the_rpm_installs_and_erases_in_a_throwaway_root() {
 
 #[test]
 fn systemd_analyze_accepts_the_unit() {
-    if !have("systemd-analyze") && skip("needs systemd-analyze (Debian's systemd package)") {
+    if !need(&["systemd-analyze"]) {
         return;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd/embargod.service");
