@@ -104,7 +104,7 @@ fn pae_header(payload_type: &str, payload_len: usize) -> Vec<u8> {
 /// Decodes standard or URL-safe base64, padded or not, as DSSE requires of verifiers.
 fn decode_b64_into(text: &str, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    let url_safe = text.bytes().any(|b| b == b'-' || b == b'_');
+    let url_safe = memchr::memchr2(b'-', b'_', text.as_bytes()).is_some();
     let padded = text.ends_with('=');
     let engine = match (url_safe, padded) {
         (false, true) => &STANDARD,
@@ -143,15 +143,19 @@ fn build_pae(payload_type: &str, text: &str) -> Result<Vec<u8>, EnvelopeError> {
 /// Writes `header` at the start of `bytes` and decodes the base64 text at `range` right behind
 /// it, chunk by chunk. Output never overtakes input: the header fits before the text and every
 /// 4 text bytes become at most 3 output bytes.
+///
+/// Whole middle chunks carry no padding and no partial group, so they go through the SIMD
+/// decoder; the last chunk (padding, canonical trailing bits) goes through the `base64` crate's
+/// strict engine, like every small envelope.
 fn decode_in_place(
     bytes: &mut Vec<u8>,
     header: &[u8],
     range: std::ops::Range<usize>,
     payload_len: usize,
 ) -> Result<(), EnvelopeError> {
-    const CHUNK: usize = 4096;
+    const CHUNK: usize = 16 * 1024;
     let text = &bytes[range.clone()];
-    let url_safe = text.iter().any(|&b| b == b'-' || b == b'_');
+    let url_safe = memchr::memchr2(b'-', b'_', text).is_some();
     let padded = text.last() == Some(&b'=');
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let engine = match (url_safe, padded) {
@@ -160,21 +164,20 @@ fn decode_in_place(
         (true, true) => &URL_SAFE,
         (true, false) => &URL_SAFE_NO_PAD,
     };
+    let simd = if url_safe { &base64_simd::URL_SAFE_NO_PAD } else { &base64_simd::STANDARD_NO_PAD };
     bytes[..header.len()].copy_from_slice(header);
     let mut w = header.len();
     let mut r = range.start;
-    let mut out = [0u8; CHUNK / 4 * 3];
+    let mut out = vec![0u8; CHUNK / 4 * 3];
     while r < range.end {
         let end = (r + CHUNK).min(range.end);
-        // Middle chunks are whole 4-character groups and carry no padding.
-        let chunk_engine: &base64::engine::GeneralPurpose = if end == range.end {
-            engine
-        } else if url_safe {
-            &URL_SAFE_NO_PAD
+        let n = if end == range.end {
+            engine.decode_slice(&bytes[r..end], &mut out).map_err(|_| EnvelopeError::Base64)?
         } else {
-            &STANDARD_NO_PAD
+            simd.decode(&bytes[r..end], base64_simd::Out::from_slice(&mut out))
+                .map_err(|_| EnvelopeError::Base64)?
+                .len()
         };
-        let n = chunk_engine.decode_slice(&bytes[r..end], &mut out).map_err(|_| EnvelopeError::Base64)?;
         bytes[w..w + n].copy_from_slice(&out[..n]);
         w += n;
         r = end;
@@ -440,6 +443,46 @@ mod tests {
         let dec = Envelope::decode(text.as_bytes()).unwrap();
         assert_eq!(dec.payload(), payload);
         assert_eq!(dec.verify(&[key.public()], 1), Ok(1));
+    }
+
+    /// Payloads larger than one decode chunk go through the SIMD decoder in the middle and the
+    /// strict decoder at the end: every base64 flavour DSSE allows decodes to the same bytes,
+    /// and a bad character, stray padding or mixed alphabet anywhere is an error.
+    #[test]
+    fn large_payloads_decode_in_place_in_every_flavour_and_reject_corruption() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        let key = SigningKey::generate();
+        for len in [16 * 1024 * 3 / 4 - 1, 100_000, 100_001, 100_002] {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0]).collect();
+            let signed = String::from_utf8(sign("application/x", &payload, &[&key])).unwrap();
+            let std_text = STANDARD.encode(&payload);
+            assert!(signed.contains(&std_text));
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                let text = signed.replace(&std_text, &engine.encode(&payload));
+                let dec = Envelope::decode_owned(text.clone().into_bytes()).unwrap();
+                assert_eq!(dec.payload(), payload, "len {len}");
+                assert_eq!(dec.pae, pae("application/x", &payload));
+                assert_eq!(dec.verify(&[key.public()], 1), Ok(1));
+                let start = text.find(&engine.encode(&payload)).unwrap();
+                for (at, bad) in [(20_000, b'*'), (20_000, b'='), (5, b'.'), (17_000, b'\\')] {
+                    let mut corrupt = text.clone().into_bytes();
+                    corrupt[start + at.min(len / 2)] = bad;
+                    let err = Envelope::decode_owned(corrupt);
+                    assert!(err.is_err(), "{:?} at {at} decoded", bad as char);
+                }
+            }
+            // Both alphabets in one text: '+' kept in one place, '-' in another.
+            let url = URL_SAFE.encode(&payload);
+            if let (Some(a), Some(b)) = (url.find('-'), std_text.rfind('+')) {
+                if a != b {
+                    let mut mixed = url.clone().into_bytes();
+                    mixed[b] = b'+';
+                    mixed[a] = b'-';
+                    let text = signed.replace(&std_text, std::str::from_utf8(&mixed).unwrap());
+                    assert!(matches!(Envelope::decode_owned(text.into_bytes()), Err(EnvelopeError::Base64)));
+                }
+            }
+        }
     }
 
     #[test]

@@ -250,9 +250,7 @@ impl Candidates {
 }
 
 fn parse_sha(hex: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex, &mut out).ok()?;
-    Some(out)
+    crate::rules::sha256_from_hex(hex)
 }
 
 /// A compiled rule set for one device (its tags applied at compile time).

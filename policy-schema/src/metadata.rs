@@ -355,8 +355,14 @@ impl Policy {
     /// as strict as [`Policy::parse`]; rule-id uniqueness is checked by 64-bit hash (a
     /// collision between two distinct ids, ~1e-10 for 100,000 rules, is reported as a duplicate).
     pub fn parse_compiled(bytes: &[u8], device_tags: &[String]) -> Result<(PolicyHeader, RuleSet), PayloadError> {
+        // JSON is UTF-8 (RFC 8259): one validation of the whole text here, instead of one per
+        // string inside the parser.
+        let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Invalid {
+            role: "policy",
+            reason: format!("not UTF-8 at byte {}", e.valid_up_to()),
+        })?;
         let mut set = RuleSet::new(device_tags);
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut de = serde_json::Deserializer::from_str(text);
         let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set }, &mut de)
             .and_then(|h| de.end().map(|()| h))
             .map_err(|source| PayloadError::Json { role: "policy", source })?;

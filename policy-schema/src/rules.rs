@@ -153,7 +153,40 @@ fn bounded(what: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), Str
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    sha256_from_hex(s).is_some()
+}
+
+/// Lowercase hex digit values; 0xff marks every other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 32 bytes of a sha256 written as 64 lowercase hex digits, or `None` for anything else.
+/// Branch-free per digit: a large hash-list policy decodes tens of thousands of these.
+pub fn sha256_from_hex(s: &str) -> Option<[u8; 32]> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (HEX_DIGIT[pair[0] as usize], HEX_DIGIT[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// A matcher borrowing its strings: what the streaming parser reads from a verified payload
@@ -311,5 +344,34 @@ impl RuleRef<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_decodes_exactly_lowercase_hex() {
+        for seed in 0u8..=255 {
+            let bytes: [u8; 32] = std::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8 * 7));
+            let text = hex::encode(bytes);
+            assert_eq!(sha256_from_hex(&text), Some(bytes));
+        }
+        let good = "0123456789abcdef".repeat(4);
+        assert!(is_sha256_hex(&good));
+        assert!(!is_sha256_hex(&good.to_uppercase()), "uppercase is not the canonical form");
+        assert!(!is_sha256_hex(&good[1..]), "63 digits");
+        assert!(!is_sha256_hex(&format!("{good}0")), "65 digits");
+        for bad in ['g', 'G', ' ', '/', ':', '@', '`', '\0'] {
+            for at in [0, 1, 31, 63] {
+                let mut s = good.clone().into_bytes();
+                s[at] = bad as u8;
+                assert!(!is_sha256_hex(std::str::from_utf8(&s).unwrap()), "{bad:?} at {at}");
+            }
+        }
+        let mut s = good.clone();
+        s.replace_range(62..64, "é");
+        assert!(!is_sha256_hex(&s), "a multi-byte character");
     }
 }
