@@ -57,6 +57,9 @@ struct Item {
     audited: bool,
 }
 
+/// How long the core loop must be quiet before it unmaps the code pages it touched.
+const TRIM_AFTER_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Daemon {
     cfg: Config,
     rules: RuleSet,
@@ -827,8 +830,9 @@ impl Daemon {
         }
     }
 
-    /// Runs until `events` closes or `shutdown` completes. There is no timer here: the sync
-    /// task's timer is the only periodic wake-up, and each sync ends with a reconcile.
+    /// Runs until `events` closes or `shutdown` completes. There is no periodic timer here: the
+    /// sync task's timer is the only periodic wake-up, and each sync ends with a reconcile. The
+    /// one-shot timers are the package-lock retry and the idle trim after a burst of activity.
     pub async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
@@ -842,6 +846,10 @@ impl Daemon {
         // restarts us. Only under systemd with WatchdogSec=; otherwise there is no timer at all.
         let watchdog = sd_notify::watchdog_enabled();
         let mut ping = watchdog.map(|d| tokio::time::interval(d / 2));
+        // The idle trim: one quiet second after start-up or after the last event, the code
+        // pages this burst touched are unmapped (see `sys`). One wake-up per burst of activity;
+        // none while idle.
+        let mut trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
         tokio::pin!(shutdown);
         loop {
             let ev = tokio::select! {
@@ -852,6 +860,15 @@ impl Daemon {
                 }
                 () = tokio::time::sleep_until(self.retry_at.unwrap_or_else(tokio::time::Instant::now)), if self.retry_at.is_some() => {
                     self.retry_packages();
+                    trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
+                    continue;
+                }
+                () = tokio::time::sleep_until(trim_at.unwrap_or_else(tokio::time::Instant::now)), if trim_at.is_some() => {
+                    trim_at = None;
+                    match crate::sys::release_code_pages() {
+                        Ok(bytes) => tracing::debug!(kib = bytes / 1024, "idle trim: code pages unmapped"),
+                        Err(e) => tracing::debug!("idle trim skipped: {e}"),
+                    }
                     continue;
                 }
                 ev = events.recv() => match ev { Some(ev) => ev, None => break },
@@ -862,6 +879,7 @@ impl Daemon {
                 Event::Sync(report) => self.on_sync(*report),
                 Event::Control { request, uid, reply } => self.on_control(request, uid, reply),
             }
+            trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down");
