@@ -646,11 +646,13 @@ impl TrustedState {
         device_tags: &[String],
     ) -> Result<(PolicyHeader, RuleSet), UpdateError> {
         let env = open_envelope_owned(path, bytes, POLICY_TYPE)?;
-        // The bytes already match the hash and length the signed timestamp names, so parsing
-        // them while the policy signatures are checked parses nothing an outsider chose; the
-        // result is used only if the signatures verify, and a signature failure is reported
-        // first. A large policy's signature check (SHA-512 over the payload) and its parse
-        // then overlap on two cores.
+        // The policy signatures are checked on a second thread while the payload is parsed, so
+        // a large policy's SHA-512 (per signature) and its parse overlap on two cores. Parsing
+        // before the policy role's verdict is bounded: the bytes already match the hash and
+        // length the verified timestamp names (only the timestamp key holder chooses them, as
+        // TUF checks targets against snapshot before their signatures), the parser is strict and
+        // size-limited, and its result is dropped unless the signatures verify. A signature
+        // failure is reported before any parse error.
         let (signatures, parsed) = std::thread::scope(|s| {
             let verifier = s.spawn(|| verify_role(path, &env, root, RoleName::Policy, Signers::Policy));
             let parsed = Policy::parse_compiled(env.payload(), device_tags);

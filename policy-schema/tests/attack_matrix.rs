@@ -293,6 +293,15 @@ fn payload_altered_after_signing_is_refused() {
     let err = fx.refused(&mut s);
     let (_, t) = threshold(&err);
     assert_eq!((t.valid, t.unknown), (0, 2), "{err}");
+
+    // Altered into something that does not even parse: the payload is parsed while the
+    // signatures are checked, and the signature failure is still the error reported.
+    let broken = &altered[..altered.len() / 2];
+    let ptr = fx.put_policy(3, &dsse::assemble(POLICY_TYPE, broken.as_bytes(), env.signatures()));
+    fx.publish_ts(4, ptr);
+    let err = fx.refused(&mut s);
+    let (_, t) = threshold(&err);
+    assert_eq!((t.valid, t.unknown), (0, 2), "{err}");
 }
 
 #[test]
