@@ -1,8 +1,11 @@
 //! Identifying a file as an app, from an already opened fd (never by path, never by running it).
 //!
-//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8. The name comes
-//!   from the file name (`WeChat-x86_64.AppImage` → `WeChat`); the desktop entry embedded in the
-//!   squashfs is **not read yet** (see README).
+//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8. When the desktop
+//!   entry embedded in the squashfs can be read (`squashfs`: gzip or zstd images), the id is its
+//!   desktop file id (`com.tencent.WeChat.desktop` → `com.tencent.WeChat`), the name its `Name=`
+//!   (else `X-AppImage-Name=`) and the version its `X-AppImage-Version=`, so renaming the file does
+//!   not change what the app is. Otherwise (type 1, other compressions, damaged images) the id is
+//!   the file name and the name comes from it (`WeChat-x86_64.AppImage` → `WeChat`).
 //! - `desktop`: a freedesktop `.desktop` entry; id is the desktop file id (path under the
 //!   applications dir, `/` → `-`), name is `Name=`, and the `Exec=` target is listed in `paths`.
 //! - `file`: any regular file, by name and sha256.
@@ -52,6 +55,9 @@ pub struct DesktopEntry {
     pub name: Option<String>,
     pub exec: Option<String>,
     pub is_application: bool,
+    /// `X-AppImage-Name=` and `X-AppImage-Version=` (AppImage desktop integration keys).
+    pub appimage_name: Option<String>,
+    pub appimage_version: Option<String>,
 }
 
 pub fn parse_desktop(text: &str) -> DesktopEntry {
@@ -71,6 +77,8 @@ pub fn parse_desktop(text: &str) -> DesktopEntry {
             "Name" => e.name = Some(v.trim().to_owned()),
             "Exec" => e.exec = Some(v.trim().to_owned()),
             "Type" => e.is_application = v.trim() == "Application",
+            "X-AppImage-Name" => e.appimage_name = Some(v.trim().to_owned()),
+            "X-AppImage-Version" => e.appimage_version = Some(v.trim().to_owned()),
             _ => {}
         }
     }
@@ -113,6 +121,18 @@ pub fn identify(
             }
             let mut a = App::new(Kind::Appimage, file_name.clone());
             a.name = Some(appimage_name(&file_name));
+            match crate::squashfs::appimage_desktop_entry(file) {
+                Ok((desktop_file, text)) => {
+                    let entry = parse_desktop(&text);
+                    let id = desktop_file.strip_suffix(".desktop").unwrap_or(&desktop_file);
+                    if !id.is_empty() {
+                        a.id = id.to_owned();
+                    }
+                    a.name = entry.name.or(entry.appimage_name).or(a.name);
+                    a.version = entry.appimage_version;
+                }
+                Err(e) => tracing::debug!(path = %full, "AppImage desktop entry not read: {e}"),
+            }
             a
         }
         Kind::Desktop => {

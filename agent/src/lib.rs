@@ -28,6 +28,7 @@ pub mod quarantine;
 pub mod rpm;
 pub mod safefs;
 pub mod snap;
+pub mod squashfs;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -330,6 +330,66 @@ pub fn appimage(payload: &str) -> Vec<u8> {
     v
 }
 
+/// A real type-2 AppImage: an ELF runtime (a copy of `/bin/true` carrying the `AI\x02` magic at
+/// offset 8, as the AppImage runtime does) with a squashfs image made by the real `mksquashfs`
+/// appended. The image holds `AppRun`, a binary, and the desktop entry `<desktop_id>.desktop`
+/// with `Name=<name>` and `X-AppImage-Version=<version>`; with `symlinked` it lives in
+/// `usr/share/applications/` and the root holds a symlink to it (as linuxdeploy does);
+/// `padding_files` adds files to the root that sort before it.
+#[derive(Debug, Clone, Copy)]
+pub struct RealAppImage<'a> {
+    pub desktop_id: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub symlinked: bool,
+    pub padding_files: usize,
+    /// Extra `mksquashfs` options such as `-comp zstd` or `-no-fragments`.
+    pub mksquashfs_args: &'a [&'a str],
+}
+
+impl<'a> RealAppImage<'a> {
+    pub fn new(desktop_id: &'a str, name: &'a str, version: &'a str) -> Self {
+        Self { desktop_id, name, version, symlinked: false, padding_files: 0, mksquashfs_args: &[] }
+    }
+
+    pub fn build(&self, work: &Path) -> Vec<u8> {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let appdir = work.join(format!("AppDir-{n}"));
+        let (id, name, version) = (self.desktop_id, self.name, self.version);
+        std::fs::create_dir_all(appdir.join("usr/share/applications")).unwrap();
+        std::fs::create_dir_all(appdir.join("usr/bin")).unwrap();
+        std::fs::write(appdir.join("AppRun"), "#!/bin/sh\nexec \"$APPDIR/usr/bin/app\" \"$@\"\n").unwrap();
+        std::fs::write(appdir.join("usr/bin/app"), format!("binary of {name} {version}\n").repeat(2000)).unwrap();
+        for i in 0..self.padding_files {
+            std::fs::write(appdir.join(format!("aaa-padding-file-with-a-long-name-{i:05}")), b"x").unwrap();
+        }
+        let entry = format!(
+            "[Desktop Entry]\nType=Application\nName={name}\nExec=app %U\nIcon={id}\nX-AppImage-Version={version}\n"
+        );
+        let file = format!("{id}.desktop");
+        if self.symlinked {
+            std::fs::write(appdir.join("usr/share/applications").join(&file), entry).unwrap();
+            std::os::unix::fs::symlink(format!("usr/share/applications/{file}"), appdir.join(&file)).unwrap();
+        } else {
+            std::fs::write(appdir.join(&file), entry).unwrap();
+        }
+        let image = work.join(format!("image-{n}.sqfs"));
+        let out = Command::new("mksquashfs")
+            .arg(&appdir)
+            .arg(&image)
+            .args(["-root-owned", "-noappend", "-quiet"])
+            .args(self.mksquashfs_args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&out.stderr));
+        let mut bytes = std::fs::read("/bin/true").unwrap();
+        bytes[8..11].copy_from_slice(b"AI\x02");
+        bytes.extend(std::fs::read(&image).unwrap());
+        bytes
+    }
+}
+
 /// Whether tests that need a tool or privilege must fail rather than skip (`.ci/run` sets it).
 pub fn require_tools() -> bool {
     std::env::var("EMBARGO_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
