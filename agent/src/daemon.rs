@@ -322,7 +322,7 @@ impl Daemon {
             self.counters.detected += 1;
             let path = self.pkg_roots[i].admindir();
             tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
-            self.record(&action, &result, &v, &app, &path, None, since);
+            self.record(&action, &result, &v, &app, &path, None, since.elapsed());
         }
     }
 
@@ -400,9 +400,9 @@ impl Daemon {
         }
         let cached =
             self.inventory.get(&full).filter(|it| it.id == meta.id && it.size == meta.size).map(|it| it.app.clone());
-        let app = match cached {
+        let mut app = match cached {
             Some(app) => app,
-            None => match crate::identify::identify(root.kind, &root.path, &rel, &mut file, &meta) {
+            None => match crate::identify::identify_unhashed(root.kind, &root.path, &rel, &mut file, &meta) {
                 Ok(Some(app)) => {
                     self.counters.detected += 1;
                     app
@@ -417,7 +417,27 @@ impl Daemon {
                 }
             },
         };
-        let verdict = self.rules.verdict(&app).map(|v| v.to_owned());
+        let mut verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
+        // The hash is read before deciding unless the verdict already moves the file and no
+        // hash can lift it (no `except` on sha256): then the move does not wait for a large
+        // file to be read whole, and the hash is taken after it, through the same fd, for the
+        // evidence (`hash_after_move`).
+        let moves_regardless_of_hash = verdict
+            .as_ref()
+            .is_some_and(|(v, except_by_hash)| !except_by_hash && verdict_action(self.cfg.mode, v) != Action::Audit)
+            && !self.exempt.contains(&meta.id)
+            && !self.needs_confirmation.contains(&full);
+        if app.sha256.is_none() && !moves_regardless_of_hash {
+            match crate::identify::sha256_of(&mut file) {
+                Ok(h) => app.sha256 = Some(h),
+                Err(e) => {
+                    tracing::warn!(path = %full.display(), error = %e, "cannot hash");
+                    return;
+                }
+            }
+            verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
+        }
+        let verdict = verdict.map(|(v, _)| v);
         let audited = self.inventory.get(&full).is_some_and(|it| it.audited && it.verdict == verdict);
         let root_path = root.path.clone();
         self.inventory.insert(
@@ -443,7 +463,7 @@ impl Daemon {
             Action::Audit => {
                 if !audited {
                     self.counters.audited += 1;
-                    self.record("audit", "recorded", &v, &app, &full, None, since);
+                    self.record("audit", "recorded", &v, &app, &full, None, since.elapsed());
                     if let Some(it) = self.inventory.get_mut(&full) {
                         it.audited = true;
                     }
@@ -468,8 +488,12 @@ impl Daemon {
                 };
                 match self.store.quarantine(req) {
                     Ok(m) => {
+                        let elapsed = since.elapsed();
                         self.counters.quarantined += 1;
                         self.inventory.remove(&full);
+                        let (v, m) =
+                            if app.sha256.is_none() { self.hash_after_move(&mut app, &mut file, v, m) } else { (v, m) };
+                        let action = v.action;
                         tracing::info!(app = %app.id, path = %full.display(), rule = %v.rule, action = %action, id = %m.id, "quarantined");
                         self.record(
                             action.to_string().as_str(),
@@ -478,15 +502,65 @@ impl Daemon {
                             &app,
                             &full,
                             Some(m.id.clone()),
-                            since,
+                            elapsed,
                         );
                     }
                     Err(e) => {
+                        let elapsed = since.elapsed();
                         self.counters.failed += 1;
+                        if app.sha256.is_none() {
+                            app.sha256 = crate::identify::sha256_of(&mut file).ok();
+                        }
                         tracing::warn!(app = %app.id, path = %full.display(), rule = %v.rule, error = %e, "quarantine failed");
-                        self.record(action.to_string().as_str(), &format!("failed: {e}"), &v, &app, &full, None, since);
+                        self.record(
+                            action.to_string().as_str(),
+                            &format!("failed: {e}"),
+                            &v,
+                            &app,
+                            &full,
+                            None,
+                            elapsed,
+                        );
                     }
                 }
+            }
+        }
+    }
+
+    /// The file was moved before it was hashed (its verdict did not depend on the hash): hash
+    /// it now through the same fd, and complete the manifest. Knowing the hash can only confirm
+    /// the rule or bring a more severe or stronger one (hashless matchers still match and no
+    /// except of the rule looks at hashes), so the move stands; the manifest and the audit
+    /// record name the final rule.
+    fn hash_after_move(
+        &mut self,
+        app: &mut App,
+        file: &mut std::fs::File,
+        v: Verdict,
+        m: crate::quarantine::Manifest,
+    ) -> (Verdict, crate::quarantine::Manifest) {
+        let (id, fallback) = (m.id.clone(), m.clone());
+        let (v, sha) = match crate::identify::sha256_of(file) {
+            Ok(sha) => {
+                app.sha256 = Some(sha.clone());
+                let v = self.rules.verdict(app).map(|x| x.to_owned()).filter(|x| x.action >= v.action).unwrap_or(v);
+                (v, sha)
+            }
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot hash the quarantined file; its manifest has no sha256");
+                (v, String::new())
+            }
+        };
+        let purge_after = if v.action == Action::Remove {
+            m.purge_after.or_else(|| Some(Time::now().plus(self.cfg.retention)))
+        } else {
+            None
+        };
+        match self.store.complete(m, &sha, &v.rule, v.action, purge_after) {
+            Ok(m) => (v, m),
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
+                (v, fallback)
             }
         }
     }
@@ -500,7 +574,7 @@ impl Daemon {
         app: &App,
         path: &Path,
         quarantine_id: Option<String>,
-        since: Instant,
+        elapsed: std::time::Duration,
     ) {
         let rec = ActionRecord {
             time: Time::now().to_string(),
@@ -512,7 +586,7 @@ impl Daemon {
             app_id: app.id.clone(),
             path: path.display().to_string(),
             quarantine_id,
-            micros: since.elapsed().as_micros() as u64,
+            micros: elapsed.as_micros() as u64,
         };
         self.audit(
             serde_json::json!({"type": "action", "record": rec, "sha256": app.sha256, "mode": self.cfg.mode.as_str()}),

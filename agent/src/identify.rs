@@ -96,9 +96,24 @@ pub fn exec_target(exec: &str) -> Option<String> {
     (!word.is_empty()).then(|| word.to_owned())
 }
 
-/// Identifies the opened file `rel` under a root of `kind` at `root_path`. `None`: not an app
-/// of that kind.
+/// Identifies the opened file `rel` under a root of `kind` at `root_path`, with its sha256.
+/// `None`: not an app of that kind.
 pub fn identify(
+    kind: Kind,
+    root_path: &Path,
+    rel: &Path,
+    file: &mut std::fs::File,
+    meta: &Meta,
+) -> std::io::Result<Option<App>> {
+    let Some(mut app) = identify_unhashed(kind, root_path, rel, file, meta)? else { return Ok(None) };
+    app.sha256 = Some(sha256_of(file)?);
+    Ok(Some(app))
+}
+
+/// [`identify`] without the sha256: what the file is, read from its first bytes and metadata
+/// only, so a verdict that no hash can change is reached without reading a large file whole
+/// (the daemon hashes after the move then; see `Daemon::enforce_file`).
+pub fn identify_unhashed(
     kind: Kind,
     root_path: &Path,
     rel: &Path,
@@ -160,7 +175,6 @@ pub fn identify(
             a
         }
     };
-    app.sha256 = Some(sha256_of(file)?);
     app.paths.insert(0, full);
     app.scope = scope;
     Ok(Some(app))

@@ -5,13 +5,15 @@
 //! sha256, rule, time, device and inode).
 //!
 //! Order of a quarantine, each step through fds (see `safefs`): the file was opened beneath its
-//! root and hashed; its parent is opened beneath the root and the name is checked to still be
+//! root and hashed (or, when its verdict could not depend on the hash, it is hashed through the
+//! same fd right after the move and `complete` fills the manifest's sha256); its parent is opened beneath the root and the name is checked to still be
 //! that inode; processes running it are killed; the manifest is attached to the inode as an
 //! xattr; the name is renamed into the store with RENAME_NOREPLACE; the stored name is checked to
 //! be the same inode (else it is moved back and the race reported); modes are stripped through
 //! the fd; the manifest file is written atomically.
 //! **Crash safety:** a crash after the rename leaves `<id>.bin` with its xattr, from which
-//! `recover` rebuilds the manifest; a crash before it leaves the file where it was.
+//! `recover` rebuilds the manifest (hashing the stored file when the sha256 was not taken yet);
+//! a crash before it leaves the file where it was.
 
 use std::io::{Seek as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
@@ -203,7 +205,11 @@ impl QuarantineStore {
         // original mode is in the manifest for restore.
         let _ = safefs::fchmod(r.file, 0o400);
         manifest.quarantined_at = Time::now();
-        self.write_manifest(&manifest)?;
+        // Moved before its hash: the caller hashes through the fd and `complete` writes the
+        // manifest once (the xattr, or the manifest written above, covers a crash meanwhile).
+        if !r.sha256.is_empty() || !tagged {
+            self.write_manifest(&manifest)?;
+        }
         Ok(manifest)
     }
 
@@ -238,6 +244,25 @@ impl QuarantineStore {
                 Err(QuarantineError::Raced { path: shown })
             }
         }
+    }
+
+    /// Completes and writes the manifest of an item moved before its hash was known (the
+    /// `Manifest` that `quarantine` returned): the sha256 taken through the fd after the move
+    /// (empty if it could not be read), and the rule that the hash confirmed or brought.
+    pub fn complete(
+        &self,
+        mut m: Manifest,
+        sha256: &str,
+        rule: &str,
+        action: Action,
+        purge_after: Option<Time>,
+    ) -> Result<Manifest, QuarantineError> {
+        m.sha256 = sha256.to_owned();
+        m.rule = rule.to_owned();
+        m.action = action;
+        m.purge_after = purge_after;
+        self.write_manifest(&m)?;
+        Ok(m)
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<(), QuarantineError> {
@@ -381,7 +406,10 @@ impl QuarantineStore {
                     continue;
                 };
                 let record = safefs::get_xattr(&fd, XATTR).or_else(|_| safefs::get_xattr(&fd, XATTR_USER));
-                if let Some(m) = record.ok().and_then(|r| serde_json::from_slice::<Manifest>(&r).ok()) {
+                if let Some(mut m) = record.ok().and_then(|r| serde_json::from_slice::<Manifest>(&r).ok()) {
+                    if m.sha256.is_empty() {
+                        m.sha256 = self.hash_stored(id).unwrap_or_default();
+                    }
                     if self.write_manifest(&m).is_ok() {
                         fixed.push(format!("rebuilt manifest of {id} ({})", m.original_path));
                     }
@@ -392,10 +420,34 @@ impl QuarantineStore {
                     if self.remove_manifest(id).is_ok() {
                         fixed.push(format!("dropped stale manifest {id}"));
                     }
+                } else if let Ok(mut m) = self.get(id) {
+                    // Moved before it was hashed, and the daemon stopped before the hash.
+                    if m.sha256.is_empty() {
+                        if let Some(sha) = self.hash_stored(id) {
+                            m.sha256 = sha;
+                            if self.write_manifest(&m).is_ok() {
+                                fixed.push(format!("hashed {id} ({})", m.original_path));
+                            }
+                        }
+                    }
                 }
             }
         }
         fixed
+    }
+}
+
+impl QuarantineStore {
+    /// The sha256 of a stored payload, read through an fd opened without following links.
+    fn hash_stored(&self, id: &str) -> Option<String> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            format!("{id}.bin").as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        crate::identify::sha256_of(&mut std::fs::File::from(fd)).ok()
     }
 }
 
@@ -409,6 +461,10 @@ mod tests {
     use super::*;
 
     fn quarantine_one(store: &QuarantineStore, root: &Path, name: &str) -> Manifest {
+        quarantine_with_sha(store, root, name, "00")
+    }
+
+    fn quarantine_with_sha(store: &QuarantineStore, root: &Path, name: &str, sha256: &str) -> Manifest {
         use std::os::unix::fs::PermissionsExt as _;
         let p = root.join(name);
         std::fs::write(&p, b"payload").unwrap();
@@ -422,7 +478,7 @@ mod tests {
                 rel: Path::new(name),
                 file: &file,
                 meta: &meta,
-                sha256: "00",
+                sha256,
                 rule: "r",
                 action: Action::Quarantine,
                 app_kind: "file",
@@ -451,6 +507,42 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         assert_eq!(std::fs::metadata(root.join("a")).unwrap().mode() & 0o7777, 0o750);
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn an_item_moved_before_its_hash_gets_it_from_complete_or_from_recovery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let payload_sha = crate::identify::sha256_of(&mut {
+            std::fs::write(tmp.path().join("ref"), b"payload").unwrap();
+            std::fs::File::open(tmp.path().join("ref")).unwrap()
+        })
+        .unwrap();
+        // The daemon completes it right after the move, possibly naming a more severe rule.
+        let m = quarantine_with_sha(&store, &root, "a", "");
+        assert!(store.get(&m.id).is_err(), "no manifest file until `complete`");
+        let id = m.id.clone();
+        let done = store.complete(m, &payload_sha, "r2", Action::Remove, Some(Time(7))).unwrap();
+        assert_eq!(store.get(&id).unwrap(), done);
+        assert_eq!(
+            (done.sha256.as_str(), done.rule.as_str(), done.action),
+            (payload_sha.as_str(), "r2", Action::Remove)
+        );
+        // It stopped between the move and the hash: the manifest is rebuilt from the xattr and
+        // the stored file hashed...
+        let m = quarantine_with_sha(&store, &root, "b", "");
+        store.recover();
+        assert_eq!(store.get(&m.id).unwrap().sha256, payload_sha);
+        // ...and a manifest written without a hash (a filesystem without xattrs) gets it too.
+        let m = quarantine_with_sha(&store, &root, "c", "");
+        let mut unhashed = m.clone();
+        unhashed.sha256.clear();
+        store.write_manifest(&unhashed).unwrap();
+        assert!(store.recover().iter().any(|f| f.starts_with(&format!("hashed {}", m.id))));
+        assert_eq!(store.get(&m.id).unwrap().sha256, payload_sha);
+        assert!(store.recover().is_empty(), "nothing left to fix");
     }
 
     #[test]

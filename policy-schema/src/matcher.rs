@@ -60,6 +60,9 @@ pub struct VerdictRef<'a> {
     pub description: &'a str,
     pub action: Action,
     pub strength: Strength,
+    /// Whether the rule has an `except` matcher on sha256: only then can learning the app's
+    /// hash lift this verdict (hashless matchers that matched still match once it is known).
+    pub except_by_hash: bool,
 }
 
 impl VerdictRef<'_> {
@@ -179,6 +182,7 @@ struct CompiledRule {
     description: Str,
     action: Action,
     excepts: (u32, u32),
+    except_by_hash: bool,
 }
 
 /// Index of glob patterns by a bounded literal prefix.
@@ -390,9 +394,10 @@ impl RuleSet {
             self.excepts.push(c);
         }
         let excepts = (start, self.excepts.len() as u32);
+        let except_by_hash = rule.except.iter().any(|m| !m.sha256.is_empty());
         let id = self.intern(&rule.id);
         let description = self.intern(&rule.description);
-        self.rules.push(CompiledRule { id, description, action: rule.action, excepts });
+        self.rules.push(CompiledRule { id, description, action: rule.action, excepts, except_by_hash });
     }
 
     fn index(&mut self, m: &MatcherRef<'_>, mi: u32) {
@@ -536,7 +541,13 @@ impl RuleSet {
 
     fn verdict_ref(&self, ri: u32, strength: Strength) -> VerdictRef<'_> {
         let r = &self.rules[ri as usize];
-        VerdictRef { rule: self.get(r.id), description: self.get(r.description), action: r.action, strength }
+        VerdictRef {
+            rule: self.get(r.id),
+            description: self.get(r.description),
+            action: r.action,
+            strength,
+            except_by_hash: r.except_by_hash,
+        }
     }
 
     /// The rule that decides what happens to `app`, if any: the most severe action, then a

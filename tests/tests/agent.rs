@@ -245,3 +245,47 @@ fn bad_config_exits_64_naming_the_line() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("trust anchor"));
 }
+
+/// A large banned AppImage is moved without waiting for its hash (its verdict does not depend
+/// on it), and the evidence is still complete: the manifest and the audit record carry the
+/// sha256 of exactly what was moved.
+#[test]
+fn a_large_banned_appimage_is_moved_first_and_its_manifest_carries_the_real_sha256() {
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let mut payload = String::with_capacity(64 << 20);
+    while payload.len() < 64 << 20 {
+        payload.push_str(&format!("{:016x}", payload.len()));
+    }
+    let bytes = appimage(&payload);
+    let expected = embargo_policy::trust::sha256_hex(&bytes);
+    let banned = dev.install("Downloads/WeChat-4.0-x86_64.AppImage", &bytes);
+    eventually("the large WeChat to leave ~/Downloads", WAIT, || gone(&banned));
+    let items = eventually("its manifest to carry the hash", WAIT, || {
+        Some(dev.quarantine_list()).filter(|l| l.len() == 1 && !l[0]["sha256"].as_str().unwrap_or("").is_empty())
+    });
+    assert_eq!(items[0]["sha256"], expected.as_str(), "{items:?}");
+    assert_eq!(items[0]["rule"], "wechat");
+    let out = dev.ctl(&["events", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("\"quarantined\"") && l.contains(&expected)), "{text}");
+}
+
+/// A rule that excepts one build by hash: that build is hashed before any decision and stays;
+/// another build of the same app is quarantined.
+#[test]
+fn an_except_by_hash_keeps_the_approved_build_and_quarantines_the_others() {
+    let approved = appimage("wechat approved build");
+    let policy = format!(
+        "[[rule]]\nid = \"wechat\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nname = \"*wechat*\"\n\
+         [[rule.except]]\nsha256 = [\"{}\"]\n",
+        embargo_policy::trust::sha256_hex(&approved)
+    );
+    let dev = Device::new(&policy);
+    let kept = dev.install("Applications/WeChat-approved-x86_64.AppImage", &approved);
+    let banned = dev.install("Downloads/WeChat-x86_64.AppImage", &appimage("wechat other build"));
+    eventually("the other build to leave ~/Downloads", WAIT, || gone(&banned));
+    let entry = eventually("the approved build in the inventory", WAIT, || dev.inventory_has(&kept));
+    assert!(entry.get("verdict").is_none(), "the except applies: {entry}");
+    assert!(kept.exists());
+    assert_eq!(dev.quarantine_list().len(), 1);
+}
