@@ -671,4 +671,29 @@ mod tests {
         assert_eq!(all.iter().map(|v| v.rule.as_str()).collect::<Vec<_>>(), ["tagged", "q", "audit"]);
         assert_eq!(set.verdict(&app(Kind::Deb, "x")).unwrap().rule, "tagged");
     }
+
+    /// What the agent relies on to move a file before hashing it: a verdict reached without a
+    /// hash says whether a hash could lift it, and learning the hash never loses that rule.
+    #[test]
+    fn a_verdict_says_whether_a_hash_could_lift_it() {
+        let approved = "b".repeat(64);
+        let by_name = || vec![Matcher { name: Some("*wechat*".into()), ..Default::default() }];
+        let mut excepted = rule("wechat-except", Action::Quarantine, by_name());
+        excepted.except = vec![Matcher { sha256: vec![approved.clone()], ..Default::default() }];
+        let plain = rule("wechat", Action::Quarantine, by_name());
+        let mut named = app(Kind::Appimage, "x");
+        named.name = Some("WeChat".into());
+
+        let set = RuleSet::compile(vec![plain.clone()], &[]);
+        let v = set.verdict(&named).unwrap();
+        assert!(!v.except_by_hash);
+        named.sha256 = Some(approved.clone());
+        assert_eq!(set.verdict(&named).unwrap().rule, "wechat", "the hash does not lose the rule");
+        named.sha256 = None;
+
+        let set = RuleSet::compile(vec![excepted], &[]);
+        assert!(set.verdict(&named).unwrap().except_by_hash);
+        named.sha256 = Some(approved);
+        assert!(set.verdict(&named).is_none(), "the approved build is lifted once its hash is known");
+    }
 }
