@@ -65,6 +65,12 @@ fn decompress(c: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, Squa
             .map_err(|_| bad("gzip block does not decompress within its size")),
         Compression::Zstd => {
             use std::io::Read as _;
+            // The decoder keeps a whole window before it yields a byte: a frame declaring a
+            // huge window could make it inflate a small block into gigabytes first. A squashfs
+            // block never needs a window larger than the block itself.
+            if zstd_window(data).is_none_or(|w| w > limit as u64) {
+                return Err(bad("zstd frame window larger than the block"));
+            }
             let mut input = data;
             let decoder = ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|_| bad("zstd block header"))?;
             let mut out = Vec::new();
@@ -75,6 +81,31 @@ fn decompress(c: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, Squa
             Ok(out)
         }
     }
+}
+
+/// The window size a zstd frame header declares (RFC 8878 §3.1.1.1), or `None` when `data` does
+/// not start with a zstd frame header.
+fn zstd_window(data: &[u8]) -> Option<u64> {
+    if data.get(..4)? != [0x28, 0xb5, 0x2f, 0xfd] {
+        return None;
+    }
+    let fhd = *data.get(4)?;
+    let single_segment = fhd & 0x20 != 0;
+    if !single_segment {
+        let wd = *data.get(5)?;
+        let base = 1u64 << (10 + u32::from(wd >> 3));
+        return Some(base + base / 8 * u64::from(wd & 7));
+    }
+    // Single segment: the window is the frame content size.
+    let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+    let at = 5 + dict_len;
+    let fcs = match fhd >> 6 {
+        0 => u64::from(*data.get(at)?),
+        1 => u64::from(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?)) + 256,
+        2 => u64::from(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?)),
+        _ => u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?),
+    };
+    Some(fcs)
 }
 
 /// The parts of the superblock the reader needs; positions are absolute in the file.
@@ -397,4 +428,55 @@ pub fn appimage_desktop_entry(file: &File) -> Result<(String, String), SquashErr
     let text = img.file_contents(&inode)?;
     let text = String::from_utf8(text).map_err(|_| bad("desktop entry is not UTF-8"))?;
     Ok((name, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zstd frame header (no checksum, no dictionary) with window descriptor `wd`, then RLE
+    /// blocks of `block` bytes each: 4 input bytes per block, the classic decompression bomb.
+    fn rle_bomb(wd: u8, block: u32, blocks: usize) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, wd];
+        for i in 0..blocks {
+            let last = u32::from(i + 1 == blocks);
+            let header = last | (1 << 1) | (block << 3);
+            f.extend_from_slice(&header.to_le_bytes()[..3]);
+            f.push(b'A');
+        }
+        f
+    }
+
+    #[test]
+    fn zstd_windows_are_read_from_the_frame_header() {
+        assert_eq!(zstd_window(&rle_bomb(0x00, 16, 1)), Some(1 << 10));
+        assert_eq!(zstd_window(&rle_bomb(0x18, 16, 1)), Some(8 << 10));
+        assert_eq!(zstd_window(&rle_bomb(0x19, 16, 1)), Some((8 << 10) + 1024));
+        assert_eq!(zstd_window(&rle_bomb(0xf8, 16, 1)), Some(1 << 41));
+        assert_eq!(zstd_window(b"\x28\xb5\x2f"), None);
+        assert_eq!(zstd_window(&[0x28, 0xb5, 0x2f, 0xfd, 0x20, 200]), Some(200), "single segment: content size");
+    }
+
+    #[test]
+    fn zstd_bombs_are_refused_before_they_inflate() {
+        // A huge window: refused from the header alone.
+        let huge = rle_bomb(0xf8, 128 << 10, 64);
+        assert_eq!(
+            decompress(Compression::Zstd, &huge, METADATA_BLOCK),
+            Err(bad("zstd frame window larger than the block"))
+        );
+        // A window that fits but far more output than the block may hold: cut at the limit.
+        let long = rle_bomb(0x18, 8 << 10, 2000);
+        assert!(decompress(Compression::Zstd, &long, METADATA_BLOCK).is_err());
+        // And a well-formed small frame decodes.
+        let ok = rle_bomb(0x18, 100, 1);
+        assert_eq!(decompress(Compression::Zstd, &ok, METADATA_BLOCK), Ok(vec![b'A'; 100]));
+    }
+
+    #[test]
+    fn gzip_bombs_are_cut_at_the_limit() {
+        let big = miniz_oxide::deflate::compress_to_vec_zlib(&vec![0u8; 10 << 20], 9);
+        assert!(big.len() < 64 << 10);
+        assert!(decompress(Compression::Gzip, &big, 1 << 20).is_err());
+    }
 }
