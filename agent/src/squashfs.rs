@@ -350,7 +350,7 @@ impl<'f> Image<'f> {
                 return Err(bad("data block larger than the block size"));
             }
             let raw = self.read(pos, len)?;
-            pos += len as u64;
+            pos = pos.saturating_add(len as u64);
             out.extend(if s & (1 << 24) != 0 { raw } else { decompress(self.compression, &raw, bs)? });
         }
         if *fragment != NO_FRAGMENT {
@@ -358,7 +358,8 @@ impl<'f> Image<'f> {
                 return Err(bad("fragment without a fragment table"));
             }
             let index = u64::from(*fragment);
-            let pointer = u64_at(&self.read(self.fragment_table + index / 512 * 8, 8)?, 0)?;
+            let at = self.fragment_table.checked_add(index / 512 * 8).ok_or(bad("fragment table offset"))?;
+            let pointer = u64_at(&self.read(at, 8)?, 0)?;
             let mut c = MetaCursor::new(self, self.base, MetaRef { block: pointer, offset: 0 })?;
             let skip = (index % 512) as usize * 16;
             c.take(skip)?;
