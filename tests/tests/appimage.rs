@@ -104,14 +104,18 @@ fn damaged_images_never_panic() {
             seed as usize
         };
         let mut errors = 0;
-        for round in 0..600 {
+        for round in 0..1500 {
             let mut bad = good.clone();
             if round % 10 == 0 {
                 bad.truncate(runtime + next() % image_len);
             } else {
-                // Mostly the superblock and the tables at the end, where the structure lives.
+                // The superblock, the tables at the end (where the structure lives), or anywhere.
                 for _ in 0..1 + next() % 4 {
-                    let at = if next() % 2 == 0 { next() % 96 } else { image_len - 1 - next() % 4096.min(image_len) };
+                    let at = match next() % 3 {
+                        0 => next() % 96,
+                        1 => image_len - 1 - next() % 4096.min(image_len),
+                        _ => next() % image_len,
+                    };
                     bad[runtime + at] ^= 1 << (next() % 8);
                 }
             }
