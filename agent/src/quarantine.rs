@@ -393,6 +393,13 @@ impl QuarantineStore {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         for n in &names {
+            if n.starts_with('.') && n.contains(".tmp.") {
+                // A manifest write that a crash interrupted before its rename.
+                if safefs::unlink_at(&self.fd, n).is_ok() {
+                    fixed.push(format!("removed interrupted write {n}"));
+                }
+                continue;
+            }
             if let Some(id) = n.strip_suffix(".bin") {
                 if names.iter().any(|x| *x == format!("{id}.json")) {
                     continue;
