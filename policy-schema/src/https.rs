@@ -103,6 +103,10 @@ impl HttpsTransport {
             .read_timeout(opts.read_timeout)
             .timeout(opts.total_timeout)
             .user_agent(concat!("embargo/", env!("CARGO_PKG_VERSION")))
+            // No idle connections kept between syncs: a pooled connection would keep TLS state
+            // resident and a pool timer waking the idle agent. Most syncs make one request (the
+            // timestamp); a policy change costs one more handshake.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self { client, opts })
