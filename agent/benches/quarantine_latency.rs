@@ -90,19 +90,24 @@ fn main() {
     inotify::add_watch(&fd, &downloads, inotify::WatchFlags::MOVED_FROM | inotify::WatchFlags::DELETE).unwrap();
     let mut buf = [MaybeUninit::<u8>::uninit(); 8192];
     let mut reader = inotify::Reader::new(&fd, &mut buf);
-    let mut drop_one = |i: usize| {
-        let name = format!("WeChat-{i}-x86_64.AppImage");
-        let tmp_path = staging.join(&name);
-        std::fs::write(&tmp_path, embargo_agent::identify::fake_appimage(format!("build {i}").as_bytes())).unwrap();
+    // Writes `bytes` in the staging dir, renames it into ~/Downloads and times until the inotify
+    // event that says it left the folder.
+    let mut drop_file = |name: &str, bytes: &[u8]| {
+        let tmp_path = staging.join(name);
+        std::fs::write(&tmp_path, bytes).unwrap();
         let started = Instant::now();
-        std::fs::rename(&tmp_path, downloads.join(&name)).unwrap();
+        std::fs::rename(&tmp_path, downloads.join(name)).unwrap();
         loop {
             let ev = reader.next().unwrap();
-            if ev.file_name().and_then(|n| n.to_str().ok()) == Some(name.as_str()) {
+            if ev.file_name().and_then(|n| n.to_str().ok()) == Some(name) {
                 break;
             }
         }
         started.elapsed()
+    };
+    let mut drop_one = |i: usize| {
+        let bytes = embargo_agent::identify::fake_appimage(format!("build {i}").as_bytes());
+        drop_file(&format!("WeChat-{i}-x86_64.AppImage"), &bytes)
     };
     let mut latencies: Vec<Duration> = (0..drops).map(&mut drop_one).collect();
     let busy = (status_field(pid, "VmRSS:"), status_field(pid, "RssFile:"));
@@ -179,21 +184,9 @@ fn main() {
     let mut big = Vec::with_capacity(large);
     let body: Vec<u8> = (0..100u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     for i in 0..large {
-        let name = format!("WeChat-large-{i}-x86_64.AppImage");
-        let tmp_path = staging.join(&name);
         let mut bytes = embargo_agent::identify::fake_appimage(format!("large build {i}").as_bytes());
         bytes.extend_from_slice(&body);
-        std::fs::write(&tmp_path, &bytes).unwrap();
-        drop(bytes);
-        let started = Instant::now();
-        std::fs::rename(&tmp_path, downloads.join(&name)).unwrap();
-        loop {
-            let ev = reader.next().unwrap();
-            if ev.file_name().and_then(|n| n.to_str().ok()) == Some(name.as_str()) {
-                break;
-            }
-        }
-        big.push(started.elapsed());
+        big.push(drop_file(&format!("WeChat-large-{i}-x86_64.AppImage"), &bytes));
     }
     if large > 0 {
         big.sort();
