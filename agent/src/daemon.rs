@@ -487,12 +487,12 @@ impl Daemon {
                     purge_after,
                 };
                 match self.store.quarantine(req) {
-                    Ok(m) => {
+                    Ok(mut m) => {
                         let elapsed = since.elapsed();
                         self.counters.quarantined += 1;
                         self.inventory.remove(&full);
-                        let (v, m) =
-                            if app.sha256.is_none() { self.hash_after_move(&mut app, &mut file, v, m) } else { (v, m) };
+                        let v =
+                            if app.sha256.is_none() { self.hash_after_move(&mut app, &mut file, v, &mut m) } else { v };
                         let action = v.action;
                         tracing::info!(app = %app.id, path = %full.display(), rule = %v.rule, action = %action, id = %m.id, "quarantined");
                         self.record(
@@ -537,9 +537,8 @@ impl Daemon {
         app: &mut App,
         file: &mut std::fs::File,
         v: Verdict,
-        m: crate::quarantine::Manifest,
-    ) -> (Verdict, crate::quarantine::Manifest) {
-        let (id, fallback) = (m.id.clone(), m.clone());
+        m: &mut crate::quarantine::Manifest,
+    ) -> Verdict {
         let (v, sha) = match crate::identify::sha256_of(file) {
             Ok(sha) => {
                 app.sha256 = Some(sha.clone());
@@ -547,7 +546,7 @@ impl Daemon {
                 (v, sha)
             }
             Err(e) => {
-                tracing::warn!(%id, error = %e, "cannot hash the quarantined file; its manifest has no sha256");
+                tracing::warn!(id = %m.id, error = %e, "cannot hash the quarantined file; its manifest has no sha256");
                 (v, String::new())
             }
         };
@@ -556,13 +555,10 @@ impl Daemon {
         } else {
             None
         };
-        match self.store.complete(m, &sha, &v.rule, v.action, purge_after) {
-            Ok(m) => (v, m),
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
-                (v, fallback)
-            }
+        if let Err(e) = self.store.complete(m, &sha, &v.rule, v.action, purge_after) {
+            tracing::warn!(id = %m.id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
         }
+        v
     }
 
     #[allow(clippy::too_many_arguments)]

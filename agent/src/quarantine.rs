@@ -247,22 +247,21 @@ impl QuarantineStore {
     }
 
     /// Completes and writes the manifest of an item moved before its hash was known (the
-    /// `Manifest` that `quarantine` returned): the sha256 taken through the fd after the move
+    /// `Manifest` that `quarantine` returned, updated in place): the sha256 taken through the fd after the move
     /// (empty if it could not be read), and the rule that the hash confirmed or brought.
     pub fn complete(
         &self,
-        mut m: Manifest,
+        m: &mut Manifest,
         sha256: &str,
         rule: &str,
         action: Action,
         purge_after: Option<Time>,
-    ) -> Result<Manifest, QuarantineError> {
+    ) -> Result<(), QuarantineError> {
         m.sha256 = sha256.to_owned();
         m.rule = rule.to_owned();
         m.action = action;
         m.purge_after = purge_after;
-        self.write_manifest(&m)?;
-        Ok(m)
+        self.write_manifest(m)
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<(), QuarantineError> {
@@ -528,11 +527,10 @@ mod tests {
         })
         .unwrap();
         // The daemon completes it right after the move, possibly naming a more severe rule.
-        let m = quarantine_with_sha(&store, &root, "a", "");
-        assert!(store.get(&m.id).is_err(), "no manifest file until `complete`");
-        let id = m.id.clone();
-        let done = store.complete(m, &payload_sha, "r2", Action::Remove, Some(Time(7))).unwrap();
-        assert_eq!(store.get(&id).unwrap(), done);
+        let mut done = quarantine_with_sha(&store, &root, "a", "");
+        assert!(store.get(&done.id).is_err(), "no manifest file until `complete`");
+        store.complete(&mut done, &payload_sha, "r2", Action::Remove, Some(Time(7))).unwrap();
+        assert_eq!(store.get(&done.id).unwrap(), done);
         assert_eq!(
             (done.sha256.as_str(), done.rule.as_str(), done.action),
             (payload_sha.as_str(), "r2", Action::Remove)

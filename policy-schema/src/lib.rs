@@ -14,9 +14,11 @@
 //! - `source`: the admin's TOML policy format and its linter (errors with file:line).
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
+//! - `cli`: the command-line contract of every binary (usage errors exit 64).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cli;
 pub mod dsse;
 pub mod example;
 pub mod fsutil;

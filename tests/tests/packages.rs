@@ -173,17 +173,7 @@ fn banned_installers_in_downloads_are_quarantined_before_anyone_installs_them() 
     let dev = Device::new(WECHAT_KASPERSKY_TOML);
     let wechat = build_deb(tmp.path(), "wechat", "4.0.1-1", None);
     let firefox = build_deb(tmp.path(), "firefox-esr", "115.0-1", None);
-    // A kesl .rpm built with rpmbuild.
-    let top = tmp.path().join("rpmbuild");
-    let spec = tmp.path().join("kesl.spec");
-    std::fs::write(&spec, "Name: kesl\nVersion: 11.4.0\nRelease: 1\nSummary: test\nLicense: none\nBuildArch: noarch\n%description\ntest\n%files\n").unwrap();
-    let o = Command::new("rpmbuild")
-        .args(["-bb", "--define", &format!("_topdir {}", top.display())])
-        .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "rpmbuild: {}", String::from_utf8_lossy(&o.stderr));
-    let kesl = top.join("RPMS/noarch/kesl-11.4.0-1.noarch.rpm");
+    let kesl = build_rpm(tmp.path(), "kesl", "11.4.0", None);
     // Renamed into ~/Downloads under names that do not give them away.
     let d_wechat = dev.install("Downloads/installer-a.deb", &std::fs::read(&wechat).unwrap());
     let d_kesl = dev.install("Downloads/security-update.rpm", &std::fs::read(&kesl).unwrap());

@@ -78,12 +78,9 @@ fn default_socket() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match embargo_policy::cli::parse_args::<Args>() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
-        }
+        Err(code) => return code,
     };
     let socket = args.socket.unwrap_or_else(default_socket);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -19,12 +19,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match embargo_policy::cli::parse_args::<Args>() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
-        }
+        Err(code) => return code,
     };
     // The demo narrates on stdout; its log stays quiet unless EMBARGO_LOG asks.
     let default_filter = if args.demo.is_some() { "warn" } else { "warn,embargo_agent=info" };
@@ -60,14 +57,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("embargod: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(embargo_policy::cli::EXIT_USAGE);
         }
     };
     match runtime.block_on(embargo_agent::run(cfg, shutdown())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::Config(e)) => {
             eprintln!("embargod: {e}");
-            ExitCode::from(64)
+            ExitCode::from(embargo_policy::cli::EXIT_USAGE)
         }
         Err(AgentError::Runtime(e)) => {
             eprintln!("embargod: {e}");

@@ -131,13 +131,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match embargo_policy::cli::parse_args::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match run(cli.command) {
         Ok(code) => code,

@@ -28,12 +28,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match embargo_policy::cli::parse_args::<Args>() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
-        }
+        Err(code) => return code,
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBARGO_LOG").unwrap_or_else(|_| "info".into()))
@@ -41,7 +38,7 @@ fn main() -> ExitCode {
         .init();
     let usage = |msg: String| {
         eprintln!("embargo-server: {msg}");
-        ExitCode::from(64)
+        ExitCode::from(embargo_policy::cli::EXIT_USAGE)
     };
     if !args.repo.join("root").is_dir() {
         return usage(format!("{}: not a repository (no root/ directory)", args.repo.display()));
