@@ -14,6 +14,7 @@
 //! - `source`: the admin's TOML policy format and its linter (errors with file:line).
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
+//! - `export`: `embargo-policy export`, the signed policy in MDM and peer-tool formats.
 //! - `cli`: the command-line contract of every binary (usage errors exit 64).
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod app;
 pub mod cli;
 pub mod dsse;
 pub mod example;
+pub mod export;
 pub mod fsutil;
 pub mod glob;
 #[cfg(feature = "https")]

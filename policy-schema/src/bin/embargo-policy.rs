@@ -128,6 +128,45 @@ enum Command {
     },
     /// Print the JSON Schema of the formats.
     Schema,
+    /// Turn the policy into an MDM's or peer tool's own format; what cannot be carried over is
+    /// reported on stderr (see docs/export.md).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long, value_enum)]
+    format: embargo_policy::export::Format,
+    /// A repository (directory, file:// or https:// URL), verified as the agent verifies it.
+    #[arg(long, requires = "root", conflicts_with = "policy")]
+    repo: Option<String>,
+    /// The trust anchor the repository is verified against.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Trust only this CA for https.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// An unsigned TOML policy source, for review before signing.
+    #[arg(required_unless_present = "repo")]
+    policy: Option<PathBuf>,
+    /// The fleet to record for a TOML source (and to derive Apple identifiers from).
+    #[arg(long, conflicts_with = "repo")]
+    fleet: Option<String>,
+    /// `embargoctl inventory --json` output: resolves matchers the format cannot express.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    /// Export the rules that apply to devices carrying this tag.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// apple-mdm: the profile's PayloadIdentifier (default embargo.<fleet>.banned-apps).
+    #[arg(long)]
+    payload_identifier: Option<String>,
+    /// Exit 2 without writing anything when a matcher could not be exported.
+    #[arg(long)]
+    strict: bool,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -334,6 +373,63 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Schema => println!("{}", serde_json::to_string_pretty(&embargo_policy::schema::schema())?),
+        Command::Export(args) => return export(args, now),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(a: ExportArgs, now: Time) -> anyhow::Result<ExitCode> {
+    use embargo_policy::export::{self, ExportError};
+    let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
+    let loaded = match (&a.repo, &a.policy) {
+        (Some(location), _) => {
+            let root = a.root.as_deref().expect("clap requires --root with --repo");
+            let anchor = read(root)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if location.starts_with("https://") {
+                let base = if location.ends_with('/') { location.clone() } else { format!("{location}/") };
+                let mut opts = embargo_policy::https::HttpsOptions::new(base);
+                if let Some(ca) = &a.ca {
+                    opts.ca_pem = Some(read(ca)?);
+                }
+                let t = embargo_policy::https::HttpsTransport::new(opts).map_err(anyhow::Error::msg)?;
+                runtime.block_on(export::load_verified(&t, &anchor, now))
+            } else if location.contains("://") && !location.starts_with("file://") {
+                bail!("{location}: only https:// and file:// repositories are supported");
+            } else {
+                let t =
+                    embargo_policy::transport::FileTransport::new(location.strip_prefix("file://").unwrap_or(location));
+                runtime.block_on(export::load_verified(&t, &anchor, now))
+            }
+        }
+        (None, Some(path)) => export::load_toml(&path.display().to_string(), &read(path)?, a.fleet.clone()),
+        (None, None) => unreachable!("clap requires a policy or --repo"),
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e @ ExportError::Verification(_)) => {
+            eprintln!("embargo-policy export: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let inventory = match &a.inventory {
+        Some(p) => Some(Inventory::parse(&read(p)?).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let opts = export::Options { inventory, tags: a.tags, payload_identifier: a.payload_identifier };
+    let out = export::export(a.format, &loaded, &opts)?;
+    eprint!("{}", out.report.render(a.format));
+    if a.strict && out.report.lossy() {
+        eprintln!(
+            "embargo-policy export: --strict: {} matcher(s) could not be exported; nothing written",
+            out.report.dropped.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    match &a.output {
+        Some(path) => std::fs::write(path, &out.bytes).with_context(|| path.display().to_string())?,
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), &out.bytes)?,
     }
     Ok(ExitCode::SUCCESS)
 }
