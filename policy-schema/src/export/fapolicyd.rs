@@ -77,18 +77,17 @@ fn unusable_path(path: &str) -> Option<&'static str> {
 /// The paths of `paths` that are not a directory of another listed path (dpkg and rpm list
 /// every directory they create; a directory cannot be executed and denying it means nothing).
 fn leaves(paths: &[String]) -> Vec<&String> {
-    let mut sorted: Vec<&String> = paths.iter().collect();
-    sorted.sort();
-    sorted.dedup();
+    let set: std::collections::BTreeSet<&str> = paths.iter().map(String::as_str).collect();
     let mut out = Vec::new();
-    for (i, p) in sorted.iter().enumerate() {
-        let is_dir_of_next =
-            sorted.get(i + 1).is_some_and(|n| n.starts_with(p.as_str()) && n.as_bytes().get(p.len()) == Some(&b'/'));
+    for p in paths {
+        let below = format!("{}/", p.trim_end_matches('/'));
+        let has_child = set.range(below.as_str()..).next().is_some_and(|n| n.starts_with(&below));
         // "/" itself is never a leaf.
-        if !is_dir_of_next && p.len() > 1 {
-            out.push(*p);
+        if !has_child && p.len() > 1 && !out.contains(&p) {
+            out.push(p);
         }
     }
+    out.sort();
     out
 }
 
@@ -219,6 +218,7 @@ mod tests {
         let paths: Vec<String> = [
             "/r/opt",
             "/r/opt/wechat",
+            "/r/opt/wechat c",
             "/r/opt/wechat/wechat",
             "/r/opt/wechat/lib.so",
             "/r/usr/share/doc/wechat",
@@ -228,7 +228,21 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let got: Vec<&str> = leaves(&paths).into_iter().map(String::as_str).collect();
-        assert_eq!(got, ["/r/opt/wechat/lib.so", "/r/opt/wechat/wechat", "/r/opt/wechat2", "/r/usr/share/doc/wechat"]);
+        assert_eq!(
+            got,
+            [
+                "/r/opt/wechat c",
+                "/r/opt/wechat/lib.so",
+                "/r/opt/wechat/wechat",
+                "/r/opt/wechat2",
+                "/r/usr/share/doc/wechat"
+            ]
+        );
+        let mut libc = App::new(Kind::Deb, "libc6");
+        libc.paths = vec!["/lib/x86_64-linux-gnu/libc.so.6".into()];
+        let mut losses = Vec::new();
+        assert!(Fapolicyd.for_app(&libc, &mut losses).is_empty());
+        assert!(losses[0].contains("system package"), "{losses:?}");
     }
 
     #[test]
