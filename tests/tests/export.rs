@@ -444,3 +444,28 @@ fn fapolicyd_denies_a_banned_package_resolved_through_the_agents_inventory() {
     assert!(!log.contains(&format!("path={}", allowed_exe.display())), "{log}");
     assert_eq!(exec_error(&banned_exe), None, "runs again once fapolicyd is gone");
 }
+
+#[test]
+fn an_https_repository_exports_the_same_bytes_and_an_untrusted_server_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path(), WECHAT_KASPERSKY_TOML);
+    let ca = test_ca(tmp.path());
+    let (_server, url) = start_server(&repo.dir, &ca, &[]);
+    for format in ["amapi", "santa"] {
+        let from_dir = export(&repo, format, &[]).stdout;
+        let args = ["export", "--format", format, "--repo", &url, "--root", p(&repo.anchor)];
+        let out = policy_tool(&[&args[..], &["--ca", p(&ca.ca_pem)]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, from_dir, "{format}: the same verified policy, the same bytes");
+        // The system CA bundle does not vouch for the test server.
+        let out = policy_tool(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("verification FAILED [fetch]"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    // Usage: a repository needs its trust anchor; a source is required.
+    assert_eq!(policy_tool(&["export", "--format", "amapi", "--repo", &url]).status.code(), Some(64));
+    assert_eq!(policy_tool(&["export", "--format", "amapi"]).status.code(), Some(64));
+    assert_eq!(policy_tool(&["export", "--format", "nope", "x.toml"]).status.code(), Some(64));
+}
