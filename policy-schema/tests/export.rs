@@ -292,6 +292,15 @@ fn the_example_policy_in_every_format_from_a_verified_repository() {
     assert!(text.starts_with("<?xml") && text.contains("<string>com.apple.applicationaccess</string>"));
     assert_eq!(text.matches("<string>com.tencent.xin</string>").count(), 2, "both keys list it: {text}");
     assert!(text.contains(&sha));
+    let out = repo.export("apple-mdm", &["--payload-identifier", "ca.gc.example.ban"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("<string>ca.gc.example.ban</string>")
+            && text.contains("<string>ca.gc.example.ban.restrictions</string>")
+    );
+    let out = repo.export("apple-mdm", &["--payload-identifier", "bad id<"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reverse-DNS"), "{}", stderr(&out));
 
     let out = repo.export("fapolicyd", &[]);
     assert!(out.status.success(), "{}", stderr(&out));

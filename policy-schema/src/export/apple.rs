@@ -76,6 +76,20 @@ impl Apple {
     }
 }
 
+/// Checks an admin-given PayloadIdentifier: reverse-DNS style, so MDMs and devices accept it.
+pub fn check_identifier(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && !id.starts_with('.')
+        && !id.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("payload identifier {id:?} must be reverse-DNS style (letters, digits, '.', '-', '_')"))
+    }
+}
+
 impl Target for Apple {
     type Item = String;
 

@@ -505,7 +505,12 @@ fn convert<T: Target>(
 pub fn export(format: Format, policy: &LoadedPolicy, opts: &Options) -> Result<Exported, ExportError> {
     match format {
         Format::Amapi => convert(&amapi::Amapi, format, policy, opts),
-        Format::AppleMdm => convert(&apple::Apple::new(&policy.source, opts), format, policy, opts),
+        Format::AppleMdm => {
+            if let Some(id) = &opts.payload_identifier {
+                apple::check_identifier(id).map_err(ExportError::Target)?;
+            }
+            convert(&apple::Apple::new(&policy.source, opts), format, policy, opts)
+        }
         Format::Intune => convert(&intune::Intune, format, policy, opts),
         Format::Santa => convert(&santa::Santa, format, policy, opts),
         Format::Fapolicyd => convert(&fapolicyd::Fapolicyd, format, policy, opts),
