@@ -257,8 +257,10 @@ impl FapolicydRun {
     }
 
     fn start(&mut self) {
-        let mut child = Command::new("fapolicyd")
-            .arg("--debug-deny")
+        // Under `timeout`: should this test process be killed before its guard runs, fapolicyd
+        // still ends within two minutes (timeout passes our SIGTERM on to it as well).
+        let mut child = Command::new("timeout")
+            .args(["--kill-after=5", "120", "fapolicyd", "--debug-deny"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -362,7 +364,7 @@ fn fapolicyd_denies_a_banned_package_resolved_through_the_agents_inventory() {
     if !is_root() && skip("needs root to run fapolicyd") {
         return;
     }
-    if !need(&["fapolicyd", "fagenrules", "dpkg", "dpkg-deb", "cp", "pidof"]) {
+    if !need(&["fapolicyd", "fagenrules", "dpkg", "dpkg-deb", "cp", "pidof", "timeout"]) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
