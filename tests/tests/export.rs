@@ -68,9 +68,20 @@ elif fmt == "intune":
             ids.append(app["appId"])
     out["ids"] = ids
 elif fmt == "santa":
+    import re
+    # The identifier checks Santa applies when it imports a rule (SNTRule initWithIdentifier).
     for r in doc["rules"]:
         assert r["policy"] == "BLOCKLIST"
-        assert r["rule_type"] in ("BINARY", "CERTIFICATE", "TEAMID", "SIGNINGID", "CDHASH")
+        t, ident = r["rule_type"], r["identifier"]
+        if t in ("BINARY", "CERTIFICATE"):
+            assert re.fullmatch(r"[0-9a-fA-F]{64}", ident), r
+        elif t == "TEAMID":
+            assert re.fullmatch(r"[A-Za-z0-9]{10}", ident), r
+        elif t == "SIGNINGID":
+            team, _, sid = ident.partition(":")
+            assert (team == "platform" or re.fullmatch(r"[A-Za-z0-9]{10}", team)) and sid, r
+        else:
+            assert False, r
     out["ids"] = [r["rule_type"] + " " + r["identifier"] for r in doc["rules"]]
 print(json.dumps(out))
 "##;
