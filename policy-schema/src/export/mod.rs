@@ -151,6 +151,9 @@ pub enum ExportError {
     Verification(UpdateError),
     #[error("{path}: {reason}")]
     Input { path: String, reason: String },
+    /// The TOML source's problems, one `file:line:col: message` per line.
+    #[error("{0}")]
+    Lint(String),
     #[error("{0}")]
     Target(String),
 }
@@ -211,10 +214,8 @@ pub async fn load_verified<F: Fetch>(fetch: &F, anchor: &[u8], now: Time) -> Res
 pub fn load_toml(file: &str, bytes: &[u8], fleet: Option<String>) -> Result<LoadedPolicy, ExportError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ExportError::Input { path: file.into(), reason: format!("not UTF-8: {e}") })?;
-    let src = crate::source::parse(file, text).map_err(|diags| ExportError::Input {
-        path: file.into(),
-        reason: diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
-    })?;
+    let src = crate::source::parse(file, text)
+        .map_err(|diags| ExportError::Lint(diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))?;
     Ok(LoadedPolicy {
         source: SourceInfo {
             signed: false,
