@@ -244,6 +244,9 @@ impl FapolicydRun {
         std::fs::write(rules_d.join("95-allow-the-rest.rules"), "allow perm=any all : all\n").unwrap();
         // Root: this container cannot change to the fapolicyd user (Debian's default). The trust
         // database is not used by these rules: the file backend only, for a fast start.
+        // fapolicyd marks only the filesystem types in `watch_fs`: the work directory's must be one.
+        let fstype = Command::new("findmnt").args(["-n", "-o", "FSTYPE", "-T"]).arg(work).output().unwrap();
+        let fstype = String::from_utf8_lossy(&fstype.stdout).trim().to_owned();
         let conf = std::fs::read_to_string("/etc/fapolicyd/fapolicyd.conf").unwrap();
         let conf: String = conf
             .lines()
@@ -251,6 +254,9 @@ impl FapolicydRun {
                 Some("uid") => "uid = root".to_owned(),
                 Some("gid") => "gid = root".to_owned(),
                 Some("trust") => "trust = file".to_owned(),
+                Some("watch_fs") if !fstype.is_empty() && !l.split(['=', ',']).any(|t| t.trim() == fstype) => {
+                    format!("{l},{fstype}")
+                }
                 _ => l.to_owned(),
             })
             .map(|l| l + "\n")
@@ -375,7 +381,7 @@ fn fapolicyd_denies_a_banned_package_resolved_through_the_agents_inventory() {
     if !is_root() && skip("needs root to run fapolicyd") {
         return;
     }
-    if !need(&["fapolicyd", "fagenrules", "dpkg", "dpkg-deb", "cp", "pidof", "timeout"]) {
+    if !need(&["fapolicyd", "fagenrules", "dpkg", "dpkg-deb", "cp", "pidof", "timeout", "findmnt"]) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
