@@ -190,7 +190,7 @@ impl Config {
         let file = path.display().to_string();
         let at = |offset: usize, message: String| ConfigError {
             file: file.clone(),
-            location: Some(embargo_policy::source::line_col(text, offset)),
+            location: Some(embargo_policy::authoring::line_col(text, offset)),
             message,
         };
         let raw: RawConfig =

@@ -11,13 +11,14 @@
 //! - `https` (feature `https`): the hardened HTTPS transport.
 //! - `rules`, `matcher`, `version`, `glob`, `app`: the rule format, the indexed matcher, version
 //!   ordering, and the app identity that sources produce.
-//! - `source`: the admin's TOML policy format and its linter (errors with file:line).
+//! - `authoring`: the admin's TOML policy format and its linter (errors with file:line).
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
 //! - `cli`: the command-line contract of every binary (usage errors exit 64).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod authoring;
 pub mod cli;
 pub mod dsse;
 pub mod example;
@@ -31,7 +32,8 @@ pub mod metadata;
 pub mod repo;
 pub mod rules;
 pub mod schema;
-pub mod source;
+/// The admin-TOML module's former name, kept for code written against it.
+pub use authoring as source;
 pub mod transport;
 pub mod trust;
 pub mod version;

@@ -153,9 +153,9 @@ fn role(paths: &[PathBuf], threshold: u32) -> anyhow::Result<RoleSpec> {
     Ok(RoleSpec { keys, threshold })
 }
 
-fn read_source(path: &Path) -> anyhow::Result<embargo_policy::source::PolicySource> {
+fn read_source(path: &Path) -> anyhow::Result<embargo_policy::authoring::PolicySource> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    embargo_policy::source::parse(&path.display().to_string(), &text).map_err(|diags| {
+    embargo_policy::authoring::parse(&path.display().to_string(), &text).map_err(|diags| {
         for d in &diags {
             eprintln!("{d}");
         }
