@@ -14,7 +14,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use embargo_policy::app::{App, Inventory, InventoryEntry, INVENTORY_SCHEMA_VERSION};
+use embargo_policy::app::App;
+use embargo_policy::inventory::{Inventory, InventoryEntry, INVENTORY_SCHEMA_VERSION};
 use embargo_policy::matcher::{RuleSet, Verdict};
 use embargo_policy::metadata::Time;
 use embargo_policy::rules::{Action, Kind};

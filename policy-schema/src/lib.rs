@@ -9,8 +9,11 @@
 //!   policy, rollback/freeze/fast-forward), persisted atomically.
 //! - `transport`: the `Fetch` trait transports implement, and the file:// transport.
 //! - `https` (feature `https`): the hardened HTTPS transport.
-//! - `rules`, `matcher`, `version`, `glob`, `app`: the rule format, the indexed matcher, version
-//!   ordering, and the app identity that sources produce.
+//! - `app`: the app identity that sources produce and the kinds of app (imports nothing else).
+//! - `limits`: the bounds on payload shapes and fetched documents.
+//! - `rules`, `matcher`, `version`, `glob`: the rule format, the indexed matcher, version
+//!   ordering and globs.
+//! - `inventory`: the inventory wire format (apps with verdicts).
 //! - `authoring`: the admin's TOML policy format and its linter (errors with file:line).
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
@@ -26,7 +29,9 @@ pub mod fsutil;
 pub mod glob;
 #[cfg(feature = "https")]
 pub mod https;
+pub mod inventory;
 pub mod keys;
+pub mod limits;
 pub mod matcher;
 pub mod metadata;
 pub mod repo;

@@ -31,7 +31,7 @@ proptest! {
         let _ = Root::parse(&bytes);
         let _ = Timestamp::parse(&bytes);
         let _ = Policy::parse(&bytes);
-        let _ = embargo_policy::app::Inventory::parse(&bytes);
+        let _ = embargo_policy::inventory::Inventory::parse(&bytes);
         if let Ok(text) = std::str::from_utf8(&bytes) {
             let _ = embargo_policy::authoring::parse("fuzz.toml", text);
             let _ = embargo_policy::version::Constraint::parse(text);

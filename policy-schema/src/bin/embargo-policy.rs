@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use embargo_policy::app::Inventory;
+use embargo_policy::inventory::Inventory;
 use embargo_policy::keys::SigningKey;
 use embargo_policy::matcher::RuleSet;
 use embargo_policy::metadata::Time;
@@ -308,14 +308,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut hits = Vec::new();
             for entry in &inv.apps {
                 if let Some(v) = set.verdict(&entry.app) {
-                    hits.push(embargo_policy::app::InventoryEntry {
+                    hits.push(embargo_policy::inventory::InventoryEntry {
                         app: entry.app.clone(),
                         verdict: Some(v.to_owned()),
                     });
                 }
             }
             if json {
-                let out = Inventory { schema_version: embargo_policy::app::INVENTORY_SCHEMA_VERSION, apps: hits };
+                let out = Inventory { schema_version: embargo_policy::inventory::INVENTORY_SCHEMA_VERSION, apps: hits };
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for h in &hits {
