@@ -152,13 +152,20 @@ const PROTECTED_ROOTS: &[&str] = &[
     "/var/lib/rpm",
 ];
 
-/// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] =
-    &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
+/// The install-folder kinds (files identified and moved beneath watched folders).
+pub const FOLDER_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File];
 
-/// Kinds whose watch paths are package-manager roots (read through the package database and
-/// acted on through the package manager), not install folders whose files are moved.
-pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
+/// Whether watch paths of `kind` are package-manager roots (read through the package database
+/// and acted on through the package manager) rather than install folders. Derived from the
+/// registry of package managers, so a new manager is a new watchable kind.
+pub fn is_package_kind(kind: Kind) -> bool {
+    crate::source::package::manager_for(kind).is_some()
+}
+
+/// Whether this build can watch sources of `kind`.
+pub fn is_watch_kind(kind: Kind) -> bool {
+    FOLDER_KINDS.contains(&kind) || is_package_kind(kind)
+}
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -245,7 +252,7 @@ impl Config {
         for w in &raw.watch {
             let kind_text = w.get_ref().kind.get_ref();
             let kind: Kind = kind_text.parse().map_err(|e: String| at(w.get_ref().kind.span().start, e))?;
-            if !WATCH_KINDS.contains(&kind) {
+            if !is_watch_kind(kind) {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
@@ -263,7 +270,7 @@ impl Config {
                     ));
                 }
                 let norm: PathBuf = pb.components().collect();
-                if !PACKAGE_KINDS.contains(&kind) && PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
+                if !is_package_kind(kind) && PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
                     return Err(at(
                         p.span().start,
                         format!("watch path {:?} is a protected system directory", p.get_ref()),

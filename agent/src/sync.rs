@@ -12,14 +12,15 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Repository};
-use crate::daemon::Event;
 use crate::proto::{PolicyStatus, SyncError};
 
-pub enum SyncCommand {
+/// What the core loop asks of the sync task.
+pub enum Command {
     Now,
 }
 
-pub struct SyncReport {
+/// What the sync task tells the core loop after each attempt.
+pub struct Report {
     pub status: PolicyStatus,
     pub new_rules: Option<Box<RuleSet>>,
     /// False for the initial report made from persisted state.
@@ -97,8 +98,8 @@ pub async fn run(
     cfg: Config,
     mut state: TrustedState,
     transport: Transport,
-    mut commands: mpsc::Receiver<SyncCommand>,
-    events: mpsc::UnboundedSender<Event>,
+    mut commands: mpsc::Receiver<Command>,
+    reports: mpsc::UnboundedSender<Box<Report>>,
 ) {
     let mut status = policy_status(&cfg, &state, &PolicyStatus::default());
     let mut failures = 0u32;
@@ -137,10 +138,7 @@ pub async fn run(
             (0, None) => jitter(cfg.interval),
             (n, None) => backoff(n, cfg.interval),
         };
-        if events
-            .send(Event::Sync(Box::new(SyncReport { status: status.clone(), new_rules, attempted: true })))
-            .is_err()
-        {
+        if reports.send(Box::new(Report { status: status.clone(), new_rules, attempted: true })).is_err() {
             return;
         }
     }
