@@ -58,6 +58,10 @@ struct RawEnforcement {
     /// Most apps one policy update may act on; over it, none are acted on ("needs confirmation").
     #[serde(default)]
     max_actions_per_update: Option<usize>,
+    /// Most directory entries one scan batch of a root lists; a larger root is scanned in
+    /// several batches (continued in later loop turns) and shown degraded.
+    #[serde(default)]
+    max_files_per_scan: Option<usize>,
 }
 
 /// Enforce acts; monitor turns every action into audit.
@@ -118,6 +122,8 @@ pub struct Config {
     pub watches: Vec<Watch>,
     pub retention: Duration,
     pub max_actions_per_update: usize,
+    /// See `RawEnforcement::max_files_per_scan` (default 200,000).
+    pub max_files_per_scan: usize,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -286,7 +292,7 @@ impl Config {
         if raw.watch.is_empty() {
             watches = default_watches();
         }
-        let (mut retention, mut max_actions) = (Duration::from_secs(30 * 86400), 100);
+        let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -298,6 +304,12 @@ impl Config {
                     return Err(at(s, "max_actions_per_update must be at least 1".into()));
                 }
                 max_actions = m;
+            }
+            if let Some(m) = e.max_files_per_scan {
+                if m == 0 {
+                    return Err(at(s, "max_files_per_scan must be at least 1".into()));
+                }
+                max_files = m;
             }
         }
         for t in &raw.tags {
@@ -322,6 +334,7 @@ impl Config {
             watches,
             retention,
             max_actions_per_update: max_actions,
+            max_files_per_scan: max_files,
         })
     }
 }

@@ -112,6 +112,12 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 continue;
             }
+            // A scan stopped at its bound continues here, after whatever else is queued.
+            () = std::future::ready(()), if state.has_pending_scans() => {
+                state.continue_scans();
+                trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
+                continue;
+            }
             () = tokio::time::sleep_until(state.retry_at.unwrap_or_else(tokio::time::Instant::now)), if state.retry_at.is_some() => {
                 state.retry_packages();
                 trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);

@@ -27,7 +27,7 @@ use crate::decide::{self, Decision, Input};
 use crate::evidence::{AuditEvent, Evidence, Outcome};
 use crate::proto::{self, ActionRecord, Response};
 use crate::safefs::{self, FileId};
-use crate::source::folders::{Folders, Item};
+use crate::source::folders::{BoundHit, Folders, Item};
 use crate::source::packages::{PackageOutcome, Packages};
 use crate::source::{Hint, Source as _};
 
@@ -203,10 +203,35 @@ impl Enforcer {
         }
     }
 
-    /// Scans `path` (a root or anything beneath one) and enforces on every file found.
+    /// Scans `path` (a root or anything beneath one) and enforces on every file found. A scan
+    /// that reaches the bound on entries per scan is reported and continued in a later turn.
     pub fn scan_path(&mut self, path: &Path, since: Instant) {
         self.evidence.counters.rescans += 1;
-        for (ri, rel) in self.folders.list(path) {
+        let (files, hits) = self.folders.list(path, self.cfg.max_files_per_scan);
+        self.enforce_listed(files, hits, since);
+    }
+
+    /// Whether a scan stopped at the bound waits to be continued.
+    pub fn has_pending_scans(&self) -> bool {
+        self.folders.has_pending_walks()
+    }
+
+    /// Continues the scans that stopped at the bound, one batch each.
+    pub fn continue_scans(&mut self) {
+        let (files, hits) = self.folders.continue_walks(self.cfg.max_files_per_scan);
+        self.enforce_listed(files, hits, Instant::now());
+    }
+
+    fn enforce_listed(&mut self, files: Vec<(usize, PathBuf)>, hits: Vec<BoundHit>, since: Instant) {
+        for hit in hits {
+            tracing::warn!(root = %hit.root.display(), entries = hit.entries, "scan stopped at the bound on entries per scan; continuing where it stopped");
+            self.evidence.emit(AuditEvent::ScanBound {
+                root: hit.root.display().to_string(),
+                entries: hit.entries,
+                reason: "entries per scan".into(),
+            });
+        }
+        for (ri, rel) in files {
             self.enforce_file(ri, rel, since);
         }
     }
@@ -230,7 +255,29 @@ impl Enforcer {
         }
         let root = &self.folders.roots[ri];
         let full = root.path.join(&rel);
-        let (mut file, meta) = match safefs::open_file_beneath(&root.fd, &rel) {
+        // A path longer than one resolution allows is reached through its parent directory,
+        // opened in chunks beneath the root; the file is then opened and moved relative to it.
+        let deep = if crate::source::walk::is_long(&rel) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            match crate::source::walk::open_long(
+                &root.fd,
+                parent,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            ) {
+                Ok(fd) => Some((fd, root.path.join(parent), PathBuf::from(rel.file_name().unwrap_or_default()))),
+                Err(_) => {
+                    self.folders.inventory.remove(&full);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let (base_fd, base_path, base_rel) = match &deep {
+            Some((fd, p, r)) => (fd, p.clone(), r.clone()),
+            None => (&root.fd, root.path.clone(), rel.clone()),
+        };
+        let (mut file, meta) = match safefs::open_file_beneath(base_fd, &base_rel) {
             Ok(x) => x,
             Err(_) => {
                 self.folders.inventory.remove(&full);
@@ -249,7 +296,7 @@ impl Enforcer {
             .map(|it| it.app.clone());
         let mut app = match cached {
             Some(app) => app,
-            None => match crate::identify::identify_unhashed(root.kind, &root.path, &rel, &mut file, &meta) {
+            None => match crate::identify::identify_unhashed(root.kind, &base_path, &base_rel, &mut file, &meta) {
                 Ok(Some(app)) => {
                     self.evidence.counters.detected += 1;
                     app
@@ -310,12 +357,15 @@ impl Enforcer {
             }
             Decision::Protected(why) => recorded_once(self, "skip", &format!("protected: {why}"), Outcome::Protected),
             Decision::Act(_) => {
-                let root = &self.folders.roots[ri];
+                let base_fd = match &deep {
+                    Some((fd, _, _)) => fd,
+                    None => &self.folders.roots[ri].fd,
+                };
                 match act::quarantine_file(
                     &self.store,
-                    &root_path,
-                    &root.fd,
-                    &rel,
+                    &base_path,
+                    base_fd,
+                    &base_rel,
                     &file,
                     &meta,
                     &app,

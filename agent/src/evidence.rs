@@ -55,6 +55,8 @@ pub enum AuditEvent {
     Confirmed { apps: usize, uid: u32 },
     /// A verdict acted on (or recorded) for one app.
     Action { record: ActionRecord, sha256: Option<String>, mode: String, outcome: Outcome },
+    /// A scan of `root` stopped at a bound (`reason`); it continues where it stopped.
+    ScanBound { root: String, entries: usize, reason: String },
     /// An admin restored a quarantined file.
     Restore { id: String, path: String, uid: u32 },
     /// A quarantined file was deleted (by an admin, or at the end of its retention).

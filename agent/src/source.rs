@@ -17,6 +17,7 @@ pub mod package;
 pub mod packages;
 pub mod rpm;
 pub mod snap;
+pub mod walk;
 
 use std::path::PathBuf;
 

@@ -18,9 +18,7 @@ use crate::config::Watch;
 use crate::proto::SourceStatus;
 use crate::safefs::{self, FileId};
 
-/// Most files one scan of a root looks at, and how deep it goes.
-const SCAN_MAX_FILES: usize = 200_000;
-const SCAN_MAX_DEPTH: usize = 32;
+use super::walk::Walk;
 
 pub struct Root {
     pub kind: Kind,
@@ -40,11 +38,22 @@ pub struct Item {
     pub audited: bool,
 }
 
+/// A scan stopped at the bound on entries per scan (it continues in a later loop turn).
+#[derive(Debug, Clone)]
+pub struct BoundHit {
+    pub root: PathBuf,
+    pub entries: usize,
+}
+
 #[derive(Default)]
 pub struct Folders {
     pub roots: Vec<Root>,
     anchors: Vec<PathBuf>,
     pub inventory: BTreeMap<PathBuf, Item>,
+    /// Walks stopped at the bound, by root path, to continue where they stopped.
+    walks: Vec<(PathBuf, Walk)>,
+    /// Roots whose last pass needed more than one batch (status shows them degraded).
+    over_bound: BTreeMap<PathBuf, usize>,
 }
 
 /// Expands a watch pattern into existing root directories, and the directories to watch
@@ -162,33 +171,71 @@ impl Folders {
     }
 
     /// Lists the files at or beneath `path` (a root, anything beneath one, or a directory that
-    /// contains roots) as (root index, path relative to the root), forgetting what vanished.
-    pub fn list(&mut self, path: &Path) -> Vec<(usize, PathBuf)> {
+    /// contains roots) as (root index, path relative to the root), forgetting what vanished. At
+    /// most `max` entries per root: a walk that reaches it is kept, reported in the returned
+    /// hits, and continued by [`Folders::continue_walks`].
+    pub fn list(&mut self, path: &Path, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
         let roots: Vec<usize> = match self.root_of(path) {
             Some(i) => vec![i],
             None => (0..self.roots.len()).filter(|&i| self.roots[i].path.starts_with(path)).collect(),
         };
         let mut out = Vec::new();
+        let mut hits = Vec::new();
         for ri in roots {
             let root_path = self.roots[ri].path.clone();
             let start = if path.starts_with(&root_path) { path.to_path_buf() } else { root_path.clone() };
+            let rel_start = start.strip_prefix(&root_path).map(Path::to_path_buf).unwrap_or_default();
+            // A new scan of a subtree supersedes an unfinished walk of the same subtree.
+            self.walks.retain(|(r, _)| *r != root_path || !rel_start.as_os_str().is_empty());
+            let mut walk = Walk::new(rel_start);
             let mut files = Vec::new();
-            walk(&start, 0, &mut files);
-            // Forget what was under the scanned subtree and is not there now.
-            let found: std::collections::HashSet<&PathBuf> = files.iter().collect();
-            let gone: Vec<PathBuf> = self
-                .inventory
-                .range(start.clone()..)
-                .take_while(|(p, _)| p.starts_with(&start))
-                .filter(|(p, _)| !found.contains(p))
-                .map(|(p, _)| p.clone())
-                .collect();
-            for p in gone {
-                self.inventory.remove(&p);
+            let complete = walk.run(&self.roots[ri].fd, max, &mut files);
+            if complete {
+                // Forget what was under the scanned subtree and is not there now (only a walk
+                // done in one batch has seen all of it).
+                let found: std::collections::HashSet<PathBuf> = files.iter().map(|f| root_path.join(f)).collect();
+                let gone: Vec<PathBuf> = self
+                    .inventory
+                    .range(start.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&start))
+                    .filter(|(p, _)| !found.contains(*p))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in gone {
+                    self.inventory.remove(&p);
+                }
+                if walk.whole_root {
+                    self.over_bound.remove(&root_path);
+                }
+            } else {
+                self.over_bound.insert(root_path.clone(), max);
+                hits.push(BoundHit { root: root_path.clone(), entries: max });
+                self.walks.push((root_path.clone(), walk));
             }
-            out.extend(files.iter().filter_map(|f| f.strip_prefix(&root_path).ok().map(|rel| (ri, rel.to_path_buf()))));
+            out.extend(files.into_iter().map(|rel| (ri, rel)));
         }
-        out
+        (out, hits)
+    }
+
+    /// Whether a walk stopped at the bound waits to be continued.
+    pub fn has_pending_walks(&self) -> bool {
+        !self.walks.is_empty()
+    }
+
+    /// Continues the walks that stopped at the bound, one batch of `max` entries each.
+    pub fn continue_walks(&mut self, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
+        let mut out = Vec::new();
+        let mut hits = Vec::new();
+        for (root_path, mut walk) in std::mem::take(&mut self.walks) {
+            let Some(ri) = self.roots.iter().position(|r| r.path == root_path) else { continue };
+            let mut files = Vec::new();
+            if !walk.run(&self.roots[ri].fd, max, &mut files) {
+                hits.push(BoundHit { root: root_path.clone(), entries: max });
+                self.walks.push((root_path, walk));
+            }
+            out.extend(files.into_iter().map(|rel| (ri, rel)));
+        }
+        (out, hits)
     }
 
     pub fn root_paths(&self) -> Vec<PathBuf> {
@@ -244,6 +291,13 @@ impl Source for Folders {
     }
 
     fn status(&self, out: &mut Vec<SourceStatus>, reasons: &mut Vec<String>) {
+        for (root, max) in &self.over_bound {
+            let state = if self.walks.iter().any(|(r, _)| r == root) { "continuing" } else { "continued" };
+            reasons.push(format!(
+                "scan of {} stopped at the bound of {max} entries per scan ({state} where it stopped)",
+                root.display()
+            ));
+        }
         for r in &self.roots {
             if r.watch != "inotify" {
                 reasons.push(format!("watch of {} {}", r.path.display(), r.watch));
@@ -254,32 +308,6 @@ impl Source for Folders {
                 apps_seen: self.inventory.values().filter(|it| it.root == r.path).count(),
                 watch: r.watch.clone(),
             });
-        }
-    }
-}
-
-/// Lists regular files under `dir` without following symlinks, within the scan limits.
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if depth > SCAN_MAX_DEPTH || out.len() >= SCAN_MAX_FILES {
-        return;
-    }
-    let Ok(meta) = std::fs::symlink_metadata(dir) else { return };
-    if meta.is_file() {
-        out.push(dir.to_path_buf());
-        return;
-    }
-    if !meta.is_dir() {
-        return;
-    }
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        if t.is_dir() {
-            walk(&e.path(), depth + 1, out);
-        } else if t.is_file() {
-            out.push(e.path());
-            if out.len() >= SCAN_MAX_FILES {
-                return;
-            }
         }
     }
 }
