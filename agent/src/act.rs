@@ -18,7 +18,7 @@ use crate::source::packages::{PackageOutcome, PackageRoot};
 use quarantine::{Manifest, QuarantineError, QuarantineStore};
 
 /// Moves one opened file beneath its root into the quarantine store (the store's step order:
-/// see `quarantine`). `purge_after` is set for `remove` verdicts.
+/// see `quarantine`). `remove` verdicts are purged after `purge_at`.
 #[allow(clippy::too_many_arguments)]
 pub fn quarantine_file(
     store: &QuarantineStore,
@@ -29,9 +29,9 @@ pub fn quarantine_file(
     meta: &Meta,
     app: &App,
     v: &Verdict,
-    retention: std::time::Duration,
+    purge_at: Time,
 ) -> Result<Manifest, QuarantineError> {
-    let purge_after = (v.action == Action::Remove).then(|| Time::now().plus(retention));
+    let purge_after = (v.action == Action::Remove).then_some(purge_at);
     let sha = app.sha256.clone().unwrap_or_default();
     let kind = app.kind.to_string();
     store.quarantine(quarantine::Request {

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use embargo_policy::app::App;
 use embargo_policy::matcher::{RuleSet, Verdict};
-use embargo_policy::metadata::Time;
 use embargo_policy::rules::Action;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,6 +49,7 @@ impl Held {
 
 pub struct Enforcer {
     pub(crate) cfg: Config,
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
     pub(crate) rules: Arc<RuleSet>,
     rules_tx: watch::Sender<Arc<RuleSet>>,
     pub(crate) policy: proto::PolicyStatus,
@@ -75,6 +75,7 @@ impl Enforcer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
+        clock: Arc<dyn crate::clock::Clock>,
         rules_tx: watch::Sender<Arc<RuleSet>>,
         policy: proto::PolicyStatus,
         store: QuarantineStore,
@@ -95,6 +96,7 @@ impl Enforcer {
         let rules = rules_tx.borrow().clone();
         Ok(Self {
             cfg,
+            clock,
             rules,
             rules_tx,
             policy,
@@ -370,7 +372,7 @@ impl Enforcer {
                     &meta,
                     &app,
                     &v,
-                    self.cfg.retention,
+                    self.clock.now().plus(self.cfg.retention),
                 ) {
                     Ok(mut m) => {
                         let elapsed = since.elapsed();
@@ -433,7 +435,7 @@ impl Enforcer {
             }
         };
         let purge_after = if v.action == Action::Remove {
-            m.purge_after.or_else(|| Some(Time::now().plus(self.cfg.retention)))
+            m.purge_after.or_else(|| Some(self.clock.now().plus(self.cfg.retention)))
         } else {
             None
         };
@@ -456,7 +458,7 @@ impl Enforcer {
         elapsed: std::time::Duration,
     ) {
         let record = ActionRecord {
-            time: Time::now().to_string(),
+            time: self.clock.now().to_string(),
             action: action.into(),
             result: result.into(),
             rule: v.rule.clone(),
@@ -647,7 +649,7 @@ impl Enforcer {
     pub fn reconcile(&mut self) {
         self.refresh_roots();
         self.rescan_all(Instant::now());
-        for m in self.store.purge_expired(Time::now()) {
+        for m in self.store.purge_expired(self.clock.now()) {
             self.evidence.emit(AuditEvent::Purge {
                 id: m.id,
                 path: m.original_path,

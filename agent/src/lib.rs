@@ -23,6 +23,7 @@
 
 pub mod act;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -89,6 +90,15 @@ fn prepare_state_dir(cfg: &Config) -> Result<(), AgentError> {
 /// Runs the agent until `shutdown` completes: enforce the persisted policy, then sync, watch,
 /// act and answer the control socket.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    run_with_clock(cfg, Arc::new(clock::SystemClock), shutdown).await
+}
+
+/// [`run`] with the time of day read from `clock` (tests pass a `clock::ManualClock`).
+pub async fn run_with_clock(
+    cfg: Config,
+    clock: Arc<dyn clock::Clock>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let anchor = std::fs::read(&cfg.root).map_err(|e| {
         AgentError::Config(format!(
             "{}: cannot read the trust anchor (policy.root {}): {e}",
@@ -120,13 +130,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let (sync_cmd_tx, sync_cmd_rx) = mpsc::channel(1);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (call_tx, call_rx) = mpsc::channel(64);
-    let status = sync::policy_status(&cfg, &state, &proto::PolicyStatus::default());
+    let status = sync::policy_status(&cfg, &state, &proto::PolicyStatus::default(), clock.now());
     let listener = control::bind(&cfg.socket)
         .map_err(|e| AgentError::Runtime(format!("control socket {}: {e}", cfg.socket.display())))?;
-    let enforcer = enforce::Enforcer::new(cfg.clone(), rules, status, store, evidence, fs_tx, sync_cmd_tx)
-        .map_err(AgentError::Runtime)?;
+    let enforcer =
+        enforce::Enforcer::new(cfg.clone(), clock.clone(), rules, status, store, evidence, fs_tx, sync_cmd_tx)
+            .map_err(AgentError::Runtime)?;
     let control = tokio::spawn(control::serve(listener, call_tx));
-    let syncer = tokio::spawn(sync::run(cfg.clone(), state, transport, sync_cmd_rx, report_tx));
+    let syncer = tokio::spawn(sync::run(cfg.clone(), clock, state, transport, sync_cmd_rx, report_tx));
     let inputs = daemon::Inputs { fs: fs_rx, sync: report_rx, control: call_rx };
     daemon::run(enforcer, inputs, shutdown).await;
     control.abort();

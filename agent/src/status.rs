@@ -15,7 +15,7 @@ impl Enforcer {
         }
         // Expiry is judged now, not when the last sync report came in (a backed-off sync may
         // be minutes away while the timestamp expires).
-        let now = Time::now();
+        let now = self.clock.now();
         let expired = |version: Option<u64>, expires: &Option<String>, role: &str| {
             let at = expires.as_deref().and_then(|e| Time::parse(e).ok())?;
             (at <= now).then(|| format!("{role} v{} expired at {at}", version.unwrap_or(0)))

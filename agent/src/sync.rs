@@ -61,7 +61,7 @@ pub fn transport(cfg: &Config) -> Result<Transport, String> {
 }
 
 /// What status shows about the trusted state.
-pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus) -> PolicyStatus {
+pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus, now: Time) -> PolicyStatus {
     let p = state.policy();
     let t = state.timestamp();
     PolicyStatus {
@@ -78,7 +78,7 @@ pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus
         last_success: previous.last_success.clone(),
         last_attempt: previous.last_attempt.clone(),
         last_error: previous.last_error.clone(),
-        stale: state.staleness(Time::now()),
+        stale: state.staleness(now),
     }
 }
 
@@ -96,12 +96,13 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
 
 pub async fn run(
     cfg: Config,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     mut state: TrustedState,
     transport: Transport,
     mut commands: mpsc::Receiver<Command>,
     reports: mpsc::UnboundedSender<Box<Report>>,
 ) {
-    let mut status = policy_status(&cfg, &state, &PolicyStatus::default());
+    let mut status = policy_status(&cfg, &state, &PolicyStatus::default(), clock.now());
     let mut failures = 0u32;
     let mut wait = Duration::ZERO;
     loop {
@@ -109,7 +110,7 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
             cmd = commands.recv() => if cmd.is_none() { return },
         }
-        let now = Time::now();
+        let now = clock.now();
         status.last_attempt = Some(now.to_string());
         let result = state.update(&transport, now, &cfg.tags).await;
         let mut new_rules = None;
@@ -132,7 +133,7 @@ pub async fn run(
                 status.last_error = Some(SyncError { kind: e.kind().into(), message: e.to_string() });
             }
         }
-        status = policy_status(&cfg, &state, &status);
+        status = policy_status(&cfg, &state, &status, now);
         wait = match (failures, retry_after) {
             (_, Some(r)) => r,
             (0, None) => jitter(cfg.interval),

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod inproc;
+
+pub use inproc::InProcess;
+
 /// Path of a workspace binary built alongside the tests.
 pub fn bin(name: &str) -> PathBuf {
     let mut dir = std::env::current_exe().expect("test executable path");
