@@ -143,7 +143,7 @@ fn main() {
         .unwrap();
     }
     std::fs::write(big.join("var/lib/dpkg/status"), status).unwrap();
-    let src = embargo_policy::source::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
+    let src = embargo_policy::authoring::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
     let rules = embargo_policy::matcher::RuleSet::compile(src.rules, &[]);
     let mut times = Vec::new();
     for _ in 0..10 {

@@ -1,8 +1,10 @@
 //! The audit log: JSON lines, each carrying the SHA-256 of the line before it, fsynced.
 //!
-//! `{"seq":N,"time":"…","prev":"<hex>","event":{…},"hash":"<hex>"}` where
-//! `hash = sha256(prev || serialized event line without hash)`. Editing, dropping or reordering
-//! a line breaks the chain, which `verify` reports with the first bad sequence number.
+//! `{"schema_version":1,"seq":N,"time":"…","prev":"<hex>","event":{"type":…},"hash":"<hex>"}`
+//! where `hash = sha256(prev || serialized event line without hash)`. Editing, dropping or
+//! reordering a line breaks the chain, which `verify` reports with the first bad sequence number.
+//! The events are `evidence::AuditEvent`s; lines written before the schema version existed have
+//! none (read as 0) and still verify, because a version of 0 is not serialized.
 
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -12,17 +14,26 @@ use embargo_policy::metadata::Time;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+/// The version of the line format (and of `evidence::AuditEvent`) this build writes.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema_version: u32,
     pub seq: u64,
     pub time: Time,
     pub prev: String,
     pub event: serde_json::Value,
     #[serde(default)]
     pub hash: String,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn hash_of(e: &Entry) -> String {
@@ -63,9 +74,21 @@ impl AuditLog {
         &self.path
     }
 
+    /// Appends one typed event and fsyncs it.
+    pub fn append_event(&mut self, event: &crate::evidence::AuditEvent) -> std::io::Result<Entry> {
+        self.append(serde_json::to_value(event).map_err(std::io::Error::other)?)
+    }
+
     /// Appends one event and fsyncs it.
     pub fn append(&mut self, event: serde_json::Value) -> std::io::Result<Entry> {
-        let mut e = Entry { seq: self.seq + 1, time: Time::now(), prev: self.last.clone(), event, hash: String::new() };
+        let mut e = Entry {
+            schema_version: AUDIT_SCHEMA_VERSION,
+            seq: self.seq + 1,
+            time: Time::now(),
+            prev: self.last.clone(),
+            event,
+            hash: String::new(),
+        };
         e.hash = hash_of(&e);
         let mut line = serde_json::to_vec(&e).expect("entry serializes");
         line.push(b'\n');
@@ -132,5 +155,34 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         std::fs::write(&p, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
         assert_eq!(verify(&read_entries(&p).unwrap()), Err(3));
+    }
+
+    /// A log written before lines carried a schema version (exact bytes of that format) still
+    /// verifies, and new lines chain onto it.
+    #[test]
+    fn old_logs_still_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("audit.log");
+        let mut prev = GENESIS.to_owned();
+        let mut text = String::new();
+        for seq in 1..=2u64 {
+            let head = format!(
+                r#"{{"seq":{seq},"time":"2026-01-01T00:00:00Z","prev":"{prev}","event":{{"pid":1,"type":"start"}},"hash":"#
+            );
+            let mut h = Sha256::new();
+            h.update(prev.as_bytes());
+            h.update(format!("{head}\"\"}}").as_bytes());
+            let hash = hex::encode(h.finalize());
+            text.push_str(&format!("{head}\"{hash}\"}}\n"));
+            prev = hash;
+        }
+        std::fs::write(&p, &text).unwrap();
+        assert_eq!(verify(&read_entries(&p).unwrap()), Ok(()));
+        let mut log = AuditLog::open(&p).unwrap();
+        log.append(serde_json::json!({"type": "start", "pid": 2})).unwrap();
+        let entries = read_entries(&p).unwrap();
+        assert_eq!(verify(&entries), Ok(()));
+        assert_eq!(entries[0].as_ref().unwrap().schema_version, 0);
+        assert_eq!(entries[2].as_ref().unwrap().schema_version, AUDIT_SCHEMA_VERSION);
     }
 }

@@ -58,6 +58,10 @@ struct RawEnforcement {
     /// Most apps one policy update may act on; over it, none are acted on ("needs confirmation").
     #[serde(default)]
     max_actions_per_update: Option<usize>,
+    /// Most directory entries one scan batch of a root lists; a larger root is scanned in
+    /// several batches (continued in later loop turns) and shown degraded.
+    #[serde(default)]
+    max_files_per_scan: Option<usize>,
 }
 
 /// Enforce acts; monitor turns every action into audit.
@@ -118,6 +122,8 @@ pub struct Config {
     pub watches: Vec<Watch>,
     pub retention: Duration,
     pub max_actions_per_update: usize,
+    /// See `RawEnforcement::max_files_per_scan` (default 200,000).
+    pub max_files_per_scan: usize,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -152,13 +158,20 @@ const PROTECTED_ROOTS: &[&str] = &[
     "/var/lib/rpm",
 ];
 
-/// The sources this build can watch.
-pub const WATCH_KINDS: &[Kind] =
-    &[Kind::Appimage, Kind::Desktop, Kind::File, Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
+/// The install-folder kinds (files identified and moved beneath watched folders).
+pub const FOLDER_KINDS: &[Kind] = &[Kind::Appimage, Kind::Desktop, Kind::File];
 
-/// Kinds whose watch paths are package-manager roots (read through the package database and
-/// acted on through the package manager), not install folders whose files are moved.
-pub const PACKAGE_KINDS: &[Kind] = &[Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap];
+/// Whether watch paths of `kind` are package-manager roots (read through the package database
+/// and acted on through the package manager) rather than install folders. Derived from the
+/// registry of package managers, so a new manager is a new watchable kind.
+pub fn is_package_kind(kind: Kind) -> bool {
+    crate::source::package::manager_for(kind).is_some()
+}
+
+/// Whether this build can watch sources of `kind`.
+pub fn is_watch_kind(kind: Kind) -> bool {
+    FOLDER_KINDS.contains(&kind) || is_package_kind(kind)
+}
 
 /// Default watch set when the config has no `[[watch]]` (Linux desktop install locations).
 pub fn default_watches() -> Vec<Watch> {
@@ -190,7 +203,7 @@ impl Config {
         let file = path.display().to_string();
         let at = |offset: usize, message: String| ConfigError {
             file: file.clone(),
-            location: Some(embargo_policy::source::line_col(text, offset)),
+            location: Some(embargo_policy::authoring::line_col(text, offset)),
             message,
         };
         let raw: RawConfig =
@@ -245,7 +258,7 @@ impl Config {
         for w in &raw.watch {
             let kind_text = w.get_ref().kind.get_ref();
             let kind: Kind = kind_text.parse().map_err(|e: String| at(w.get_ref().kind.span().start, e))?;
-            if !WATCH_KINDS.contains(&kind) {
+            if !is_watch_kind(kind) {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
@@ -263,7 +276,7 @@ impl Config {
                     ));
                 }
                 let norm: PathBuf = pb.components().collect();
-                if !PACKAGE_KINDS.contains(&kind) && PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
+                if !is_package_kind(kind) && PROTECTED_ROOTS.iter().any(|r| norm == Path::new(r)) {
                     return Err(at(
                         p.span().start,
                         format!("watch path {:?} is a protected system directory", p.get_ref()),
@@ -279,7 +292,7 @@ impl Config {
         if raw.watch.is_empty() {
             watches = default_watches();
         }
-        let (mut retention, mut max_actions) = (Duration::from_secs(30 * 86400), 100);
+        let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -291,6 +304,12 @@ impl Config {
                     return Err(at(s, "max_actions_per_update must be at least 1".into()));
                 }
                 max_actions = m;
+            }
+            if let Some(m) = e.max_files_per_scan {
+                if m == 0 {
+                    return Err(at(s, "max_files_per_scan must be at least 1".into()));
+                }
+                max_files = m;
             }
         }
         for t in &raw.tags {
@@ -315,6 +334,7 @@ impl Config {
             watches,
             retention,
             max_actions_per_update: max_actions,
+            max_files_per_scan: max_files,
         })
     }
 }

@@ -9,8 +9,14 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::Event;
-use crate::proto::{Frame, Response, MAX_REQUEST, PROTOCOL_VERSION};
+use crate::proto::{Frame, Request, Response, MAX_REQUEST, PROTOCOL_VERSION};
+
+/// One request for the core loop, with the caller's uid (from SO_PEERCRED) and where to reply.
+pub struct Call {
+    pub request: Request,
+    pub uid: u32,
+    pub reply: oneshot::Sender<Response>,
+}
 
 /// Binds the socket, replacing a stale one (only if it is a socket), mode 0666.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -28,20 +34,20 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-        let events = events.clone();
+        let calls = calls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(Duration::from_secs(120), handle(stream, events)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(120), handle(stream, calls)).await;
         });
     }
 }
 
-async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64 + 1);
@@ -57,7 +63,7 @@ async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> std
             }
             Ok(f) => {
                 let (tx, rx) = oneshot::channel();
-                if events.send(Event::Control { request: f.request, uid, reply: tx }).is_err() {
+                if calls.send(Call { request: f.request, uid, reply: tx }).await.is_err() {
                     Response::err("failed", "daemon is shutting down")
                 } else {
                     rx.await.unwrap_or_else(|_| Response::err("failed", "no reply"))

@@ -40,7 +40,7 @@ pub fn build(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let repo_dir = dir.join("repo");
     let one = |k: &SigningKey| RoleSpec { keys: vec![k.public().clone()], threshold: 1 };
     repo::init(&repo_dir, "demo-fleet", &[&root], 1, &one(&ts), &one(&pol), Duration::from_secs(365 * 86400), now)?;
-    let source = embargo_policy::source::parse(
+    let source = embargo_policy::authoring::parse(
         embargo_policy::example::WECHAT_KASPERSKY_FILE,
         embargo_policy::example::WECHAT_KASPERSKY_TOML,
     )

@@ -21,6 +21,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::safefs::Meta;
 
+pub mod squashfs;
+
 /// Largest desktop entry read.
 const DESKTOP_MAX: u64 = 256 * 1024;
 

@@ -12,14 +12,15 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Repository};
-use crate::daemon::Event;
 use crate::proto::{PolicyStatus, SyncError};
 
-pub enum SyncCommand {
+/// What the core loop asks of the sync task.
+pub enum Command {
     Now,
 }
 
-pub struct SyncReport {
+/// What the sync task tells the core loop after each attempt.
+pub struct Report {
     pub status: PolicyStatus,
     pub new_rules: Option<Box<RuleSet>>,
     /// False for the initial report made from persisted state.
@@ -60,7 +61,7 @@ pub fn transport(cfg: &Config) -> Result<Transport, String> {
 }
 
 /// What status shows about the trusted state.
-pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus) -> PolicyStatus {
+pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus, now: Time) -> PolicyStatus {
     let p = state.policy();
     let t = state.timestamp();
     PolicyStatus {
@@ -77,7 +78,7 @@ pub fn policy_status(cfg: &Config, state: &TrustedState, previous: &PolicyStatus
         last_success: previous.last_success.clone(),
         last_attempt: previous.last_attempt.clone(),
         last_error: previous.last_error.clone(),
-        stale: state.staleness(Time::now()),
+        stale: state.staleness(now),
     }
 }
 
@@ -95,12 +96,13 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
 
 pub async fn run(
     cfg: Config,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     mut state: TrustedState,
     transport: Transport,
-    mut commands: mpsc::Receiver<SyncCommand>,
-    events: mpsc::UnboundedSender<Event>,
+    mut commands: mpsc::Receiver<Command>,
+    reports: mpsc::UnboundedSender<Box<Report>>,
 ) {
-    let mut status = policy_status(&cfg, &state, &PolicyStatus::default());
+    let mut status = policy_status(&cfg, &state, &PolicyStatus::default(), clock.now());
     let mut failures = 0u32;
     let mut wait = Duration::ZERO;
     loop {
@@ -108,7 +110,7 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
             cmd = commands.recv() => if cmd.is_none() { return },
         }
-        let now = Time::now();
+        let now = clock.now();
         status.last_attempt = Some(now.to_string());
         let result = state.update(&transport, now, &cfg.tags).await;
         let mut new_rules = None;
@@ -131,16 +133,13 @@ pub async fn run(
                 status.last_error = Some(SyncError { kind: e.kind().into(), message: e.to_string() });
             }
         }
-        status = policy_status(&cfg, &state, &status);
+        status = policy_status(&cfg, &state, &status, now);
         wait = match (failures, retry_after) {
             (_, Some(r)) => r,
             (0, None) => jitter(cfg.interval),
             (n, None) => backoff(n, cfg.interval),
         };
-        if events
-            .send(Event::Sync(Box::new(SyncReport { status: status.clone(), new_rules, attempted: true })))
-            .is_err()
-        {
+        if reports.send(Box::new(Report { status: status.clone(), new_rules, attempted: true })).is_err() {
             return;
         }
     }

@@ -1,14 +1,11 @@
-//! An app as the agent sees it: the identity every source produces and every rule matches.
+//! An app as the agent sees it: the identity every source produces and every rule matches,
+//! and the kinds of app there are. This module imports nothing else of the crate: rules,
+//! matcher, version ordering and the inventory all build on it.
 //!
-//! This is a wire type: `embargoctl inventory --json` emits it and `embargo-policy impact
-//! --inventory` reads it, so it carries a schema version (`Inventory::schema_version`).
+//! These are wire types: `embargoctl inventory --json` emits them (see `inventory`) and rules
+//! name kinds, so changes are versioned with those formats.
 
 use serde::{Deserialize, Serialize};
-
-use crate::rules::Kind;
-
-/// Current version of the inventory format.
-pub const INVENTORY_SCHEMA_VERSION: u32 = 1;
 
 /// Where an app is installed: for the whole system, or for one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -66,32 +63,72 @@ impl App {
     }
 }
 
-/// An inventory as `embargoctl inventory --json` writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Inventory {
-    pub schema_version: u32,
-    pub apps: Vec<InventoryEntry>,
+/// The kinds of app the agent knows. `windows` and `msix` are reserved so a policy written for
+/// a mixed fleet today verifies on Linux agents; no Linux source produces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deb,
+    Rpm,
+    Flatpak,
+    Snap,
+    Appimage,
+    Desktop,
+    File,
+    Android,
+    Macos,
+    Ios,
+    Windows,
+    Msix,
 }
 
-/// One app and, when the agent wrote it, the agent's verdict on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InventoryEntry {
-    pub app: App,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<crate::matcher::Verdict>,
-}
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::Deb,
+        Kind::Rpm,
+        Kind::Flatpak,
+        Kind::Snap,
+        Kind::Appimage,
+        Kind::Desktop,
+        Kind::File,
+        Kind::Android,
+        Kind::Macos,
+        Kind::Ios,
+        Kind::Windows,
+        Kind::Msix,
+    ];
 
-impl Inventory {
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let inv: Inventory = serde_json::from_slice(bytes).map_err(|e| format!("inventory: {e}"))?;
-        if inv.schema_version != INVENTORY_SCHEMA_VERSION {
-            return Err(format!(
-                "inventory schema_version {} is not supported (this build reads {INVENTORY_SCHEMA_VERSION})",
-                inv.schema_version
-            ));
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deb => "deb",
+            Kind::Rpm => "rpm",
+            Kind::Flatpak => "flatpak",
+            Kind::Snap => "snap",
+            Kind::Appimage => "appimage",
+            Kind::Desktop => "desktop",
+            Kind::File => "file",
+            Kind::Android => "android",
+            Kind::Macos => "macos",
+            Kind::Ios => "ios",
+            Kind::Windows => "windows",
+            Kind::Msix => "msix",
         }
-        Ok(inv)
+    }
+
+    pub fn index(self) -> usize {
+        Kind::ALL.iter().position(|k| *k == self).expect("kind is in ALL")
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL.iter().copied().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown kind {s:?}"))
     }
 }

@@ -15,7 +15,7 @@ mod tests {
 
     fn set() -> RuleSet {
         let src =
-            crate::source::parse(WECHAT_KASPERSKY_FILE, WECHAT_KASPERSKY_TOML).expect("example policy lints clean");
+            crate::authoring::parse(WECHAT_KASPERSKY_FILE, WECHAT_KASPERSKY_TOML).expect("example policy lints clean");
         RuleSet::compile(src.rules, &[])
     }
 

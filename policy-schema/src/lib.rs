@@ -9,9 +9,12 @@
 //!   policy, rollback/freeze/fast-forward), persisted atomically.
 //! - `transport`: the `Fetch` trait transports implement, and the file:// transport.
 //! - `https` (feature `https`): the hardened HTTPS transport.
-//! - `rules`, `matcher`, `version`, `glob`, `app`: the rule format, the indexed matcher, version
-//!   ordering, and the app identity that sources produce.
-//! - `source`: the admin's TOML policy format and its linter (errors with file:line).
+//! - `app`: the app identity that sources produce and the kinds of app (imports nothing else).
+//! - `limits`: the bounds on payload shapes and fetched documents.
+//! - `rules`, `matcher`, `version`, `glob`: the rule format, the indexed matcher, version
+//!   ordering and globs.
+//! - `inventory`: the inventory wire format (apps with verdicts).
+//! - `authoring`: the admin's TOML policy format and its linter (errors with file:line).
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
 //! - `export`: `embargo-policy export`, the signed policy in MDM and peer-tool formats.
@@ -19,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod authoring;
 pub mod cli;
 pub mod dsse;
 pub mod example;
@@ -27,13 +31,16 @@ pub mod fsutil;
 pub mod glob;
 #[cfg(feature = "https")]
 pub mod https;
+pub mod inventory;
 pub mod keys;
+pub mod limits;
 pub mod matcher;
 pub mod metadata;
 pub mod repo;
 pub mod rules;
 pub mod schema;
-pub mod source;
+/// The admin-TOML module's former name, kept for code written against it.
+pub use authoring as source;
 pub mod transport;
 pub mod trust;
 pub mod version;

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::authoring::PolicySource;
 use crate::dsse::{self, Envelope};
 use crate::fsutil;
 use crate::keys::{JsonKey, PublicKey, SigningKey};
@@ -15,7 +16,6 @@ use crate::metadata::{
     limits, Policy, PolicyPointer, RoleKeys, Roles, Root, StrictMap, Time, Timestamp, POLICY_TYPE, ROOT_TYPE,
     TIMESTAMP_TYPE,
 };
-use crate::source::PolicySource;
 use crate::trust::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]

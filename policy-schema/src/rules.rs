@@ -7,7 +7,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::limits;
+pub use crate::app::Kind;
+use crate::limits;
 
 /// What the agent does with an app a rule matches. Ordered by severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -25,76 +26,6 @@ impl std::fmt::Display for Action {
             Action::Quarantine => "quarantine",
             Action::Remove => "remove",
         })
-    }
-}
-
-/// The kinds of app the agent knows. `windows` and `msix` are reserved so a policy written for
-/// a mixed fleet today verifies on Linux agents; no Linux source produces them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Deb,
-    Rpm,
-    Flatpak,
-    Snap,
-    Appimage,
-    Desktop,
-    File,
-    Android,
-    Macos,
-    Ios,
-    Windows,
-    Msix,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 12] = [
-        Kind::Deb,
-        Kind::Rpm,
-        Kind::Flatpak,
-        Kind::Snap,
-        Kind::Appimage,
-        Kind::Desktop,
-        Kind::File,
-        Kind::Android,
-        Kind::Macos,
-        Kind::Ios,
-        Kind::Windows,
-        Kind::Msix,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Deb => "deb",
-            Kind::Rpm => "rpm",
-            Kind::Flatpak => "flatpak",
-            Kind::Snap => "snap",
-            Kind::Appimage => "appimage",
-            Kind::Desktop => "desktop",
-            Kind::File => "file",
-            Kind::Android => "android",
-            Kind::Macos => "macos",
-            Kind::Ios => "ios",
-            Kind::Windows => "windows",
-            Kind::Msix => "msix",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        Kind::ALL.iter().position(|k| *k == self).expect("kind is in ALL")
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Kind::ALL.iter().copied().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown kind {s:?}"))
     }
 }
 

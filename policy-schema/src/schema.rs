@@ -112,7 +112,7 @@ pub fn schema() -> Value {
             "app": app,
             "verdict": verdict,
             "inventory": obj(&["schema_version", "apps"], json!({
-                "schema_version": {"const": crate::app::INVENTORY_SCHEMA_VERSION},
+                "schema_version": {"const": crate::inventory::INVENTORY_SCHEMA_VERSION},
                 "apps": {"type": "array", "items": obj(&["app"], json!({"app": {"$ref": "#/$defs/app"}, "verdict": {"$ref": "#/$defs/verdict"}}))}
             }))
         }
@@ -122,7 +122,8 @@ pub fn schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{App, Inventory, InventoryEntry, Scope};
+    use crate::app::{App, Scope};
+    use crate::inventory::{Inventory, InventoryEntry};
     use crate::matcher::{Strength, Verdict};
     use crate::metadata::*;
     use crate::rules::*;

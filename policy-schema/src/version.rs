@@ -6,7 +6,7 @@
 
 use std::cmp::Ordering;
 
-use crate::rules::Kind;
+use crate::app::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {

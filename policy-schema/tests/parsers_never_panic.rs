@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 fn valid_policy_envelope() -> (Vec<u8>, SigningKey) {
     let key = SigningKey::generate();
-    let src = embargo_policy::source::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
+    let src = embargo_policy::authoring::parse("p.toml", embargo_policy::example::WECHAT_KASPERSKY_TOML).unwrap();
     let p = Policy {
         fleet: "f".into(),
         version: 1,
@@ -31,9 +31,9 @@ proptest! {
         let _ = Root::parse(&bytes);
         let _ = Timestamp::parse(&bytes);
         let _ = Policy::parse(&bytes);
-        let _ = embargo_policy::app::Inventory::parse(&bytes);
+        let _ = embargo_policy::inventory::Inventory::parse(&bytes);
         if let Ok(text) = std::str::from_utf8(&bytes) {
-            let _ = embargo_policy::source::parse("fuzz.toml", text);
+            let _ = embargo_policy::authoring::parse("fuzz.toml", text);
             let _ = embargo_policy::version::Constraint::parse(text);
         }
     }

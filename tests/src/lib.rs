@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod inproc;
+
+pub use inproc::InProcess;
+
 /// Path of a workspace binary built alongside the tests.
 pub fn bin(name: &str) -> PathBuf {
     let mut dir = std::env::current_exe().expect("test executable path");
@@ -396,9 +400,21 @@ pub fn require_tools() -> bool {
 }
 
 /// Reports a skipped test and returns true; fails instead under EMBARGO_REQUIRE_TOOLS=1.
+///
+/// The report is one line, `SKIPPED <test>: <why>`, on stderr and, when `EMBARGO_SKIP_LOG` names
+/// a file, appended to it (`scripts/test.sh` counts and lists those lines).
 pub fn skip(why: &str) -> bool {
     assert!(!require_tools(), "{why} (EMBARGO_REQUIRE_TOOLS=1)");
-    eprintln!("SKIP: {why}");
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().unwrap_or("unnamed test").to_owned();
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("EMBARGO_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
     true
 }
 

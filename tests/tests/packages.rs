@@ -380,3 +380,104 @@ fn a_banned_snap_is_removed_through_a_stand_in_snap_command() {
     assert!(inv.contains("\"id\":\"firefox\"") || inv.contains("\"id\": \"firefox\""), "{inv}");
     assert!(last_result(&dev).contains("removed by snap remove"));
 }
+
+/// Version 1 of the cap tests' policy: nothing installed here is banned.
+const CAP_V1: &str =
+    "[[rule]]\nid = \"other\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"never-installed\"\n";
+
+/// Version 2 bans the `capped-*` packages (remove) and `Capped` AppImages (quarantine).
+fn cap_v2() -> String {
+    format!(
+        "{CAP_V1}[[rule]]\nid = \"capped\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"capped-*\"\n\
+         [[rule]]\nid = \"capped-files\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nname = \"*Capped*\"\n"
+    )
+}
+
+/// A dpkg root with the `names` installed by the real dpkg, and an agent watching it (and the
+/// AppImage folders) with `max_actions_per_update = 2`, enforcing [`CAP_V1`].
+fn cap_setup(names: &[&str]) -> Option<(tempfile::TempDir, PathBuf, Device)> {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query"]) {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    dpkg_root(&root);
+    let debs: Vec<PathBuf> = names.iter().map(|n| build_deb(tmp.path(), n, "1.0-1", None)).collect();
+    install(&root, &debs.iter().map(PathBuf::as_path).collect::<Vec<_>>(), false);
+    let dev = Device::with_config(
+        CAP_V1,
+        "1d",
+        &format!(
+            "\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 2\n",
+            root.display()
+        ),
+    );
+    Some((tmp, root, dev))
+}
+
+/// Publishes v2, syncs, and checks the update was held back: status and audit say "needs
+/// confirmation" for `held` apps, and the packages are still installed.
+fn publish_over_the_cap(dev: &Device, root: &Path, names: &[&str], held: usize) {
+    dev.publish(&cap_v2());
+    let out = dev.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = dev.status().unwrap();
+    let events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+    assert_eq!(s["policy"]["policy_version"], 2, "{s}");
+    assert_eq!(s["pending"]["needs_confirmation"], held, "{s}\n{events}");
+    assert!(s["daemon"]["reasons"].to_string().contains("need confirmation"), "{s}");
+    for n in names {
+        assert!(installed(root, n), "{n} purged although the update was over the cap");
+    }
+    assert!(events.contains("\"type\":\"needs-confirmation\""), "{events}");
+    assert!(events.contains("needs confirmation") && !events.contains("removed by dpkg --purge"), "{events}");
+}
+
+/// The cap covers package removals: three banned packages in one update over a cap of two are
+/// not purged until an admin confirms; then all three are.
+#[test]
+fn three_packages_over_the_cap_wait_for_confirm() {
+    let names = ["capped-a", "capped-b", "capped-c"];
+    let Some((_tmp, root, dev)) = cap_setup(&names) else { return };
+    eventually("the packages seen under v1", WAIT, || {
+        dev.status().filter(|s| s["sources"].to_string().contains("\"apps_seen\":3")).map(|_| ())
+    });
+    publish_over_the_cap(&dev, &root, &names, 3);
+    // A rescan does not act on them either.
+    assert!(dev.ctl(&["scan"]).status.success());
+    assert!(names.iter().all(|n| installed(&root, n)), "held back across rescans");
+    let out = dev.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for n in names {
+        eventually(&format!("{n} purged after confirm"), WAIT, || purged(&root, n).then_some(()));
+    }
+    assert_eq!(dev.status().unwrap()["pending"]["needs_confirmation"], 0);
+    let events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+    assert!(events.contains("\"type\":\"confirmed\""), "{events}");
+}
+
+/// The same with packages and files in one update: two packages and two AppImages are four acts
+/// over a cap of two, so none happens until confirm; a new arrival is acted on meanwhile.
+#[test]
+fn packages_and_files_count_together_against_the_cap() {
+    let names = ["capped-a", "capped-b"];
+    let Some((_tmp, root, dev)) = cap_setup(&names) else { return };
+    let files: Vec<_> = (0..2)
+        .map(|i| dev.install(&format!("Downloads/Capped-{i}.AppImage"), &appimage(&format!("capped {i}"))))
+        .collect();
+    for f in &files {
+        eventually("each AppImage seen under v1", WAIT, || dev.inventory_has(f));
+    }
+    publish_over_the_cap(&dev, &root, &names, 4);
+    assert!(files.iter().all(|f| f.exists()), "over the cap: no file moved either");
+    // A new arrival is not part of the update: it is acted on at once.
+    let fresh = dev.install("Applications/Capped-new.AppImage", &appimage("capped new"));
+    eventually("a new arrival quarantined", WAIT, || (!fresh.exists()).then_some(()));
+    assert!(names.iter().all(|n| installed(&root, n)) && files.iter().all(|f| f.exists()));
+    let out = dev.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for n in names {
+        eventually(&format!("{n} purged after confirm"), WAIT, || purged(&root, n).then_some(()));
+    }
+    assert!(files.iter().all(|f| !f.exists()), "confirmed: the files are quarantined");
+}

@@ -119,8 +119,8 @@ fn main() -> ExitCode {
                 if json {
                     println!("{}", serde_json::to_string_pretty(v).expect("json"));
                 } else {
-                    let inv: embargo_policy::app::Inventory = serde_json::from_value(v.clone())
-                        .unwrap_or(embargo_policy::app::Inventory { schema_version: 1, apps: vec![] });
+                    let inv: embargo_policy::inventory::Inventory = serde_json::from_value(v.clone())
+                        .unwrap_or(embargo_policy::inventory::Inventory { schema_version: 1, apps: vec![] });
                     println!("{:<9} {:<36} {:<16} {:<30} {:<34} PATH", "KIND", "ID", "VERSION", "PUBLISHER", "VERDICT");
                     for e in &inv.apps {
                         let verdict = e

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use embargo_policy::app::Inventory;
+use embargo_policy::inventory::Inventory;
 use embargo_policy::keys::SigningKey;
 use embargo_policy::matcher::RuleSet;
 use embargo_policy::metadata::Time;
@@ -192,9 +192,9 @@ fn role(paths: &[PathBuf], threshold: u32) -> anyhow::Result<RoleSpec> {
     Ok(RoleSpec { keys, threshold })
 }
 
-fn read_source(path: &Path) -> anyhow::Result<embargo_policy::source::PolicySource> {
+fn read_source(path: &Path) -> anyhow::Result<embargo_policy::authoring::PolicySource> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    embargo_policy::source::parse(&path.display().to_string(), &text).map_err(|diags| {
+    embargo_policy::authoring::parse(&path.display().to_string(), &text).map_err(|diags| {
         for d in &diags {
             eprintln!("{d}");
         }
@@ -347,14 +347,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut hits = Vec::new();
             for entry in &inv.apps {
                 if let Some(v) = set.verdict(&entry.app) {
-                    hits.push(embargo_policy::app::InventoryEntry {
+                    hits.push(embargo_policy::inventory::InventoryEntry {
                         app: entry.app.clone(),
                         verdict: Some(v.to_owned()),
                     });
                 }
             }
             if json {
-                let out = Inventory { schema_version: embargo_policy::app::INVENTORY_SCHEMA_VERSION, apps: hits };
+                let out = Inventory { schema_version: embargo_policy::inventory::INVENTORY_SCHEMA_VERSION, apps: hits };
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 for h in &hits {

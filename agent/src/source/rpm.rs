@@ -11,7 +11,55 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::dpkg::{FrontendLock, Package, Removal};
+use embargo_policy::app::Kind;
+
+use super::package::{
+    always_protected, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager, Removal,
+};
+
+/// rpm: the `rpm` package manager.
+pub struct Rpm;
+
+impl PackageManager for Rpm {
+    fn kind(&self) -> Kind {
+        Kind::Rpm
+    }
+    fn removed_by(&self) -> &'static str {
+        "rpm -e"
+    }
+    fn has_database(&self, root: &Path) -> bool {
+        dbpath(root).is_some()
+    }
+    fn db_dir(&self, root: &Path) -> PathBuf {
+        dbpath(root).unwrap_or_else(|| root.join("var/lib/rpm"))
+    }
+    fn is_db_change(&self, root: &Path, path: &Path) -> bool {
+        let admin = self.db_dir(root);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        path.parent() == Some(admin.as_path())
+            && matches!(name, "rpmdb.sqlite" | "Packages" | "Packages.db" | "Index.db" | "rpmdb.sqlite-wal")
+    }
+    fn installed(&self, root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
+        installed(root)
+    }
+    fn protected(&self, p: &Package) -> Option<String> {
+        protected(p)
+    }
+    fn remove(&self, root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String> {
+        erase(root, p, dry_run)
+    }
+}
+
+/// rpm's notion of a package that must stay: the package managers and the agent, and what
+/// every rpm system needs to boot (rpm has no Essential flag; these are the packages dnf's
+/// `protected_packages` and the base install keep).
+pub fn protected(p: &Package) -> Option<String> {
+    const BASE: &[&str] = &["filesystem", "setup", "kernel", "kernel-core", "systemd-udev", "shadow-utils"];
+    if BASE.contains(&p.name.as_str()) {
+        return Some(format!("{} is part of the base system", p.name));
+    }
+    always_protected(p)
+}
 
 /// The rpmdb directory under `root`, if there is one.
 pub fn dbpath(root: &Path) -> Option<PathBuf> {
@@ -34,7 +82,7 @@ fn rpm(root: &Path) -> Command {
 const SEP: &str = "@@embargo@@";
 
 /// Installed packages (with their files) under `root`.
-pub fn installed(root: &Path) -> std::io::Result<Vec<(Package, Vec<String>)>> {
+pub fn installed(root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
     let qf = format!("{SEP}%{{NAME}}\\t%{{EPOCHNUM}}:%{{VERSION}}-%{{RELEASE}}\\t%{{ARCH}}\\t%{{VENDOR}}\\t%{{RSAHEADER:pgpsig}}\\n[%{{FILENAMES}}\\n]");
     let out = rpm(root).args(["-qa", "--qf", &qf]).output()?;
     if !out.status.success() {
@@ -59,30 +107,21 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<(Package, Vec<String>)>> {
             signer,
         };
         let files = lines.filter(|l| !l.is_empty() && *l != "(contains no files)").map(str::to_owned).collect();
-        pkgs.push((p, files));
+        pkgs.push(InstalledPackage { package: p, files });
     }
     Ok(pkgs)
 }
 
 /// Takes rpm's transaction lock without waiting. `Ok(None)`: a transaction holds it.
 pub fn try_lock(root: &Path) -> std::io::Result<Option<FrontendLock>> {
-    use rustix::fs::{Mode, OFlags};
     let Some(db) = dbpath(root) else { return Err(std::io::Error::other("no rpmdb")) };
-    let fd = rustix::fs::open(
-        db.join(".rpm.lock"),
-        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o644),
-    )?;
-    match rustix::fs::fcntl_lock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(FrontendLock::new(fd))),
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    try_lock_file(&db.join(".rpm.lock"), 0o644)
 }
 
-/// Erases `p` through rpm, if and only if no other installed package needs it.
-pub fn erase(root: &Path, p: &Package) -> Result<Removal, String> {
-    if let Some(why) = p.protected() {
+/// Erases `p` through rpm, if and only if no other installed package needs it (`dry_run`: only
+/// `rpm -e --test`).
+pub fn erase(root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String> {
+    if let Some(why) = protected(p) {
         return Ok(Removal::Protected(why));
     }
     // Check the lock, then release it: rpm takes it itself for the erase (it has no frontend
@@ -103,6 +142,9 @@ pub fn erase(root: &Path, p: &Package) -> Result<Removal, String> {
             return Ok(Removal::Busy);
         }
         return Err(format!("rpm -e --test {}: {}", p.name, said.trim()));
+    }
+    if dry_run {
+        return Ok(Removal::Purged);
     }
     let out = rpm(root).args(["-e", &p.name]).output().map_err(|e| format!("running rpm: {e}"))?;
     if !out.status.success() {

@@ -6,10 +6,58 @@
 //! are not read yet, so snap rules match on name (a weak match). snapd cannot run on this
 //! project's machines: removal is tested against a stand-in `snap` command, and the test says so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::dpkg::{Package, Removal};
+use embargo_policy::app::Kind;
+
+use super::package::{always_protected, InstalledPackage, Package, PackageManager, Removal};
+
+/// snapd: snaps under a root (removal only meaningful for `/`, where snapd lives).
+pub struct Snap;
+
+impl PackageManager for Snap {
+    fn kind(&self) -> Kind {
+        Kind::Snap
+    }
+    fn removed_by(&self) -> &'static str {
+        "snap remove"
+    }
+    fn has_database(&self, root: &Path) -> bool {
+        root.join("snap").is_dir()
+    }
+    fn db_dir(&self, root: &Path) -> PathBuf {
+        root.join("snap")
+    }
+    fn watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
+        vec![root.join("snap"), root.join("var/lib/snapd/snaps")]
+    }
+    fn is_db_change(&self, root: &Path, path: &Path) -> bool {
+        path.parent() == Some(root.join("snap").as_path())
+            || path.parent() == Some(root.join("var/lib/snapd/snaps").as_path())
+    }
+    fn installed(&self, root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
+        installed(root)
+    }
+    fn protected(&self, p: &Package) -> Option<String> {
+        protected(p)
+    }
+    fn remove(&self, _root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String> {
+        if dry_run {
+            // snapd has no dry run; a snap's removal takes no other snap with it.
+            return Ok(protected(p).map_or(Removal::Purged, Removal::Protected));
+        }
+        remove(p)
+    }
+}
+
+/// snapd's notion of a package that must stay: the bases and snapd itself.
+pub fn protected(p: &Package) -> Option<String> {
+    if matches!(p.name.as_str(), "core" | "core18" | "core20" | "core22" | "core24" | "snapd" | "bare") {
+        return Some(format!("{} is a base or snapd itself", p.name));
+    }
+    always_protected(p)
+}
 
 /// Top-level `key: value` scalars of a snap.yaml.
 pub fn yaml_scalars(text: &str) -> Vec<(String, String)> {
@@ -22,7 +70,7 @@ pub fn yaml_scalars(text: &str) -> Vec<(String, String)> {
 }
 
 /// Installed snaps under `root`.
-pub fn installed(root: &Path) -> std::io::Result<Vec<(Package, Vec<String>)>> {
+pub fn installed(root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(root.join("snap")).into_iter().flatten().flatten() {
         let dir_name = e.file_name().to_string_lossy().into_owned();
@@ -37,28 +85,16 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<(Package, Vec<String>)>> {
             tracing::warn!(path = %meta.display(), "snap.yaml without a name; skipped");
             continue;
         };
-        let p = Package {
-            name: name.clone(),
-            version: get("version").unwrap_or_default(),
-            architecture: String::new(),
-            maintainer: None,
-            essential: false,
-            priority: None,
-            installed: true,
-            signer: None,
-        };
-        out.push((p, vec![format!("snap/{dir_name}/current")]));
+        let p = Package::new(name.clone(), get("version").unwrap_or_default());
+        out.push(InstalledPackage { package: p, files: vec![format!("snap/{dir_name}/current")] });
     }
     Ok(out)
 }
 
 /// `snap remove --purge <name>` (only meaningful for the root `/`, where snapd lives).
 pub fn remove(p: &Package) -> Result<Removal, String> {
-    if let Some(why) = p.protected() {
+    if let Some(why) = protected(p) {
         return Ok(Removal::Protected(why));
-    }
-    if matches!(p.name.as_str(), "core" | "core18" | "core20" | "core22" | "core24" | "snapd" | "bare") {
-        return Ok(Removal::Protected(format!("{} is a base or snapd itself", p.name)));
     }
     let out =
         Command::new("snap").args(["remove", "--purge", &p.name]).output().map_err(|e| format!("running snap: {e}"))?;

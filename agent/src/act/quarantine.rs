@@ -24,7 +24,7 @@ use embargo_policy::rules::Action;
 use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::safefs::{self, FileId, Meta};
+use crate::safefs::{self, Meta};
 
 const XATTR: &str = "trusted.embargo.manifest";
 const XATTR_USER: &str = "user.embargo.manifest";
@@ -96,30 +96,6 @@ fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Quarantine
     move |source| QuarantineError::Io { path: path.to_string(), source }
 }
 
-/// Kills every process whose executable is `id`. Returns their pids.
-pub fn kill_processes_running(id: FileId) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut killed = Vec::new();
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return killed };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if pid == me {
-            continue;
-        }
-        // stat of /proc/<pid>/exe follows the magic link to the executable's inode.
-        let Ok(m) = std::fs::metadata(e.path().join("exe")) else { continue };
-        if m.dev() == id.dev && m.ino() == id.ino {
-            if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                if rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok() {
-                    killed.push(pid);
-                }
-            }
-        }
-    }
-    killed
-}
-
 impl QuarantineStore {
     /// Opens (creating) the store directory, mode 0700.
     pub fn open(dir: &Path) -> Result<Self, QuarantineError> {
@@ -148,7 +124,7 @@ impl QuarantineStore {
             Ok(m) if m.id == r.meta.id => {}
             Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
         }
-        let killed_pids = kill_processes_running(r.meta.id);
+        let killed_pids = super::process::kill_processes_running(r.meta.id);
         let id = self.new_id();
         let mut manifest = Manifest {
             schema_version: MANIFEST_SCHEMA_VERSION,

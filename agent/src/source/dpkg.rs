@@ -8,61 +8,65 @@
 //! or broken; otherwise the package is reported as needing an admin.
 //! Essential and required packages, and the package managers, are never touched.
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use embargo_policy::app::{App, Scope};
-use embargo_policy::rules::Kind;
+use embargo_policy::app::{App, Kind};
 
-/// Packages never acted on, whatever a policy says.
-pub const PROTECTED: &[&str] = &[
-    "dpkg",
-    "apt",
-    "apt-utils",
-    "libapt-pkg6.0",
-    "rpm",
-    "dnf",
-    "yum",
-    "flatpak",
-    "snapd",
-    "libc6",
-    "base-files",
-    "bash",
-    "coreutils",
-    "systemd",
-    "init",
-    "embargo-agent",
-];
+use super::package::{
+    always_protected, app_of, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager, Removal,
+};
 
-/// One installed package.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub maintainer: Option<String>,
-    pub essential: bool,
-    pub priority: Option<String>,
-    pub installed: bool,
-    /// Signing key id (rpm); dpkg records none.
-    pub signer: Option<String>,
+/// dpkg: the `deb` package manager.
+pub struct Dpkg;
+
+impl PackageManager for Dpkg {
+    fn kind(&self) -> Kind {
+        Kind::Deb
+    }
+    fn removed_by(&self) -> &'static str {
+        "dpkg --purge"
+    }
+    fn has_database(&self, root: &Path) -> bool {
+        admindir(root).join("status").exists()
+    }
+    fn db_dir(&self, root: &Path) -> PathBuf {
+        admindir(root)
+    }
+    fn watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
+        vec![admindir(root), admindir(root).join("updates")]
+    }
+    fn is_db_change(&self, root: &Path, path: &Path) -> bool {
+        let admin = admindir(root);
+        path == admin.join("status") || path.parent() == Some(admin.join("updates").as_path())
+    }
+    fn installed(&self, root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
+        Ok(installed(root)?
+            .into_iter()
+            .map(|p| {
+                let files = files(root, &p);
+                InstalledPackage { package: p, files }
+            })
+            .collect())
+    }
+    fn protected(&self, p: &Package) -> Option<String> {
+        protected(p)
+    }
+    fn remove(&self, root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String> {
+        purge(root, p, dry_run)
+    }
 }
 
-impl Package {
-    /// Why this package must never be acted on, if it must not.
-    pub fn protected(&self) -> Option<String> {
-        if self.essential {
-            return Some(format!("{} is Essential", self.name));
-        }
-        if self.priority.as_deref() == Some("required") {
-            return Some(format!("{} has Priority: required", self.name));
-        }
-        if PROTECTED.contains(&self.name.as_str()) {
-            return Some(format!("{} is a package manager or the agent itself", self.name));
-        }
-        None
+/// Debian's notion of a package that must stay: Essential, Priority: required, or a package
+/// manager / the agent itself.
+pub fn protected(p: &Package) -> Option<String> {
+    if p.essential {
+        return Some(format!("{} is Essential", p.name));
     }
+    if p.priority.as_deref() == Some("required") {
+        return Some(format!("{} has Priority: required", p.name));
+    }
+    always_protected(p)
 }
 
 /// Parses a dpkg status file. Malformed paragraphs (no Package) are skipped and counted.
@@ -123,19 +127,7 @@ pub fn files(root: &Path, p: &Package) -> Vec<String> {
 
 /// The app identity of an installed package.
 pub fn to_app(root: &Path, p: &Package) -> App {
-    app_of(Kind::Deb, root, p, files(root, p))
-}
-
-/// The app identity of a package of `kind` whose files (absolute in `root`) are `files`.
-pub fn app_of(kind: Kind, root: &Path, p: &Package, files: Vec<String>) -> App {
-    let mut a = App::new(kind, p.name.clone());
-    a.name = Some(p.name.clone());
-    a.version = Some(p.version.clone());
-    a.publisher = p.maintainer.clone();
-    a.paths = files.into_iter().map(|f| root.join(f.trim_start_matches('/')).display().to_string()).collect();
-    a.signers = p.signer.iter().cloned().collect();
-    a.scope = Scope::System;
-    a
+    app_of(Kind::Deb, root, p, &files(root, p))
 }
 
 /// Reads the installed packages under `root`.
@@ -148,42 +140,10 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<Package>> {
     Ok(pkgs.into_iter().filter(|p| p.installed).collect())
 }
 
-/// A package manager's lock (a POSIX record lock), held until dropped.
-pub struct FrontendLock(#[allow(dead_code)] OwnedFd);
-
-impl FrontendLock {
-    pub fn new(fd: OwnedFd) -> Self {
-        Self(fd)
-    }
-}
-
 /// Takes `<admindir>/lock-frontend` without waiting. `Ok(None)`: another frontend holds it (a
 /// transaction is in progress).
 pub fn try_lock(root: &Path) -> std::io::Result<Option<FrontendLock>> {
-    use rustix::fs::{Mode, OFlags};
-    let path = admindir(root).join("lock-frontend");
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o640),
-    )?;
-    // dpkg and apt use POSIX record locks (F_SETLK), as rustix's fcntl_lock does: they conflict.
-    match rustix::fs::fcntl_lock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(FrontendLock(fd))),
-        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// What a removal did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Removal {
-    Purged,
-    /// dpkg would have to remove or break other packages: not done.
-    NeedsAdmin(String),
-    /// Another package-manager transaction holds the lock: try again once it ends.
-    Busy,
-    Protected(String),
+    try_lock_file(&admindir(root).join("lock-frontend"), 0o640)
 }
 
 fn dpkg_cmd(root: &Path) -> Command {
@@ -196,9 +156,9 @@ fn dpkg_cmd(root: &Path) -> Command {
     c
 }
 
-/// Purges `p` through dpkg, if and only if that removes nothing else.
-pub fn purge(root: &Path, p: &Package) -> Result<Removal, String> {
-    if let Some(why) = p.protected() {
+/// Purges `p` through dpkg, if and only if that removes nothing else (`dry_run`: only asks).
+pub fn purge(root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String> {
+    if let Some(why) = protected(p) {
         return Ok(Removal::Protected(why));
     }
     let Some(_lock) = try_lock(root).map_err(|e| format!("dpkg lock under {}: {e}", root.display()))? else {
@@ -217,6 +177,9 @@ pub fn purge(root: &Path, p: &Package) -> Result<Removal, String> {
             return Ok(Removal::Busy);
         }
         return Err(format!("dpkg --dry-run --purge {}: {}", p.name, said.trim()));
+    }
+    if dry_run {
+        return Ok(Removal::Purged);
     }
     let out = dpkg_cmd(root).args(["--purge", &p.name]).output().map_err(|e| format!("running dpkg: {e}"))?;
     if !out.status.success() {
@@ -237,8 +200,8 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert_eq!((p[0].name.as_str(), p[0].version.as_str(), p[0].installed), ("wechat", "4.0.1-1", true));
         assert_eq!(p[0].maintainer.as_deref(), Some("Tencent <x@y>"));
-        assert!(p[0].protected().is_none());
-        assert!(p[1].protected().is_some());
+        assert!(protected(&p[0]).is_none());
+        assert!(protected(&p[1]).is_some());
         assert!(!p[2].installed);
     }
 }

@@ -1,0 +1,107 @@
+//! The core loop's handlers for control requests and sync results (filesystem hints are
+//! `Enforcer::on_hints`). Who may change anything is decided here from the caller's uid
+//! (SO_PEERCRED, carried by `control::Call`), never from the request.
+
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::enforce::Enforcer;
+use crate::evidence::AuditEvent;
+use crate::proto::{Request, Response};
+use crate::safefs::FileId;
+
+impl Enforcer {
+    pub fn on_control(&mut self, request: Request, uid: u32, reply: oneshot::Sender<Response>) {
+        let me = rustix::process::geteuid().as_raw();
+        if request.mutates() && uid != 0 && uid != me {
+            let _ = reply
+                .send(Response::err("denied", "permission denied: this request changes the agent and requires root"));
+            return;
+        }
+        let response = match request {
+            Request::Status => Response::ok(self.status()),
+            Request::Inventory => Response::ok(self.inventory()),
+            Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
+            Request::QuarantineList => Response::ok(self.store.list()),
+            Request::Events { since, limit } => match crate::audit::read_entries(self.evidence.audit_path()) {
+                Ok(entries) => {
+                    let chain = crate::audit::verify(&entries);
+                    let out: Vec<_> =
+                        entries.into_iter().flatten().filter(|e| e.seq > since).take(limit.min(10_000)).collect();
+                    Response::ok(
+                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()}),
+                    )
+                }
+                Err(e) => Response::err("failed", format!("{}: {e}", self.evidence.audit_path().display())),
+            },
+            Request::Sync => {
+                if self.sync_tx.try_send(crate::sync::Command::Now).is_err() {
+                    let _ = reply.send(Response::err("busy", "a sync is already queued"));
+                    return;
+                }
+                self.sync_waiters.push(reply);
+                return;
+            }
+            Request::Scan => {
+                self.refresh_roots();
+                self.rescan_all(Instant::now());
+                Response::ok(serde_json::json!({"apps": self.folders.inventory.len()}))
+            }
+            Request::QuarantineRestore { id } => match self.store.restore(&id) {
+                Ok(m) => {
+                    self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
+                    // Restored by an admin: that inode is exempt until the policy changes (or the
+                    // agent restarts), so a restore is not undone by the next event.
+                    self.exempt.insert(FileId { dev: m.dev, ino: m.ino });
+                    Response::ok(m)
+                }
+                Err(e) => Response::err("failed", e.to_string()),
+            },
+            Request::QuarantinePurge { id } => match self.store.purge(&id) {
+                Ok(m) => {
+                    self.evidence.emit(AuditEvent::Purge {
+                        id,
+                        path: m.original_path.clone(),
+                        uid: Some(uid),
+                        reason: None,
+                    });
+                    Response::ok(m)
+                }
+                Err(e) => Response::err("failed", e.to_string()),
+            },
+            Request::Confirm => Response::ok(serde_json::json!({"acted_on": self.confirm(uid)})),
+        };
+        let _ = reply.send(response);
+    }
+
+    /// A sync result: a new policy is applied (within the cap); otherwise the reconcile backstop.
+    pub fn on_sync(&mut self, report: crate::sync::Report) {
+        self.policy = report.status;
+        let new_policy = report.new_rules.is_some();
+        if let Some(rules) = report.new_rules {
+            tracing::info!(version = ?self.policy.policy_version, rules = rules.len(), "enforcing new policy");
+            self.evidence.emit(AuditEvent::Policy {
+                version: self.policy.policy_version,
+                sha256: self.policy.sha256.clone(),
+                rules: rules.len(),
+            });
+            self.apply_rules(*rules);
+        }
+        if let Some(e) = &self.policy.last_error {
+            if report.attempted {
+                self.evidence.emit(AuditEvent::SyncFailed { kind: e.kind.clone(), message: e.message.clone() });
+            }
+        }
+        if !new_policy {
+            // The backstop for anything the watcher missed (a new policy already rescanned).
+            self.reconcile();
+        }
+        for w in self.sync_waiters.drain(..) {
+            let _ = w.send(match &self.policy.last_error {
+                Some(e) if report.attempted => Response::err("sync_failed", format!("[{}] {}", e.kind, e.message)),
+                _ => Response::ok(serde_json::json!({"policy_version": self.policy.policy_version})),
+            });
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The install-folder source: watch patterns expanded to roots (watched recursively) and anchors
+//! (their parents, watched non-recursively so new users' folders appear), the inventory of what
+//! was identified there, and the walk that lists a root's files.
+//!
+//! It lists and remembers; opening a file beneath its root and identifying it is the core loop's
+//! pipeline (`enforce`), and only `act` moves anything.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use embargo_policy::app::{App, Kind};
+use embargo_policy::matcher::Verdict;
+use notify::Watcher as _;
+
+use super::{Hint, Source};
+use crate::config::Watch;
+use crate::proto::SourceStatus;
+use crate::safefs::{self, FileId};
+
+use super::walk::Walk;
+
+pub struct Root {
+    pub kind: Kind,
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub watch: String,
+}
+
+/// One identified file.
+pub struct Item {
+    pub root: PathBuf,
+    pub app: App,
+    pub verdict: Option<Verdict>,
+    pub id: FileId,
+    pub size: u64,
+    /// An audit (or "needs confirmation") record was written for this file already.
+    pub audited: bool,
+}
+
+/// A scan stopped at the bound on entries per scan (it continues in a later loop turn).
+#[derive(Debug, Clone)]
+pub struct BoundHit {
+    pub root: PathBuf,
+    pub entries: usize,
+}
+
+#[derive(Default)]
+pub struct Folders {
+    pub roots: Vec<Root>,
+    anchors: Vec<PathBuf>,
+    pub inventory: BTreeMap<PathBuf, Item>,
+    /// Walks stopped at the bound, by root path, to continue where they stopped.
+    walks: Vec<(PathBuf, Walk)>,
+    /// Roots whose last pass needed more than one batch (status shows them degraded).
+    over_bound: BTreeMap<PathBuf, usize>,
+}
+
+/// Expands a watch pattern into existing root directories, and the directories to watch
+/// (non-recursively) so that roots appearing later are noticed.
+pub fn expand(pattern: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut prefixes = vec![PathBuf::from("/")];
+    let mut anchors = Vec::new();
+    for comp in pattern.components().skip(1) {
+        let c = comp.as_os_str().to_string_lossy();
+        let mut next = Vec::new();
+        for p in &prefixes {
+            if c.contains(['*', '?']) {
+                anchors.push(p.clone());
+                for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if is_dir && embargo_policy::glob::glob_match(&c, &name) {
+                        next.push(p.join(name));
+                    }
+                }
+            } else {
+                let q = p.join(&*c);
+                if std::fs::symlink_metadata(&q).is_ok_and(|m| m.is_dir()) {
+                    next.push(q);
+                } else {
+                    anchors.push(p.clone());
+                }
+            }
+        }
+        prefixes = next;
+    }
+    anchors.sort();
+    anchors.dedup();
+    (prefixes, anchors)
+}
+
+impl Folders {
+    /// Brings the set of roots in line with the folder watch patterns: new directories (a new
+    /// user's ~/Applications) are watched; vanished ones dropped. Returns the new roots (to scan).
+    pub fn refresh(&mut self, watches: &[Watch], watcher: &mut notify::RecommendedWatcher) -> Vec<PathBuf> {
+        let mut wanted: Vec<(Kind, PathBuf)> = Vec::new();
+        let mut anchors = Vec::new();
+        for w in watches.iter().filter(|w| !crate::config::is_package_kind(w.kind)) {
+            for p in &w.patterns {
+                let (roots, a) = expand(p);
+                wanted.extend(roots.into_iter().map(|r| (w.kind, r)));
+                anchors.extend(a);
+            }
+        }
+        anchors.sort();
+        anchors.dedup();
+        for a in &anchors {
+            if !self.anchors.contains(a) {
+                if let Err(e) = watcher.watch(a, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(path = %a.display(), error = %e, "cannot watch for new install roots");
+                }
+            }
+        }
+        for a in &self.anchors {
+            if !anchors.contains(a) {
+                let _ = watcher.unwatch(a);
+            }
+        }
+        self.anchors = anchors;
+        let before = self.roots.len();
+        self.roots.retain(|r| wanted.iter().any(|(k, p)| *k == r.kind && *p == r.path) && r.path.is_dir());
+        if self.roots.len() != before {
+            let live: Vec<PathBuf> = self.roots.iter().map(|r| r.path.clone()).collect();
+            self.inventory.retain(|_, it| live.contains(&it.root));
+        }
+        let mut new_roots = Vec::new();
+        for (kind, path) in wanted {
+            if self.roots.iter().any(|r| r.path == path && r.kind == kind) {
+                continue;
+            }
+            let fd = match safefs::open_root(&path) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open watch root (symlinks are not followed)");
+                    continue;
+                }
+            };
+            let watch = match watcher.watch(&path, notify::RecursiveMode::Recursive) {
+                Ok(()) => "inotify".to_owned(),
+                Err(e) => format!("degraded: {e} (covered by the periodic reconcile only)"),
+            };
+            tracing::info!(path = %path.display(), %kind, %watch, "watching");
+            self.roots.push(Root { kind, path: path.clone(), fd, watch });
+            new_roots.push(path);
+        }
+        new_roots
+    }
+
+    /// The innermost root containing `path`.
+    pub fn root_of(&self, path: &Path) -> Option<usize> {
+        self.roots
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| path.starts_with(&r.path))
+            .max_by_key(|(_, r)| r.path.as_os_str().len())
+            .map(|(i, _)| i)
+    }
+
+    /// Forgets everything identified at or beneath `path`.
+    pub fn forget_under(&mut self, path: &Path) {
+        let gone: Vec<PathBuf> = self
+            .inventory
+            .range(path.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in gone {
+            self.inventory.remove(&p);
+        }
+    }
+
+    /// Lists the files at or beneath `path` (a root, anything beneath one, or a directory that
+    /// contains roots) as (root index, path relative to the root), forgetting what vanished. At
+    /// most `max` entries per root: a walk that reaches it is kept, reported in the returned
+    /// hits, and continued by [`Folders::continue_walks`].
+    pub fn list(&mut self, path: &Path, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
+        let roots: Vec<usize> = match self.root_of(path) {
+            Some(i) => vec![i],
+            None => (0..self.roots.len()).filter(|&i| self.roots[i].path.starts_with(path)).collect(),
+        };
+        let mut out = Vec::new();
+        let mut hits = Vec::new();
+        for ri in roots {
+            let root_path = self.roots[ri].path.clone();
+            let start = if path.starts_with(&root_path) { path.to_path_buf() } else { root_path.clone() };
+            let rel_start = start.strip_prefix(&root_path).map(Path::to_path_buf).unwrap_or_default();
+            // A new scan of a subtree supersedes an unfinished walk of the same subtree.
+            self.walks.retain(|(r, _)| *r != root_path || !rel_start.as_os_str().is_empty());
+            let mut walk = Walk::new(rel_start);
+            let mut files = Vec::new();
+            let complete = walk.run(&self.roots[ri].fd, max, &mut files);
+            if complete {
+                // Forget what was under the scanned subtree and is not there now (only a walk
+                // done in one batch has seen all of it).
+                let found: std::collections::HashSet<PathBuf> = files.iter().map(|f| root_path.join(f)).collect();
+                let gone: Vec<PathBuf> = self
+                    .inventory
+                    .range(start.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&start))
+                    .filter(|(p, _)| !found.contains(*p))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in gone {
+                    self.inventory.remove(&p);
+                }
+                if walk.whole_root {
+                    self.over_bound.remove(&root_path);
+                }
+            } else {
+                self.over_bound.insert(root_path.clone(), max);
+                hits.push(BoundHit { root: root_path.clone(), entries: max });
+                self.walks.push((root_path.clone(), walk));
+            }
+            out.extend(files.into_iter().map(|rel| (ri, rel)));
+        }
+        (out, hits)
+    }
+
+    /// Whether a walk stopped at the bound waits to be continued.
+    pub fn has_pending_walks(&self) -> bool {
+        !self.walks.is_empty()
+    }
+
+    /// Continues the walks that stopped at the bound, one batch of `max` entries each.
+    pub fn continue_walks(&mut self, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
+        let mut out = Vec::new();
+        let mut hits = Vec::new();
+        for (root_path, mut walk) in std::mem::take(&mut self.walks) {
+            let Some(ri) = self.roots.iter().position(|r| r.path == root_path) else { continue };
+            let mut files = Vec::new();
+            if !walk.run(&self.roots[ri].fd, max, &mut files) {
+                hits.push(BoundHit { root: root_path.clone(), entries: max });
+                self.walks.push((root_path, walk));
+            }
+            out.extend(files.into_iter().map(|rel| (ri, rel)));
+        }
+        (out, hits)
+    }
+
+    pub fn root_paths(&self) -> Vec<PathBuf> {
+        self.roots.iter().map(|r| r.path.clone()).collect()
+    }
+}
+
+impl Source for Folders {
+    fn hint(&self, ev: &notify::Event) -> Vec<Hint> {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+        if ev.need_rescan() || ev.paths.is_empty() {
+            return vec![Hint::RescanAll];
+        }
+        // Opens and non-writing closes (our own reads among them) say nothing new.
+        if matches!(
+            ev.kind,
+            EventKind::Access(
+                AccessKind::Open(_)
+                    | AccessKind::Read
+                    | AccessKind::Close(AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other)
+            )
+        ) {
+            return Vec::new();
+        }
+        let structural =
+            matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
+        let mut hints = Vec::new();
+        for path in &ev.paths {
+            let root = self.root_of(path);
+            if structural
+                && root.is_none()
+                && self.anchors.iter().any(|a| path.parent() == Some(a.as_path()) || path == a)
+            {
+                hints.push(Hint::RefreshRoots);
+                continue;
+            }
+            let Some(ri) = root else { continue };
+            match ev.kind {
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    hints.push(Hint::Gone(path.clone()));
+                    if path == &self.roots[ri].path {
+                        hints.push(Hint::RefreshRoots);
+                    }
+                }
+                EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Metadata(_)) => hints.push(Hint::Path(path.clone())),
+                _ => {}
+            }
+        }
+        hints
+    }
+
+    fn status(&self, out: &mut Vec<SourceStatus>, reasons: &mut Vec<String>) {
+        for (root, max) in &self.over_bound {
+            let state = if self.walks.iter().any(|(r, _)| r == root) { "continuing" } else { "continued" };
+            reasons.push(format!(
+                "scan of {} stopped at the bound of {max} entries per scan ({state} where it stopped)",
+                root.display()
+            ));
+        }
+        for r in &self.roots {
+            if r.watch != "inotify" {
+                reasons.push(format!("watch of {} {}", r.path.display(), r.watch));
+            }
+            out.push(SourceStatus {
+                kind: r.kind.to_string(),
+                path: r.path.display().to_string(),
+                apps_seen: self.inventory.values().filter(|it| it.root == r.path).count(),
+                watch: r.watch.clone(),
+            });
+        }
+    }
+}

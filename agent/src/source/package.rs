@@ -1,0 +1,182 @@
+//! What every package manager provides: the [`PackageManager`] trait, the shared [`Package`] and
+//! [`Removal`] types, the lock helper, and the ONE registry table [`MANAGERS`].
+//!
+//! Adding a package manager (Android's is next) is one file implementing [`PackageManager`]
+//! plus one line in [`MANAGERS`]; the config's package kinds, the package roots in the core loop
+//! and status all derive from the table. A manager reads and removes; it never decides (that is
+//! `decide`) and never runs on its own (the act layer calls `remove`).
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use embargo_policy::app::{App, Kind, Scope};
+
+/// Every package manager this build knows. A new one is one line here.
+pub static MANAGERS: &[&dyn PackageManager] =
+    &[&super::dpkg::Dpkg, &super::rpm::Rpm, &super::flatpak::Flatpak, &super::snap::Snap];
+
+/// The manager that produces apps of `kind`, if one does.
+pub fn manager_for(kind: Kind) -> Option<&'static dyn PackageManager> {
+    MANAGERS.iter().copied().find(|m| m.kind() == kind)
+}
+
+/// One installed package, as a package manager describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub maintainer: Option<String>,
+    /// dpkg's `Essential: yes`.
+    pub essential: bool,
+    /// dpkg's `Priority:`.
+    pub priority: Option<String>,
+    pub installed: bool,
+    /// Signing key id (rpm); dpkg records none.
+    pub signer: Option<String>,
+}
+
+impl Package {
+    /// A package with only a name and version (the rest empty).
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            architecture: String::new(),
+            maintainer: None,
+            essential: false,
+            priority: None,
+            installed: true,
+            signer: None,
+        }
+    }
+}
+
+/// An installed package and the files it owns (absolute inside its root, as the database
+/// lists them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPackage {
+    pub package: Package,
+    pub files: Vec<String>,
+}
+
+/// What a removal did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// Removed (dry run: would be removed, and nothing else with it).
+    Purged,
+    /// The manager would have to remove or break other packages: not done.
+    NeedsAdmin(String),
+    /// Another package-manager transaction holds the lock: try again once it ends.
+    Busy,
+    Protected(String),
+}
+
+/// A package manager for one kind of app. Implementations are stateless (the root is passed in),
+/// so one static value serves every root of that kind.
+pub trait PackageManager: Sync {
+    /// The kind of app its packages are.
+    fn kind(&self) -> Kind;
+    /// How removal is shown in evidence, e.g. "dpkg --purge".
+    fn removed_by(&self) -> &'static str;
+    /// Whether `root` holds this manager's database.
+    fn has_database(&self, root: &Path) -> bool;
+    /// The database directory (shown in status).
+    fn db_dir(&self, root: &Path) -> PathBuf;
+    /// The directories to watch, non-recursively, for database changes.
+    fn watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
+        vec![self.db_dir(root)]
+    }
+    /// Whether a filesystem event on `path` means the database changed (and not, say, our own
+    /// lock file being opened).
+    fn is_db_change(&self, root: &Path, path: &Path) -> bool;
+    /// What is installed under `root`.
+    fn installed(&self, root: &Path) -> std::io::Result<Vec<InstalledPackage>>;
+    /// Why this package must never be removed, whatever a policy says (the manager's own
+    /// notion: Debian's Essential/required, the package managers, the agent itself, …).
+    fn protected(&self, p: &Package) -> Option<String>;
+    /// Removes `p` through the package manager, only if that removes nothing else. With
+    /// `dry_run`, only asks the manager what removal would do.
+    fn remove(&self, root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String>;
+    /// The app identity of an installed package (files absolute in `root`).
+    fn app(&self, root: &Path, p: &InstalledPackage) -> App {
+        app_of(self.kind(), root, &p.package, &p.files)
+    }
+}
+
+/// Names no package manager's removal may ever touch, on any system.
+pub const ALWAYS_PROTECTED: &[&str] = &[
+    "dpkg",
+    "apt",
+    "apt-utils",
+    "libapt-pkg6.0",
+    "rpm",
+    "dnf",
+    "yum",
+    "flatpak",
+    "snapd",
+    "libc6",
+    "glibc",
+    "base-files",
+    "bash",
+    "coreutils",
+    "systemd",
+    "init",
+    "embargo-agent",
+];
+
+/// The common check: a package manager or the agent itself.
+pub fn always_protected(p: &Package) -> Option<String> {
+    ALWAYS_PROTECTED.contains(&p.name.as_str()).then(|| format!("{} is a package manager or the agent itself", p.name))
+}
+
+/// The app identity of a package of `kind` whose files (absolute in `root`) are `files`.
+pub fn app_of(kind: Kind, root: &Path, p: &Package, files: &[String]) -> App {
+    let mut a = App::new(kind, p.name.clone());
+    a.name = Some(p.name.clone());
+    a.version = Some(p.version.clone());
+    a.publisher = p.maintainer.clone();
+    a.paths = files.iter().map(|f| root.join(f.trim_start_matches('/')).display().to_string()).collect();
+    a.signers = p.signer.iter().cloned().collect();
+    a.scope = Scope::System;
+    a
+}
+
+/// A package manager's lock (a POSIX record lock), held until dropped.
+pub struct FrontendLock(#[allow(dead_code)] OwnedFd);
+
+/// Takes the record lock on `path` without waiting. `Ok(None)`: another process holds it (a
+/// transaction is in progress).
+pub fn try_lock_file(path: &Path, mode: u32) -> std::io::Result<Option<FrontendLock>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(mode),
+    )?;
+    // dpkg, apt and rpm use POSIX record locks (F_SETLK), as rustix's fcntl_lock does: they
+    // conflict.
+    match rustix::fs::fcntl_lock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(FrontendLock(fd))),
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_manager_per_kind_and_every_kind_named() {
+        let mut kinds: Vec<Kind> = MANAGERS.iter().map(|m| m.kind()).collect();
+        let n = kinds.len();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), n, "two managers claim one kind");
+        for k in [Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap] {
+            assert!(manager_for(k).is_some(), "{k} has no manager");
+        }
+        assert!(manager_for(Kind::Appimage).is_none());
+    }
+}

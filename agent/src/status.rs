@@ -1,0 +1,74 @@
+//! `embargoctl status` and `inventory`, built from the core loop's state. Reads only.
+
+use embargo_policy::inventory::{Inventory, InventoryEntry, INVENTORY_SCHEMA_VERSION};
+use embargo_policy::metadata::Time;
+
+use crate::enforce::Enforcer;
+use crate::proto;
+use crate::source::Source as _;
+
+impl Enforcer {
+    pub fn status(&self) -> proto::Status {
+        let mut reasons = Vec::new();
+        if self.policy.policy_version.is_none() {
+            reasons.push("no verified policy yet".to_owned());
+        }
+        // Expiry is judged now, not when the last sync report came in (a backed-off sync may
+        // be minutes away while the timestamp expires).
+        let now = self.clock.now();
+        let expired = |version: Option<u64>, expires: &Option<String>, role: &str| {
+            let at = expires.as_deref().and_then(|e| Time::parse(e).ok())?;
+            (at <= now).then(|| format!("{role} v{} expired at {at}", version.unwrap_or(0)))
+        };
+        let live = expired(self.policy.policy_version, &self.policy.expires, "policy")
+            .or_else(|| expired(self.policy.timestamp_version, &self.policy.timestamp_expires, "timestamp"))
+            .or_else(|| self.policy.stale.clone());
+        let mut policy = self.policy.clone();
+        policy.stale = live.clone();
+        if let Some(s) = live {
+            reasons.push(format!("policy is stale: {s}"));
+        }
+        if let Some(e) = &self.policy.last_error {
+            reasons.push(format!("sync failing: [{}] {}", e.kind, e.message));
+        }
+        let mut sources = Vec::new();
+        self.folders.status(&mut sources, &mut reasons);
+        self.packages.status(&mut sources, &mut reasons);
+        if !self.held.is_empty() {
+            reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.held.len()));
+        }
+        let q = self.store.list();
+        proto::Status {
+            schema_version: proto::STATUS_SCHEMA_VERSION,
+            daemon: proto::DaemonStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                mode: self.cfg.mode.as_str().into(),
+                health: if reasons.is_empty() { "healthy" } else { "degraded" }.into(),
+                reasons,
+            },
+            policy,
+            sources,
+            enforcement: proto::EnforcementStatus {
+                counters: self.evidence.counters.clone(),
+                last_actions: self.evidence.last_actions.0.iter().cloned().collect(),
+            },
+            quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.iter().map(|m| m.size).sum() },
+            pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
+        }
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        let apps = self
+            .folders
+            .inventory
+            .values()
+            .map(|it| InventoryEntry { app: it.app.clone(), verdict: it.verdict.clone() })
+            .chain(self.packages.roots.iter().flat_map(|r| {
+                r.packages.values().map(|p| InventoryEntry { app: p.app.clone(), verdict: p.verdict.clone() })
+            }))
+            .collect();
+        Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps }
+    }
+}

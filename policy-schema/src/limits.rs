@@ -1,0 +1,19 @@
+//! Bounds on what a payload may contain. Byte caps on the documents bound memory; these bound
+//! the shapes inside them so that a signed-but-absurd document is refused with a clear reason.
+
+pub const FLEET_LEN: usize = 128;
+pub const MAX_KEYS: usize = 64;
+pub const MAX_KEYIDS_PER_ROLE: usize = 64;
+pub const MAX_RULES: usize = 200_000;
+pub const RULE_ID_LEN: usize = 128;
+pub const DESCRIPTION_LEN: usize = 1024;
+pub const MAX_MATCHERS: usize = 64;
+pub const PATTERN_LEN: usize = 256;
+pub const MAX_LIST: usize = 10_000;
+pub const MAX_TAGS: usize = 64;
+pub const TAG_LEN: usize = 64;
+/// Byte caps on fetched documents.
+pub const ROOT_BYTES: u64 = 64 * 1024;
+pub const TIMESTAMP_BYTES: u64 = 16 * 1024;
+pub const POLICY_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_ROOT_ROTATIONS: u64 = 1024;
