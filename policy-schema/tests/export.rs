@@ -491,7 +491,8 @@ tags = ["mobile"]
 
 #[test]
 fn an_inventory_resolves_what_a_format_cannot_express() {
-    use embargo_policy::app::{App, Inventory, InventoryEntry};
+    use embargo_policy::app::App;
+    use embargo_policy::inventory::{Inventory, InventoryEntry};
     use embargo_policy::rules::Kind;
     let tmp = tempfile::tempdir().unwrap();
     let toml = tmp.path().join("p.toml");

@@ -32,7 +32,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::app::{App, Inventory};
+use crate::app::App;
+use crate::inventory::Inventory;
 use crate::matcher::RuleSet;
 use crate::metadata::{Policy, Time};
 use crate::rules::{Action, Kind, Matcher, Rule};
