@@ -433,6 +433,36 @@ impl RuleSet {
         self.rules.len()
     }
 
+    /// An estimate of the heap this set holds: the capacity of every table times its element
+    /// size (hash tables: one control byte per slot besides the entry). Used to bound what a
+    /// policy may compile to; it is an estimate of the allocations, not of allocator overhead.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+            m.capacity() * (size_of::<(K, V)>() + 1)
+        }
+        let shared: usize = self.shared.iter().map(|v| v.capacity() * 4).sum::<usize>() + self.shared.capacity() * 24;
+        let extras: usize = self.extras.capacity() * size_of::<Extra>()
+            + self
+                .extras
+                .iter()
+                .map(|x| x.signer.capacity() * size_of::<Str>() + x.sha256.capacity() * 32)
+                .sum::<usize>();
+        let scan: usize = self.scan.iter().map(|v| v.capacity() * 4).sum();
+        self.text.capacity()
+            + self.rules.capacity() * size_of::<CompiledRule>()
+            + (self.matchers.capacity() + self.excepts.capacity()) * size_of::<CompiledMatcher>()
+            + extras
+            + map(&self.by_sha256)
+            + map(&self.by_signer)
+            + map(&self.by_id)
+            + map(&self.by_name)
+            + map(&self.id_globs.by_prefix)
+            + map(&self.name_globs.by_prefix)
+            + shared
+            + scan
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
