@@ -438,3 +438,56 @@ fn the_admin_tool_refuses_shared_keys_and_ignores_a_planted_timestamp() {
     let out = ok(&["verify", &s(&repo), "--root", &s(&repo.join("root/1.json"))]);
     assert!(out.contains("policy v1"), "{out}");
 }
+
+/// Finding 2's second half: the compiled rule set is bounded on its own, so even a policy the
+/// policy keys signed cannot make devices hold more than `compiled_budget(payload)` (4× the
+/// payload plus 1 MiB, at most 192 MiB) of compiled index. Dense short signers cost ~6 payload
+/// bytes each and far more than 24 bytes each once indexed.
+#[test]
+fn a_policy_compiling_past_its_bound_is_refused_while_parsing() {
+    let mut text = String::from(
+        r#"{"fleet":"gov-test","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":["#,
+    );
+    let mut n = 0u64;
+    for r in 0..8 {
+        if r > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!(r#"{{"id":"r{r}","action":"remove","match":["#));
+        for m in 0..10 {
+            if m > 0 {
+                text.push(',');
+            }
+            let signers: Vec<String> = (0..10_000)
+                .map(|_| {
+                    n += 1;
+                    format!("\"{}\"", radix36(n))
+                })
+                .collect();
+            text.push_str(&format!(r#"{{"signer":[{}]}}"#, signers.join(",")));
+        }
+        text.push_str("]}");
+    }
+    text.push_str("]}");
+    let budget = embargo_policy::metadata::compiled_budget(text.len());
+    assert_eq!(budget, text.len() * 4 + 1024 * 1024);
+    let err = Policy::parse_compiled(text.as_bytes(), &[]).unwrap_err().to_string();
+    assert!(err.contains("compiled rules would take more than") && err.contains(&budget.to_string()), "{err}");
+
+    // The same shape at an eighth of the size compiles: the bound is not hit by ordinary policies.
+    let small = text.split(r#"{"id":"r1""#).next().unwrap().trim_end_matches(',').to_owned() + "]}";
+    let (header, set) = Policy::parse_compiled(small.as_bytes(), &[]).unwrap();
+    assert_eq!(header.rule_count, 1);
+    assert!(set.approx_bytes() <= embargo_policy::metadata::compiled_budget(small.len()));
+}
+
+fn radix36(mut x: u64) -> String {
+    let mut s = String::new();
+    loop {
+        s.push(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize] as char);
+        x /= 36;
+        if x == 0 {
+            return s;
+        }
+    }
+}
