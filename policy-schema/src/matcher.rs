@@ -331,6 +331,21 @@ impl RuleSet {
         set
     }
 
+    /// Reserves room for about `rules` rules with one matcher each, `sha256` of them indexed
+    /// by hash: a policy's counts are known before its rules are compiled (see
+    /// `Policy::parse_compiled`), and growing the tables by doubling costs a copy and a rehash
+    /// per doubling and leaves up to half of each table unused.
+    pub fn reserve(&mut self, rules: usize, sha256: usize) {
+        self.rules.reserve(rules);
+        self.matchers.reserve(rules);
+        self.by_sha256.reserve(sha256);
+    }
+
+    /// How many rules room was reserved for.
+    pub fn capacity_hint(&self) -> usize {
+        self.rules.capacity() - self.rules.len()
+    }
+
     /// Releases spare capacity once all rules are added.
     pub fn shrink(&mut self) {
         self.text.shrink_to_fit();

@@ -391,6 +391,15 @@ impl Policy {
         })?;
         let mut set = RuleSet::new(device_tags);
         let budget = compiled_budget(bytes.len());
+        // Table sizes from the verified text: every rule has exactly one `"action"` key and a
+        // quoted `"action"` cannot occur inside a JSON string (its quotes would be escaped).
+        // Matchers with `"sha256"` lists are counted the same way. A string value "action" (a
+        // tag, say) is counted too, so both counts are capped by what the text could hold: a
+        // rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the reserved
+        // bytes well under the compiled-size budget per payload byte.
+        let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
+        let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
+        set.reserve(rules, sha);
         let mut de = serde_json::Deserializer::from_str(text);
         let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set, budget }, &mut de)
             .and_then(|h| de.end().map(|()| h))
@@ -500,7 +509,7 @@ impl<'de> Visitor<'de> for RulesSeed<'_> {
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         use std::hash::{Hash as _, Hasher as _};
-        let mut ids = rustc_hash::FxHashSet::default();
+        let mut ids = rustc_hash::FxHashSet::with_capacity_and_hasher(self.set.capacity_hint(), Default::default());
         let mut count = 0usize;
         while let Some(rule) = seq.next_element::<crate::rules::RuleRef<'de>>()? {
             count += 1;
