@@ -495,3 +495,30 @@ fn radix36(mut x: u64) -> String {
         }
     }
 }
+
+/// A `trust.json` written before signers were recorded still opens; without known signers a
+/// policy-role change resets the floor (the old behaviour), and the next verified policy
+/// records its signers again.
+#[test]
+fn a_trust_file_without_recorded_signers_opens_and_falls_back_to_resetting() {
+    let fx = Fx::new();
+    let v2 = fx.publish_policy(2, vec![ban("wechat", "wechat")], &[&fx.policy_key]);
+    fx.publish_ts(1, v2, &fx.ts_key);
+    let mut s = fx.open();
+    assert!(fx.update(&mut s).is_ok());
+    assert_eq!(s.policy().unwrap().signed_by, vec![fx.policy_key.public().keyid().to_owned()]);
+    let path = fx.store.join("trust.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(state["policy"].as_object_mut().unwrap().remove("signed_by").is_some());
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let mut old = fx.open();
+    assert_eq!(old.policy().unwrap().version, 2);
+    assert!(old.policy().unwrap().signed_by.is_empty());
+    let second = SigningKey::generate();
+    fx.rotate(Some(&spec(&[&fx.policy_key, &second], 1)));
+    let v1 = fx.publish_policy(1, vec![], &[&second]);
+    fx.publish_ts(2, v1, &fx.ts_key);
+    assert!(matches!(fx.update(&mut old), Ok(UpdateOutcome::NewPolicy(_))), "floor reset: no signers known");
+    assert_eq!(old.policy().unwrap().signed_by, vec![second.public().keyid().to_owned()]);
+}
