@@ -287,34 +287,34 @@ impl Envelope {
 
     /// Counts distinct keys of `trusted` whose signature over the PAE verifies, and fails unless
     /// there are at least `threshold`. Keyids are hints only: a signature is first tried against
-    /// the key its keyid names (so the common case costs one verification per signature, run in
-    /// parallel for large payloads), and any signature that fails that is tried against every
+    /// the key its keyid names (so the common case costs one verification per signature), and any signature that fails that is tried against every
     /// other trusted key, so a wrong or forged keyid can neither make a key count twice nor hide
     /// a valid signature.
     pub fn verify(&self, trusted: &[&PublicKey], threshold: usize) -> Result<usize, ThresholdError> {
+        self.verify_signers(trusted, threshold).map(|signers| signers.len())
+    }
+
+    /// Like [`Envelope::verify`], and returns the indices (into `trusted`) of the distinct keys
+    /// whose signature verified: the client records them so that a later root can be checked
+    /// against the signatures the trusted policy already carries.
+    ///
+    /// Signatures are checked one after the other on the calling thread: each costs one SHA-512
+    /// pass over the PAE, and nothing else runs beside them (no parse of unverified bytes).
+    pub fn verify_signers(&self, trusted: &[&PublicKey], threshold: usize) -> Result<Vec<usize>, ThresholdError> {
         // A threshold of zero would trust unsigned documents; formats reject it, and so do we.
         let threshold = threshold.max(1);
         let sigs: Vec<Option<ed25519_dalek::Signature>> =
             self.signatures.iter().map(|(_, s)| ed25519_dalek::Signature::from_slice(s).ok()).collect();
         let hinted: Vec<Option<usize>> =
             self.signatures.iter().map(|(keyid, _)| trusted.iter().position(|k| k.keyid() == keyid)).collect();
-        // Phase 1: each signature against its hinted key.
-        let jobs: Vec<(usize, usize)> =
-            (0..sigs.len()).filter_map(|i| Some((i, hinted[i]?))).filter(|&(i, _)| sigs[i].is_some()).collect();
-        let check = |(i, k): (usize, usize)| trusted[k].verify_strict(&self.pae, sigs[i].as_ref().expect("filtered"));
-        let results: Vec<bool> = if self.pae.len() > PARALLEL_THRESHOLD && jobs.len() > 1 {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = jobs.iter().map(|&job| s.spawn(move || check(job))).collect();
-                handles.into_iter().map(|h| h.join().unwrap_or(false)).collect()
-            })
-        } else {
-            jobs.iter().map(|&job| check(job)).collect()
-        };
         let mut counted = vec![false; trusted.len()];
         let mut settled = vec![false; sigs.len()];
         let (mut valid, mut duplicate, mut unknown, mut invalid) = (0, 0, 0, 0);
-        for (&(i, k), ok) in jobs.iter().zip(results) {
-            if ok {
+        // Phase 1: each signature against its hinted key. All of them, even past the threshold:
+        // the keys that signed are recorded (see above).
+        for (i, sig) in sigs.iter().enumerate() {
+            let (Some(sig), Some(k)) = (sig, hinted[i]) else { continue };
+            if trusted[k].verify_strict(&self.pae, sig) {
                 settled[i] = true;
                 if counted[k] {
                     duplicate += 1;
@@ -324,8 +324,9 @@ impl Envelope {
                 }
             }
         }
+        let signers = |counted: &[bool]| (0..counted.len()).filter(|&k| counted[k]).collect::<Vec<usize>>();
         if valid >= threshold {
-            return Ok(valid);
+            return Ok(signers(&counted));
         }
         // Phase 2 (failure path, also for precise diagnostics): every unsettled signature
         // against every key, uncounted keys first.
@@ -349,15 +350,12 @@ impl Envelope {
             }
         }
         if valid >= threshold {
-            Ok(valid)
+            Ok(signers(&counted))
         } else {
             Err(ThresholdError { valid, threshold, duplicate, unknown, invalid })
         }
     }
 }
-
-/// Payloads larger than this have their signatures checked on parallel threads.
-const PARALLEL_THRESHOLD: usize = 256 * 1024;
 
 /// Signs `payload` as `payload_type` with each key and returns the envelope's JSON bytes.
 pub fn sign(payload_type: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8> {

@@ -17,3 +17,9 @@ pub const ROOT_BYTES: u64 = 64 * 1024;
 pub const TIMESTAMP_BYTES: u64 = 16 * 1024;
 pub const POLICY_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_ROOT_ROTATIONS: u64 = 1024;
+/// The compiled rule set may take at most this many times the payload's bytes...
+pub const COMPILED_PER_PAYLOAD_BYTE: usize = 4;
+/// ...plus this much (small policies have fixed overheads)...
+pub const COMPILED_BASE_BYTES: usize = 1024 * 1024;
+/// ...and never more than this, whatever the payload.
+pub const COMPILED_MAX_BYTES: usize = 192 * 1024 * 1024;

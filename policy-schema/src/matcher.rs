@@ -119,18 +119,21 @@ fn insert<K: Hash + Eq, S: std::hash::BuildHasher>(
     shared: &mut Vec<Vec<u32>>,
     k: K,
     m: u32,
-) {
+) -> usize {
     match map.entry(k) {
         std::collections::hash_map::Entry::Vacant(v) => {
             v.insert(Entries(m));
+            0
         }
         std::collections::hash_map::Entry::Occupied(mut o) => {
             let e = o.get_mut();
             if e.0 & SHARED != 0 {
                 shared[(e.0 & !SHARED) as usize].push(m);
+                4
             } else {
                 shared.push(vec![e.0, m]);
                 e.0 = (shared.len() - 1) as u32 | SHARED;
+                2 * 4
             }
         }
     }
@@ -194,13 +197,13 @@ struct PrefixIndex {
 }
 
 impl PrefixIndex {
-    fn insert(&mut self, shared: &mut Vec<Vec<u32>>, prefix: &str, m: u32) {
+    fn insert(&mut self, shared: &mut Vec<Vec<u32>>, prefix: &str, m: u32) -> usize {
         let key = truncate_chars(prefix, PREFIX_KEY_MAX);
         if !self.lengths.contains(&key.len()) {
             self.lengths.push(key.len());
             self.lengths.sort_unstable();
         }
-        insert(&mut self.by_prefix, shared, hash_str(key), m);
+        insert(&mut self.by_prefix, shared, hash_str(key), m)
     }
 
     fn candidates(&self, shared: &[Vec<u32>], value: &str, out: &mut Candidates) {
@@ -278,6 +281,9 @@ pub struct RuleSet {
     device_tags: Vec<String>,
     /// Whether any matcher looks at name or publisher (so matching can skip case folding).
     uses_names: bool,
+    /// Heap held inside `extras` and `shared` (their element vectors), kept as rules are added
+    /// so that [`RuleSet::approx_bytes`] costs the same whatever the set's size.
+    inner_bytes: usize,
 }
 
 impl Default for RuleSet {
@@ -311,6 +317,7 @@ impl RuleSet {
             shared: Vec::new(),
             device_tags: device_tags.to_vec(),
             uses_names: false,
+            inner_bytes: 0,
         }
     }
 
@@ -322,6 +329,21 @@ impl RuleSet {
         }
         set.shrink();
         set
+    }
+
+    /// Reserves room for about `rules` rules with one matcher each, `sha256` of them indexed
+    /// by hash: a policy's counts are known before its rules are compiled (see
+    /// `Policy::parse_compiled`), and growing the tables by doubling costs a copy and a rehash
+    /// per doubling and leaves up to half of each table unused.
+    pub fn reserve(&mut self, rules: usize, sha256: usize) {
+        self.rules.reserve(rules);
+        self.matchers.reserve(rules);
+        self.by_sha256.reserve(sha256);
+    }
+
+    /// How many rules room was reserved for.
+    pub fn capacity_hint(&self) -> usize {
+        self.rules.capacity() - self.rules.len()
     }
 
     /// Releases spare capacity once all rules are added.
@@ -362,12 +384,16 @@ impl RuleSet {
         let extra = if needs_extra {
             let name = m.name.as_deref().map(|s| self.pattern(s, true));
             let publisher = m.publisher.as_deref().map(|s| self.pattern(s, true));
-            let signer = m.signer.iter().map(|s| self.intern(&s.to_lowercase())).collect();
-            let sha256 = if stored_sha { m.sha256.iter().filter_map(|h| parse_sha(h)).collect() } else { Vec::new() };
+            let signer: Vec<Str> = m.signer.iter().map(|s| self.intern(&s.to_lowercase())).collect();
+            let sha256: Vec<[u8; 32]> =
+                if stored_sha { m.sha256.iter().filter_map(|h| parse_sha(h)).collect() } else { Vec::new() };
             // Rules were checked before compiling; an unparsable constraint cannot reach here,
             // and if it did it would match nothing rather than everything.
             let version = m.version.as_deref().map(|v| Constraint::parse(v).unwrap_or_else(|_| Constraint::never()));
             self.uses_names |= name.is_some() || publisher.is_some();
+            self.inner_bytes += signer.capacity() * std::mem::size_of::<Str>()
+                + sha256.capacity() * 32
+                + m.version.as_deref().map_or(0, |v| v.len() + 8 * std::mem::size_of::<String>());
             self.extras.push(Extra { name, publisher, signer, sha256, version });
             (self.extras.len() - 1) as u32
         } else {
@@ -402,35 +428,62 @@ impl RuleSet {
 
     fn index(&mut self, m: &MatcherRef<'_>, mi: u32) {
         let shared = &mut self.shared;
+        let mut added = 0;
         if !m.sha256.is_empty() {
             for h in &m.sha256 {
                 if let Some(key) = parse_sha(h) {
-                    insert(&mut self.by_sha256, shared, key, mi);
+                    added += insert(&mut self.by_sha256, shared, key, mi);
                 }
             }
         } else if !m.signer.is_empty() {
             for s in &m.signer {
-                insert(&mut self.by_signer, shared, hash_str(&s.to_lowercase()), mi);
+                added += insert(&mut self.by_signer, shared, hash_str(&s.to_lowercase()), mi);
             }
         } else if let Some(id) = m.id.as_deref().filter(|id| !is_glob(id)) {
-            insert(&mut self.by_id, shared, hash_str(id), mi);
+            added += insert(&mut self.by_id, shared, hash_str(id), mi);
         } else if let Some(id) = m.id.as_deref().filter(|id| !literal_prefix(id).is_empty()) {
-            self.id_globs.insert(shared, literal_prefix(id), mi);
+            added += self.id_globs.insert(shared, literal_prefix(id), mi);
         } else if let Some(name) = m.name.as_deref().map(str::to_lowercase) {
             if !is_glob(&name) {
-                insert(&mut self.by_name, shared, hash_str(&name), mi);
+                added += insert(&mut self.by_name, shared, hash_str(&name), mi);
             } else if !literal_prefix(&name).is_empty() {
-                self.name_globs.insert(shared, literal_prefix(&name), mi);
+                added += self.name_globs.insert(shared, literal_prefix(&name), mi);
             } else {
                 self.scan[m.kind.map_or(Kind::ALL.len(), Kind::index)].push(mi);
             }
         } else {
             self.scan[m.kind.map_or(Kind::ALL.len(), Kind::index)].push(mi);
         }
+        self.inner_bytes += added;
     }
 
     pub fn len(&self) -> usize {
         self.rules.len()
+    }
+
+    /// An estimate of the heap this set holds: the capacity of every table times its element
+    /// size (hash tables: one control byte per slot besides the entry). Used to bound what a
+    /// policy may compile to; it is an estimate of the allocations, not of allocator overhead.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
+            m.capacity() * (size_of::<(K, V)>() + 1)
+        }
+        let shared = self.shared.capacity() * size_of::<Vec<u32>>();
+        let extras = self.extras.capacity() * size_of::<Extra>();
+        let scan: usize = self.scan.iter().map(|v| v.capacity() * 4).sum();
+        self.text.capacity()
+            + self.rules.capacity() * size_of::<CompiledRule>()
+            + (self.matchers.capacity() + self.excepts.capacity()) * size_of::<CompiledMatcher>()
+            + extras
+            + map(&self.by_sha256)
+            + map(&self.by_signer)
+            + map(&self.by_id)
+            + map(&self.by_name)
+            + map(&self.id_globs.by_prefix)
+            + map(&self.name_globs.by_prefix)
+            + shared
+            + scan
     }
 
     pub fn is_empty(&self) -> bool {

@@ -20,6 +20,15 @@ pub const POLICY_TYPE: &str = "application/vnd.embargo.policy+json";
 
 pub use crate::limits;
 
+/// The most memory (estimated from the compiled set's allocations, see
+/// [`RuleSet::approx_bytes`]) that compiling a payload of `payload_len` bytes may take.
+pub fn compiled_budget(payload_len: usize) -> usize {
+    payload_len
+        .saturating_mul(limits::COMPILED_PER_PAYLOAD_BYTE)
+        .saturating_add(limits::COMPILED_BASE_BYTES)
+        .min(limits::COMPILED_MAX_BYTES)
+}
+
 /// Why a payload was refused after its signatures verified.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -179,6 +188,19 @@ impl VerifiedRoot {
             RoleName::Timestamp => &self.root.roles.timestamp,
             RoleName::Policy => &self.root.roles.policy,
         }
+    }
+
+    /// A key listed both in the online timestamp role and in an offline role (root or policy),
+    /// described, or `None`. Such a root makes the online key able to change rules (or roots),
+    /// which the role split exists to prevent.
+    pub fn shared_online_key(&self) -> Option<String> {
+        let ts = &self.root.roles.timestamp.keyids;
+        for (name, role) in [("root", &self.root.roles.root), ("policy", &self.root.roles.policy)] {
+            if let Some(id) = role.keyids.iter().find(|id| ts.contains(id)) {
+                return Some(format!("key {id} is in both the timestamp role and the {name} role"));
+            }
+        }
+        None
     }
 
     /// The distinct public keys of `role` and its threshold.
@@ -343,8 +365,18 @@ impl Policy {
             reason: format!("not UTF-8 at byte {}", e.valid_up_to()),
         })?;
         let mut set = RuleSet::new(device_tags);
+        let budget = compiled_budget(bytes.len());
+        // Table sizes from the verified text: every rule has exactly one `"action"` key and a
+        // quoted `"action"` cannot occur inside a JSON string (its quotes would be escaped).
+        // Matchers with `"sha256"` lists are counted the same way. A string value "action" (a
+        // tag, say) is counted too, so both counts are capped by what the text could hold: a
+        // rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the reserved
+        // bytes well under the compiled-size budget per payload byte.
+        let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
+        let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
+        set.reserve(rules, sha);
         let mut de = serde_json::Deserializer::from_str(text);
-        let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set }, &mut de)
+        let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set, budget }, &mut de)
             .and_then(|h| de.end().map(|()| h))
             .map_err(|source| PayloadError::Json { role: "policy", source })?;
         check_fleet("policy", &header.fleet)?;
@@ -365,6 +397,7 @@ pub struct PolicyHeader {
 
 struct PolicySeed<'a> {
     set: &'a mut RuleSet,
+    budget: usize,
 }
 
 impl<'de> de::DeserializeSeed<'de> for PolicySeed<'_> {
@@ -397,7 +430,7 @@ impl<'de> Visitor<'de> for PolicySeed<'_> {
                     if rules.is_some() {
                         return Err(de::Error::duplicate_field("rules"));
                     }
-                    rules = Some(map.next_value_seed(RulesSeed { set: &mut *self.set })?);
+                    rules = Some(map.next_value_seed(RulesSeed { set: &mut *self.set, budget: self.budget })?);
                 }
                 other => {
                     return Err(de::Error::unknown_field(other, &["fleet", "version", "issued", "expires", "rules"]))
@@ -416,12 +449,31 @@ impl<'de> Visitor<'de> for PolicySeed<'_> {
 
 struct RulesSeed<'a> {
     set: &'a mut RuleSet,
+    budget: usize,
 }
 
 impl<'de> de::DeserializeSeed<'de> for RulesSeed<'_> {
     type Value = usize;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
         d.deserialize_seq(self)
+    }
+}
+
+impl RulesSeed<'_> {
+    fn check_budget<E: de::Error>(&self) -> Result<(), E> {
+        let used = self.set.approx_bytes();
+        if used > self.budget {
+            return Err(E::custom(format!(
+                "the compiled rules would take more than {} bytes ({} so far): over the bound of {}× the payload \
+                 plus {} bytes, at most {} bytes",
+                self.budget,
+                used,
+                limits::COMPILED_PER_PAYLOAD_BYTE,
+                limits::COMPILED_BASE_BYTES,
+                limits::COMPILED_MAX_BYTES
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -432,7 +484,7 @@ impl<'de> Visitor<'de> for RulesSeed<'_> {
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         use std::hash::{Hash as _, Hasher as _};
-        let mut ids = rustc_hash::FxHashSet::default();
+        let mut ids = rustc_hash::FxHashSet::with_capacity_and_hasher(self.set.capacity_hint(), Default::default());
         let mut count = 0usize;
         while let Some(rule) = seq.next_element::<crate::rules::RuleRef<'de>>()? {
             count += 1;
@@ -446,7 +498,13 @@ impl<'de> Visitor<'de> for RulesSeed<'_> {
                 return Err(de::Error::custom(format!("rule id {:?} is used twice", rule.id)));
             }
             self.set.add(&rule);
+            // Checked every 256 rules (and at the end): one rule adds at most
+            // MAX_MATCHERS × MAX_LIST index entries, so the overshoot between checks is bounded too.
+            if count % 256 == 0 {
+                self.check_budget()?;
+            }
         }
+        self.check_budget()?;
         Ok(count)
     }
 }

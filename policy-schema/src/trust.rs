@@ -101,6 +101,13 @@ pub enum UpdateError {
     PolicyExpired { version: u64, expires: Time, now: Time },
     #[error("persisting trusted state in {path}: {source}")]
     Persist { path: String, source: std::io::Error },
+    #[error(
+        "timestamp v{version} is more than {slack_secs} s ahead of now ({now}): versions are Unix seconds, \
+         a far-future one would make every later timestamp look like a rollback"
+    )]
+    TimestampVersionFarFuture { version: u64, now: Time, slack_secs: u64 },
+    #[error("{path}: {problem}; a new root must keep the online timestamp key out of the offline roles")]
+    SharedKeys { path: String, problem: String },
 }
 
 impl UpdateError {
@@ -128,6 +135,8 @@ impl UpdateError {
             UpdateError::PolicyVersionMismatch { .. } => "policy-version-mismatch",
             UpdateError::PolicyExpired { .. } => "policy-expired",
             UpdateError::Persist { .. } => "persist",
+            UpdateError::TimestampVersionFarFuture { .. } => "timestamp-version-far-future",
+            UpdateError::SharedKeys { .. } => "shared-keys",
         }
     }
 }
@@ -151,7 +160,15 @@ pub struct PolicyInfo {
     pub sha256: String,
     pub length: u64,
     pub rule_count: usize,
+    /// Keyids of the policy keys whose signature on this policy verified. A new root that still
+    /// gives a threshold of them the policy role keeps the policy floor (finding 1 of issue 11).
+    pub signed_by: Vec<String>,
 }
+
+/// How far ahead of the client's clock a timestamp version may be. The signer writes
+/// `max(last + 1, now)` in Unix seconds and refuses to go past its own clock plus
+/// [`crate::repo::TIMESTAMP_VERSION_SLACK`]; the client allows more to absorb clock skew.
+pub const TIMESTAMP_VERSION_SLACK: u64 = 7 * 86_400;
 
 /// The trusted timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +226,10 @@ struct PersistedPolicy {
     sha256: String,
     length: u64,
     rule_count: usize,
+    /// Absent in states written before it existed: then no key is known to have signed, and a
+    /// policy-role change resets the floor (the old, conservative behaviour).
+    #[serde(default)]
+    signed_by: Vec<String>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -286,7 +307,17 @@ fn verify_root_step(path: &str, bytes: &[u8], old: &VerifiedRoot) -> Result<Veri
             found: new.root.fleet.clone(),
         });
     }
+    // A new root may not (re)introduce a key shared between the online role and an offline
+    // one; a shipped anchor that already does is kept and reported (see `key_sharing`).
+    if let Some(problem) = new.shared_online_key() {
+        return Err(UpdateError::SharedKeys { path: path.into(), problem });
+    }
     Ok(new)
+}
+
+/// Verifies root N+1 against root N (for the admin tool walking a repository's chain).
+pub fn verify_next_root(path: &str, bytes: &[u8], old: &VerifiedRoot) -> Result<VerifiedRoot, UpdateError> {
+    verify_root_step(path, bytes, old)
 }
 
 fn same_role_keys(a: &VerifiedRoot, b: &VerifiedRoot, role: RoleName) -> bool {
@@ -389,6 +420,7 @@ impl TrustedState {
                     sha256: pp.sha256,
                     length: pp.length,
                     rule_count: pp.rule_count,
+                    signed_by: pp.signed_by,
                 };
                 (Some(info), Some(policy))
             }
@@ -422,6 +454,7 @@ impl TrustedState {
                 sha256: p.sha256.clone(),
                 length: p.length,
                 rule_count: p.rule_count,
+                signed_by: p.signed_by.clone(),
             }),
             policy_floor: self.policy_floor,
             latest_known_time: self.latest_known_time,
@@ -446,15 +479,36 @@ impl TrustedState {
         if !same_role_keys(&self.root, &new, RoleName::Timestamp) {
             self.timestamp = None;
         }
-        if !same_role_keys(&self.root, &new, RoleName::Policy) {
+        // The policy floor survives a policy-role change (e.g. a key added) as long as the
+        // trusted policy still verifies under the new role: a threshold of the new role's keys
+        // is among the keys whose signatures on it verified. Only when its signers were revoked
+        // (or the threshold rose past them) is the floor reset, so that an honest policy signed
+        // by the new keys can be accepted even if a revoked key signed a huge version.
+        if !same_role_keys(&self.root, &new, RoleName::Policy) && !self.policy_verifies_under(&new) {
             self.policy_floor = 0;
         }
         self.root_bytes = bytes;
         self.root = new;
     }
 
+    /// Whether the trusted policy's recorded signers meet `root`'s policy threshold.
+    fn policy_verifies_under(&self, root: &VerifiedRoot) -> bool {
+        let Some(p) = &self.policy else { return false };
+        let role = root.role(RoleName::Policy);
+        let still = role.keyids.iter().filter(|id| p.signed_by.iter().any(|s| s == *id)).count();
+        still >= role.threshold as usize
+    }
+
     pub fn root(&self) -> &Root {
         &self.root.root
+    }
+
+    /// The trusted root's key-sharing problem, if any: one key in the online timestamp role
+    /// and in an offline role (root or policy). New roots with this are refused; a shipped
+    /// anchor that has it is kept (refusing it would stop enforcement) and reported here, and
+    /// by [`TrustedState::staleness`], so status shows the device as degraded.
+    pub fn key_sharing(&self) -> Option<String> {
+        self.root.shared_online_key().map(|p| format!("root v{}: {p}", self.root.root.version))
     }
 
     pub fn policy(&self) -> Option<&PolicyInfo> {
@@ -474,6 +528,9 @@ impl TrustedState {
         let now = now.max(self.latest_known_time);
         if self.root.root.expires <= now {
             return Some(format!("root v{} expired at {}", self.root.root.version, self.root.root.expires));
+        }
+        if let Some(problem) = self.key_sharing() {
+            return Some(problem);
         }
         match (&self.timestamp, &self.policy) {
             (_, None) => Some("no verified policy yet".into()),
@@ -567,6 +624,10 @@ impl TrustedState {
         let ts =
             Timestamp::parse(env.payload()).map_err(|source| UpdateError::Payload { path: path.into(), source })?;
         self.check_fleet(path, &ts.fleet)?;
+        let slack_secs = TIMESTAMP_VERSION_SLACK;
+        if ts.version > now.0.saturating_add(slack_secs) {
+            return Err(UpdateError::TimestampVersionFarFuture { version: ts.version, now, slack_secs });
+        }
         if let Some(trusted) = &self.timestamp {
             if ts.version < trusted.version {
                 return Err(UpdateError::TimestampRollback { trusted: trusted.version, offered: ts.version });
@@ -614,9 +675,10 @@ impl TrustedState {
             fsutil::write_atomic(dir, &format!("{actual}.json"), &bytes, 0o600)
                 .map_err(|source| UpdateError::Persist { path: dir.display().to_string(), source })?;
         }
-        let result = Self::verify_policy(&self.root, &path, bytes, pointer.version, now, device_tags)
-            .and_then(|(header, rules)| self.check_fleet(&path, &header.fleet).map(|()| (header, rules)));
-        let (header, rules) = match result {
+        let result = Self::verify_policy(&self.root, &path, bytes, pointer.version, now, device_tags).and_then(
+            |(header, rules, signers)| self.check_fleet(&path, &header.fleet).map(|()| (header, rules, signers)),
+        );
+        let (header, rules, signed_by) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 if let Some(dir) = &stored {
@@ -633,10 +695,15 @@ impl TrustedState {
             sha256: actual,
             length: pointer.length,
             rule_count: header.rule_count,
+            signed_by,
         };
         Ok((rules, info))
     }
 
+    /// Verify, then parse: the policy signatures are checked over the decoded bytes first, and
+    /// only bytes that a threshold of policy keys signed reach the parser. The compiled rule set
+    /// is bounded on its own ([`crate::metadata::compiled_budget`]). Returns the header, the
+    /// compiled rules, and the keyids whose signatures verified.
     fn verify_policy(
         root: &VerifiedRoot,
         path: &str,
@@ -644,22 +711,17 @@ impl TrustedState {
         expected_version: u64,
         now: Time,
         device_tags: &[String],
-    ) -> Result<(PolicyHeader, RuleSet), UpdateError> {
+    ) -> Result<(PolicyHeader, RuleSet, Vec<String>), UpdateError> {
         let env = open_envelope_owned(path, bytes, POLICY_TYPE)?;
-        // The policy signatures are checked on a second thread while the payload is parsed, so
-        // a large policy's SHA-512 (per signature) and its parse overlap on two cores. Parsing
-        // before the policy role's verdict is bounded: the bytes already match the hash and
-        // length the verified timestamp names (only the timestamp key holder chooses them, as
-        // TUF checks targets against snapshot before their signatures), the parser is strict and
-        // size-limited, and its result is dropped unless the signatures verify. A signature
-        // failure is reported before any parse error.
-        let (signatures, parsed) = std::thread::scope(|s| {
-            let verifier = s.spawn(|| verify_role(path, &env, root, RoleName::Policy, Signers::Policy));
-            let parsed = Policy::parse_compiled(env.payload(), device_tags);
-            (verifier.join(), parsed)
-        });
-        signatures.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        let (header, rules) = parsed.map_err(|source| UpdateError::Payload { path: path.into(), source })?;
+        let (keys, threshold) = root.role_keys(RoleName::Policy);
+        let signers = env.verify_signers(&keys, threshold).map_err(|source| UpdateError::Signatures {
+            path: path.into(),
+            signers: Signers::Policy,
+            source,
+        })?;
+        let signed_by = signers.into_iter().map(|k| keys[k].keyid().to_owned()).collect();
+        let (header, rules) = Policy::parse_compiled(env.payload(), device_tags)
+            .map_err(|source| UpdateError::Payload { path: path.into(), source })?;
         drop(env);
         if header.version != expected_version {
             return Err(UpdateError::PolicyVersionMismatch { timestamp: expected_version, policy: header.version });
@@ -667,7 +729,7 @@ impl TrustedState {
         if header.expires <= now {
             return Err(UpdateError::PolicyExpired { version: header.version, expires: header.expires, now });
         }
-        Ok((header, rules))
+        Ok((header, rules, signed_by))
     }
 
     fn check_fleet(&self, path: &str, fleet: &str) -> Result<(), UpdateError> {

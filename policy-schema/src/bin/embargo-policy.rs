@@ -95,6 +95,10 @@ enum Command {
         keys: Vec<PathBuf>,
         #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
         expires: Duration,
+        /// The signer's state file (last version signed, pinned root); default: beside the
+        /// repository directory, REPO.timestamp-state.json.
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Verify a repository (directory or https:// URL) exactly as the agent does.
     Verify {
@@ -274,9 +278,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("published policy v{} -> {} ({} bytes)", p.version, p.path.display(), p.length);
             println!("run `embargo-policy timestamp` to make devices pick it up");
         }
-        Command::Timestamp { repo: dir, keys, expires } => {
+        Command::Timestamp { repo: dir, keys, expires, state } => {
             let keys = private_keys(&keys)?;
-            let ts = repo::timestamp(&dir, &keys.iter().collect::<Vec<_>>(), None, expires, now)?;
+            let state = match state {
+                Some(s) => s,
+                None => repo::default_signer_state(&dir)?,
+            };
+            let ts = repo::timestamp_with_state(&dir, &state, &keys.iter().collect::<Vec<_>>(), None, expires, now)?;
             println!(
                 "timestamp v{} -> policy v{} ({}), expires {}",
                 ts.version, ts.policy.version, ts.policy.sha256, ts.expires
