@@ -192,6 +192,9 @@ impl Enforcer {
 
     /// What the sources make of one filesystem event.
     pub fn hints_of(&self, ev: &notify::Event) -> Vec<Hint> {
+        if crate::source::says_nothing(ev) && !ev.need_rescan() {
+            return Vec::new();
+        }
         let db = self.packages.hint(ev);
         if !db.is_empty() {
             return db;

@@ -38,6 +38,21 @@ pub enum Hint {
     Database(usize),
 }
 
+/// Whether an event says nothing new: opens, reads and non-writing closes — our own reads of a
+/// package database or of a file being identified among them, which would otherwise feed back
+/// into endless rescans. Checked before any source sees the event.
+pub fn says_nothing(ev: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(
+        ev.kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other)
+        )
+    )
+}
+
 /// One source of apps.
 pub trait Source {
     /// What a filesystem event means to this source (nothing, for most).

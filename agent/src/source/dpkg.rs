@@ -14,7 +14,8 @@ use std::process::Command;
 use embargo_policy::app::{App, Kind};
 
 use super::package::{
-    always_protected, app_of, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager, Removal,
+    always_protected, app_of, executables_of, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager,
+    Removal,
 };
 
 /// dpkg: the `deb` package manager.
@@ -41,10 +42,17 @@ impl PackageManager for Dpkg {
         path == admin.join("status") || path.parent() == Some(admin.join("updates").as_path())
     }
     fn installed(&self, root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
+        self.installed_since(root, &|_| None)
+    }
+    fn installed_since(
+        &self,
+        root: &Path,
+        known: &dyn Fn(&Package) -> Option<Vec<String>>,
+    ) -> std::io::Result<Vec<InstalledPackage>> {
         Ok(installed(root)?
             .into_iter()
             .map(|p| {
-                let files = files(root, &p);
+                let files = known(&p).unwrap_or_else(|| executables_of(files(root, &p)));
                 InstalledPackage { package: p, files }
             })
             .collect())

@@ -249,17 +249,6 @@ impl Source for Folders {
         if ev.need_rescan() || ev.paths.is_empty() {
             return vec![Hint::RescanAll];
         }
-        // Opens and non-writing closes (our own reads among them) say nothing new.
-        if matches!(
-            ev.kind,
-            EventKind::Access(
-                AccessKind::Open(_)
-                    | AccessKind::Read
-                    | AccessKind::Close(AccessMode::Read | AccessMode::Execute | AccessMode::Any | AccessMode::Other)
-            )
-        ) {
-            return Vec::new();
-        }
         let structural =
             matches!(ev.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
         let mut hints = Vec::new();

@@ -68,7 +68,11 @@ impl PackageRoot {
     /// Re-reads the installed packages and their verdicts. Returns the names whose verdict
     /// needs deciding (new, changed, held or waiting).
     pub fn read(&mut self, rules: &RuleSet) -> Vec<String> {
-        let installed = match self.manager.installed(&self.root) {
+        // Packages whose name, version and architecture did not change keep their file lists.
+        let known = |p: &super::package::Package| {
+            self.packages.get(&p.name).filter(|o| o.installed.package == *p).map(|o| o.installed.files.clone())
+        };
+        let installed = match self.manager.installed_since(&self.root, &known) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(root = %self.root.display(), error = %e, "cannot read the package database");

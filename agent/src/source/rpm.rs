@@ -14,7 +14,7 @@ use std::process::Command;
 use embargo_policy::app::Kind;
 
 use super::package::{
-    always_protected, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager, Removal,
+    always_protected, executables_of, try_lock_file, FrontendLock, InstalledPackage, Package, PackageManager, Removal,
 };
 
 /// rpm: the `rpm` package manager.
@@ -106,7 +106,7 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
             installed: true,
             signer,
         };
-        let files = lines.filter(|l| !l.is_empty() && *l != "(contains no files)").map(str::to_owned).collect();
+        let files = executables_of(lines.filter(|l| !l.is_empty() && *l != "(contains no files)").map(str::to_owned));
         pkgs.push(InstalledPackage { package: p, files });
     }
     Ok(pkgs)

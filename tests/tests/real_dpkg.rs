@@ -1,0 +1,120 @@
+//! The agent on a copy of a real system's dpkg database: the test machine's own `/var/lib/dpkg`
+//! copied under a temp root, plus two throwaway packages (no maintainer scripts) installed into
+//! that copy with the real dpkg. Only those two are ever purged: a copied real package's scripts
+//! would run against the host. Shows: the database is read (without re-reading itself forever
+//! through its own inotify events), the inventory lists a package's programs rather than every
+//! directory it ships, only the banned packages are purged, and status keeps answering.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use embargo_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const V1: &str =
+    "[[rule]]\nid = \"other\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"never-installed\"\n";
+const V2: &str =
+    "[[rule]]\nid = \"copy\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"embargo-realcopy-*\"\n";
+
+fn build_deb(dir: &Path, name: &str) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Test <t@example.invalid>\nDescription: test\n"),
+    )
+    .unwrap();
+    let exe = tree.join("usr/bin").join(name);
+    std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.join(format!("{name}.deb"));
+    let o = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn dpkg_status(root: &Path, name: &str) -> String {
+    let o = Command::new("dpkg-query")
+        .arg(format!("--root={}", root.display()))
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_copy_of_the_real_dpkg_database_purges_only_the_banned_and_status_keeps_answering() {
+    if !need(&["dpkg", "dpkg-deb", "dpkg-query", "cp"]) {
+        return;
+    }
+    if !Path::new("/var/lib/dpkg/status").exists() {
+        skip("needs this machine's dpkg database (/var/lib/dpkg/status)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sysroot");
+    std::fs::create_dir_all(root.join("var/lib")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    let o = Command::new("cp").args(["-a", "/var/lib/dpkg"]).arg(root.join("var/lib/")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names = ["embargo-realcopy-a", "embargo-realcopy-b"];
+    let debs: Vec<PathBuf> = names.iter().map(|n| build_deb(tmp.path(), n)).collect();
+    // No triggers: the copied packages' trigger scripts would run against the host.
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "--no-triggers", "-i"])
+        .args(&debs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dev =
+        Device::with_config(V1, "1d", &format!("\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n", root.display()));
+    eventually("the copied database read", WAIT, || {
+        let s = dev.status()?;
+        let deb = s["sources"].as_array()?.iter().find(|r| r["kind"] == "deb")?.clone();
+        (deb["apps_seen"].as_u64()? > 100).then_some(())
+    });
+    // The inventory names what identifies and acts on a package, not every shared directory.
+    let inv: serde_json::Value = serde_json::from_slice(&dev.ctl(&["inventory", "--json"]).stdout).unwrap();
+    let apps = inv["apps"].as_array().unwrap();
+    let ours = apps.iter().find(|e| e["app"]["id"] == names[0]).unwrap().clone();
+    // The host's own dpkg is listed with its programs, not its directories and data files.
+    let dpkg = apps.iter().find(|e| e["app"]["id"] == "dpkg" && e["app"]["kind"] == "deb").unwrap();
+    let dpkg_paths = dpkg["app"]["paths"].as_array().unwrap();
+    let dpkg_paths: Vec<&str> = dpkg_paths.iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(dpkg_paths.iter().any(|p| p.ends_with("/usr/bin/dpkg")), "{dpkg}");
+    assert!(
+        dpkg_paths.iter().all(|p| !p.ends_with("/usr/bin") && !p.ends_with("/libexec/dpkg") && !p.contains("/share/")),
+        "{dpkg}"
+    );
+    let paths: Vec<&str> = ours["app"]["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(paths, [root.join("usr/bin").join(names[0]).to_str().unwrap()], "{ours}");
+    // The update purging both: status answers throughout.
+    dev.publish(V2);
+    let socket = dev.socket.clone();
+    let syncer = std::thread::spawn(move || {
+        Command::new(bin("embargoctl")).args(["--socket", socket.to_str().unwrap(), "sync"]).output().unwrap()
+    });
+    let mut worst = Duration::ZERO;
+    let deadline = Instant::now() + WAIT;
+    while names.iter().any(|n| !dpkg_status(&root, n).is_empty()) {
+        assert!(Instant::now() < deadline, "not purged in time");
+        let t = Instant::now();
+        assert!(dev.status().is_some(), "status answered");
+        worst = worst.max(t.elapsed());
+    }
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert!(dev.status().is_some());
+        worst = worst.max(t.elapsed());
+    }
+    assert!(syncer.join().unwrap().status.success());
+    // Not yet within the 100 ms target: package reads and dpkg runs still happen on the core
+    // loop (moving them to a worker is the next step). The figure is printed, not asserted.
+    eprintln!("slowest status during and after the purge: {worst:?}");
+    assert!(dpkg_status(&root, "dpkg").ends_with(" installed"), "copied packages untouched");
+}
