@@ -68,6 +68,45 @@ pub struct Manifest {
     /// Processes that were running the file and were killed.
     #[serde(default)]
     pub killed_pids: Vec<i32>,
+    /// `root` and `rel` as bytes (hex), present only when they are not valid UTF-8: names are
+    /// bytes on Linux, and `root`/`rel`/`original_path` above are then lossy (U+FFFD) for
+    /// display only. Restore uses these. Manifests written before this field load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rel_hex: Option<String>,
+}
+
+/// The hex of `p`'s bytes when `p` is not valid UTF-8 (else its `&str` form is lossless).
+fn hex_unless_utf8(p: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    p.to_str().is_none().then(|| hex::encode(p.as_os_str().as_bytes()))
+}
+
+fn path_from(text: &str, hex: Option<&str>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    match hex.and_then(|h| hex::decode(h).ok()) {
+        Some(bytes) => PathBuf::from(std::ffi::OsString::from_vec(bytes)),
+        None => PathBuf::from(text),
+    }
+}
+
+impl Manifest {
+    /// The watched root the file was in, losslessly.
+    pub fn root_path(&self) -> PathBuf {
+        path_from(&self.root, self.root_hex.as_deref())
+    }
+
+    /// The file's path relative to its root, losslessly.
+    pub fn rel_path(&self) -> PathBuf {
+        path_from(&self.rel, self.rel_hex.as_deref())
+    }
+
+    /// The original path's bytes.
+    pub fn original_path_bytes(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt as _;
+        self.root_path().join(self.rel_path()).into_os_string().into_vec()
+    }
 }
 
 /// One item to quarantine.
@@ -143,8 +182,7 @@ impl QuarantineStore {
         let original = r.root_path.join(r.rel);
         let shown = original.display().to_string();
         let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
-        let name_str = name.to_str().ok_or_else(|| QuarantineError::Raced { path: shown.clone() })?;
-        match safefs::meta_at(&parent, name_str) {
+        match safefs::meta_at(&parent, name) {
             Ok(m) if m.id == r.meta.id => {}
             Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
         }
@@ -170,6 +208,8 @@ impl QuarantineStore {
             dev: r.meta.id.dev,
             ino: r.meta.id.ino,
             killed_pids,
+            root_hex: hex_unless_utf8(r.root_path),
+            rel_hex: hex_unless_utf8(r.rel),
         };
         let record = serde_json::to_vec(&manifest).expect("manifest serializes");
         let tagged = safefs::set_xattr(r.file, XATTR, &record)
@@ -192,7 +232,7 @@ impl QuarantineStore {
                 }
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                self.copy_in(&r, &parent, name_str, &bin, &record).inspect_err(|_| {
+                self.copy_in(&r, &parent, name, &bin, &record).inspect_err(|_| {
                     let _ = self.remove_manifest(&id);
                 })?;
             }
@@ -219,7 +259,7 @@ impl QuarantineStore {
         &self,
         r: &Request<'_>,
         parent: &OwnedFd,
-        name: &str,
+        name: &std::ffi::OsStr,
         bin: &str,
         record: &[u8],
     ) -> Result<(), QuarantineError> {
@@ -272,7 +312,7 @@ impl QuarantineStore {
     }
 
     fn remove_manifest(&self, id: &str) -> std::io::Result<()> {
-        match safefs::unlink_at(&self.fd, &format!("{id}.json")) {
+        match safefs::unlink_at(&self.fd, format!("{id}.json")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -313,8 +353,8 @@ impl QuarantineStore {
     /// Puts a quarantined file back where it was, with its mode and owner. Refuses to overwrite.
     pub fn restore(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
-        let root = safefs::open_root(Path::new(&m.root)).map_err(io(&m.root))?;
-        let rel = PathBuf::from(&m.rel);
+        let root = safefs::open_root(&m.root_path()).map_err(io(&m.root))?;
+        let rel = m.rel_path();
         let name = rel.file_name().ok_or_else(|| QuarantineError::NoSuchItem(id.into()))?.to_owned();
         let parent =
             safefs::mkdirs_beneath(&root, rel.parent().unwrap_or(Path::new(""))).map_err(io(&m.original_path))?;
@@ -326,7 +366,7 @@ impl QuarantineStore {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| io(&m.original_path)(e.into()))?;
-        if safefs::meta_at(&parent, name.to_str().unwrap_or("")).is_ok() {
+        if safefs::meta_at(&parent, name.as_os_str()).is_ok() {
             return Err(QuarantineError::Occupied { path: m.original_path.clone() });
         }
         match safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, &name) {
@@ -362,7 +402,7 @@ impl QuarantineStore {
     /// Deletes a quarantined file and its manifest for good.
     pub fn purge(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
-        match safefs::unlink_at(&self.fd, &format!("{id}.bin")) {
+        match safefs::unlink_at(&self.fd, format!("{id}.bin")) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&m.original_path)(e)),
@@ -471,27 +511,63 @@ mod tests {
     }
 
     fn quarantine_with_sha(store: &QuarantineStore, root: &Path, name: &str, sha256: &str) -> Manifest {
+        quarantine_named(store, root, name.as_ref(), sha256).unwrap()
+    }
+
+    fn quarantine_named(
+        store: &QuarantineStore,
+        root: &Path,
+        name: &std::ffi::OsStr,
+        sha256: &str,
+    ) -> Result<Manifest, QuarantineError> {
         use std::os::unix::fs::PermissionsExt as _;
         let p = root.join(name);
         std::fs::write(&p, b"payload").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
         let root_fd = safefs::open_root(root).unwrap();
         let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new(name)).unwrap();
-        store
-            .quarantine(Request {
-                root_path: root,
-                root_fd: &root_fd,
-                rel: Path::new(name),
-                file: &file,
-                meta: &meta,
-                sha256,
-                rule: "r",
-                action: Action::Quarantine,
-                app_kind: "file",
-                app_id: name,
-                purge_after: None,
-            })
-            .unwrap()
+        store.quarantine(Request {
+            root_path: root,
+            root_fd: &root_fd,
+            rel: Path::new(name),
+            file: &file,
+            meta: &meta,
+            sha256,
+            rule: "r",
+            action: Action::Quarantine,
+            app_kind: "file",
+            app_id: &name.to_string_lossy(),
+            purge_after: None,
+        })
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_or_hold_newlines_or_are_255_bytes_quarantine_and_restore() {
+        use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(std::ffi::OsStr::from_bytes(b"r\xffoot"));
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let long = vec![b'W'; 255];
+        for name in [&b"WeChat\xff.AppImage"[..], b"We\nChat.AppImage", &long, b"\xfe\n\x1b[31m\xe2\x80\xae"] {
+            let name = std::ffi::OsStr::from_bytes(name);
+            let m = quarantine_named(&store, &root, name, "00").unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert!(!root.join(name).exists(), "{name:?} still in place");
+            // The manifest on disk names the file losslessly.
+            let back = store.get(&m.id).unwrap();
+            assert_eq!(back.original_path_bytes(), root.join(name).into_os_string().into_vec(), "{name:?}");
+            store.restore(&m.id).unwrap_or_else(|e| panic!("restore {name:?}: {e}"));
+            assert_eq!(std::fs::read(root.join(name)).unwrap(), b"payload", "{name:?} restored");
+            std::fs::remove_file(root.join(name)).unwrap();
+        }
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn manifests_written_before_name_bytes_still_load() {
+        let old = r#"{"schema_version":1,"id":"q1","original_path":"/r/a","root":"/r","rel":"a","uid":0,"gid":0,"mode":420,"size":1,"sha256":"00","rule":"r","action":"quarantine","app_kind":"file","app_id":"a","quarantined_at":"2026-01-01T00:00:00Z","purge_after":null,"dev":1,"ino":2}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.original_path_bytes(), b"/r/a");
     }
 
     #[test]
