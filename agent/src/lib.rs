@@ -98,6 +98,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         serde_json::json!({"type": "start", "pid": std::process::id(), "policy": state.policy().map(|p| p.version)}),
     );
 
+    match quarantine::hardlinks_protected() {
+        Some(true) => {}
+        Some(false) => tracing::error!(
+            "fs.protected_hardlinks is 0: users may hard link files they do not own into watched folders; the agent refuses files with more than one link, and status reports the device degraded"
+        ),
+        None => tracing::warn!("cannot read /proc/sys/fs/protected_hardlinks"),
+    }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (sync_tx, sync_rx) = mpsc::channel(1);
     let status = sync::policy_status(&cfg, &state, &proto::PolicyStatus::default());

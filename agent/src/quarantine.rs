@@ -40,6 +40,10 @@ pub enum QuarantineError {
     NoSuchItem(String),
     #[error("{path}: something already exists at the original location; not overwritten")]
     Occupied { path: String },
+    /// Acting on this file could act on something outside the watched root or on another user's
+    /// file (see `check_acceptable`); reported, nothing touched.
+    #[error("{path}: refused, nothing touched: {reason}")]
+    Refused { path: String, reason: String },
 }
 
 /// What was quarantined, where from, and why. Written beside the file and returned by `list`.
@@ -135,6 +139,33 @@ fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Quarantine
     move |source| QuarantineError::Io { path: path.to_string(), source }
 }
 
+/// Whether the agent may act on a file (kill what runs it, move it, strip its mode), given its
+/// current fstat and the owner of the watched root it is in ("the folder's user":
+/// `/home/alice/Downloads` → alice).
+/// - More than one hard link: refused. The other name may be outside the watched roots (another
+///   user's file, a setuid binary where `fs.protected_hardlinks=0`), and killing or stripping the
+///   inode would act there.
+/// - Not owned by the folder's user: refused, unless the root is root-owned (`/opt`, a
+///   system-wide root), which accepts files of any owner: only a file with one name, which is
+///   inside the root, gets there.
+pub fn check_acceptable(m: &Meta, root_owner: u32) -> Result<(), String> {
+    if m.nlink != 1 {
+        return Err(format!("the file has {} hard links (another name may be outside the watched roots)", m.nlink));
+    }
+    if root_owner != 0 && m.uid != root_owner {
+        return Err(format!("the file is owned by uid {}, not by uid {root_owner} who owns the watched folder", m.uid));
+    }
+    Ok(())
+}
+
+/// `fs.protected_hardlinks` (read once): with 0, users may hard link files they do not own into
+/// their folders. Such files are refused anyway (`check_acceptable`), but the device is weaker
+/// and `status` says so. `None`: could not be read.
+pub fn hardlinks_protected() -> Option<bool> {
+    static READ: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *READ.get_or_init(|| std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok().map(|v| v.trim() != "0"))
+}
+
 /// Kills every process whose executable is `id`. Returns their pids.
 pub fn kill_processes_running(id: FileId) -> Vec<i32> {
     use std::os::unix::fs::MetadataExt as _;
@@ -186,6 +217,12 @@ impl QuarantineStore {
             Ok(m) if m.id == r.meta.id => {}
             Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
         }
+        // Before anything is killed, tagged or moved: the quarantine moves a name but acts on
+        // the inode (kill, chmod), so a second name or a foreign owner is refused.
+        let now = safefs::meta(r.file).map_err(io(&shown))?;
+        let root_owner = safefs::meta(r.root_fd).map_err(io(r.root_path.display()))?.uid;
+        check_acceptable(&now, root_owner)
+            .map_err(|reason| QuarantineError::Refused { path: shown.clone(), reason })?;
         let killed_pids = kill_processes_running(r.meta.id);
         let id = self.new_id();
         let mut manifest = Manifest {
@@ -561,6 +598,75 @@ mod tests {
             std::fs::remove_file(root.join(name)).unwrap();
         }
         assert!(store.list().is_empty());
+    }
+
+    /// Finding 13: through a hard link under a banned name, the agent would have killed every
+    /// process running a file outside the roots and stripped its mode.
+    #[test]
+    fn a_hard_link_to_a_file_outside_the_root_is_refused_and_nothing_is_touched() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // A program running from outside the root, and a second name for it inside.
+        let prog = outside.join("sleeper");
+        std::fs::copy("/bin/sleep", &prog).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+        std::fs::hard_link(&prog, root.join("WeChat.AppImage")).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let root_fd = safefs::open_root(&root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
+        let r = store.quarantine(Request {
+            root_path: &root,
+            root_fd: &root_fd,
+            rel: Path::new("WeChat.AppImage"),
+            file: &file,
+            meta: &meta,
+            sha256: "00",
+            rule: "r",
+            action: Action::Quarantine,
+            app_kind: "file",
+            app_id: "WeChat.AppImage",
+            purge_after: None,
+        });
+        assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
+        assert!(r.unwrap_err().to_string().contains("2 hard links"));
+        assert_eq!(std::fs::metadata(&prog).unwrap().mode() & 0o7777, 0o4755, "mode unchanged");
+        assert!(root.join("WeChat.AppImage").exists(), "not moved");
+        assert!(child.try_wait().unwrap().is_none(), "the program outside the root was not killed");
+        assert!(store.list().is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Finding 13: a file not owned by the folder's user (the owner of the watched root) is
+    /// refused; a root-owned root accepts any owner's file with one link.
+    #[test]
+    fn files_not_owned_by_the_folders_user_are_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: needs root to chown");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("alice-downloads");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        // A root-owned root: a file of uid 1000 in it is taken.
+        std::fs::write(root.join("a"), b"payload").unwrap();
+        std::os::unix::fs::chown(root.join("a"), Some(1000), Some(1000)).unwrap();
+        let r = quarantine_named(&store, &root, "a".as_ref(), "00");
+        assert!(r.is_ok(), "{r:?}");
+        // Alice's folder: her file is taken, root's is refused and left alone.
+        std::os::unix::fs::chown(&root, Some(1000), Some(1000)).unwrap();
+        std::fs::write(root.join("b"), b"payload").unwrap();
+        std::os::unix::fs::chown(root.join("b"), Some(1000), Some(1000)).unwrap();
+        assert!(quarantine_named(&store, &root, "b".as_ref(), "00").is_ok());
+        let r = quarantine_named(&store, &root, "c".as_ref(), "00");
+        assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
+        assert!(root.join("c").exists());
     }
 
     #[test]

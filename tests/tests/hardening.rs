@@ -62,3 +62,38 @@ fn finding_1_non_utf8_names_are_quarantined_and_restored_by_embargod() {
         // inodes are exempt (finding 3, not this test's subject).
     }
 }
+
+/// Finding 13: a hard link, under a banned name, to a running setuid program outside the roots.
+/// The daemon reports it and touches nothing: the program keeps running, its mode is unchanged,
+/// and its name inside the root stays.
+#[test]
+fn finding_13_a_hard_link_to_a_running_program_outside_the_roots_is_refused() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let outside = dev.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // `sleep` carrying the AppImage magic (the kernel ignores those bytes), setuid, running.
+    let prog = outside.join("sleeper");
+    let mut bytes = std::fs::read("/bin/sleep").unwrap();
+    bytes[8..11].copy_from_slice(b"AI\x02");
+    std::fs::write(&prog, bytes).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut child = std::process::Command::new(&prog).arg("60").spawn().unwrap();
+    let link = dev.home.join("Downloads/WeChat-x86_64.AppImage");
+    std::fs::hard_link(&prog, &link).unwrap();
+    let refused = eventually_logged(&dev, "the refusal in status", || {
+        let s = dev.status()?;
+        s["enforcement"]["last_actions"]
+            .as_array()?
+            .iter()
+            .find(|a| a["result"].as_str().is_some_and(|r| r.contains("refused")))
+            .cloned()
+    });
+    assert!(refused["result"].as_str().unwrap().contains("hard links"), "{refused}");
+    assert!(child.try_wait().unwrap().is_none(), "the program outside the roots was killed");
+    assert_eq!(std::fs::metadata(&prog).unwrap().mode() & 0o7777, 0o4755, "its mode was changed");
+    assert!(link.exists(), "the link was moved");
+    assert!(dev.quarantine_list().is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
