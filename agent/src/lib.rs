@@ -5,6 +5,7 @@
 //! - `daemon`: the core loop and all enforcement state (one closed `Event` enum).
 //! - `sync`: the task that keeps the signed policy current (owns `TrustedState`).
 //! - `identify`: what an opened file is (AppImage, desktop entry, plain file).
+//! - `artifact`: `.deb` control and `.rpm` header read in-process, every size bounded.
 //! - `safefs`: race-safe file operations beneath watched roots (openat2, renameat2).
 //! - `quarantine`: the reversible quarantine store with manifests and crash recovery.
 //! - `audit`: the hash-chained audit log.
@@ -14,6 +15,7 @@
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
+pub mod artifact;
 pub mod audit;
 pub mod config;
 pub mod control;

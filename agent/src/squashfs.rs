@@ -85,7 +85,7 @@ fn decompress(c: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, Squa
 
 /// The window size a zstd frame header declares (RFC 8878 §3.1.1.1), or `None` when `data` does
 /// not start with a zstd frame header.
-fn zstd_window(data: &[u8]) -> Option<u64> {
+pub(crate) fn zstd_window(data: &[u8]) -> Option<u64> {
     if data.get(..4)? != [0x28, 0xb5, 0x2f, 0xfd] {
         return None;
     }
