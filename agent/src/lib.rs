@@ -22,6 +22,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dpkg;
+pub mod escape;
 pub mod flatpak;
 pub mod identify;
 pub mod packages;

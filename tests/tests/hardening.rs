@@ -97,3 +97,57 @@ fn finding_13_a_hard_link_to_a_running_program_outside_the_roots_is_refused() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Finding 15: a name holding `\n`, an escape sequence and U+202E cannot forge a line in
+/// `embargoctl` output or in the daemon's log, nor reach the terminal raw.
+#[test]
+fn finding_15_control_bidi_and_escape_codes_in_names_are_escaped_in_output_and_log() {
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let name = "WeChat-\n2026-11-30 quarantined FORGED \x1b[31m\u{202E}gepj.AppImage";
+    let banned = install_bytes(&dev, "Downloads", name.as_bytes(), &appimage("wechat"));
+    eventually_logged(&dev, "the WeChat with a forged line in its name to be quarantined", || gone(&banned));
+    let clean = |what: &str, text: &str| {
+        assert!(!text.contains('\x1b') && !text.contains('\u{202E}'), "{what} carries raw codes: {text:?}");
+        for line in text.lines().filter(|l| l.contains("FORGED")) {
+            assert!(line.contains("WeChat-"), "{what}: the name forged a line: {line:?}");
+        }
+    };
+    for args in [&["quarantine", "list"][..], &["status"], &["events"], &["inventory"]] {
+        let out = dev.ctl(args);
+        assert!(out.status.code().is_some_and(|c| c < 2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        clean(&format!("embargoctl {args:?}"), &text);
+    }
+    let json = dev.ctl(&["quarantine", "list", "--json"]);
+    let text = String::from_utf8(json.stdout).unwrap();
+    clean("quarantine list --json", &text);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v[0]["original_path"].as_str().unwrap().ends_with(name), "the JSON value is the exact name");
+    // The log: tracing's own colours aside, the name's codes are escaped.
+    let log = std::fs::read_to_string(dev.tmp.path().join("embargod.log")).unwrap();
+    assert!(!log.contains("\x1b[31m\u{202E}") && !log.contains('\u{202E}'), "raw codes in the log");
+    for line in log.lines().filter(|l| l.contains("FORGED")) {
+        assert!(line.contains("WeChat-"), "the name forged a log line: {line:?}");
+    }
+}
+
+/// Finding 17: `embargoctl … | true` (stdout closed before it writes) exits normally.
+#[test]
+fn finding_17_a_closed_stdout_is_a_normal_exit() {
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    for args in [&["status"][..], &["status", "--json"], &["quarantine", "list"], &["events"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bin("embargoctl"))
+            .arg("--socket")
+            .arg(&dev.socket)
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
