@@ -151,3 +151,68 @@ fn finding_17_a_closed_stdout_is_a_normal_exit() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Finding 10: one user holding (and re-opening) 70 idle connections to the control socket does
+/// not lock root out: root's `embargoctl status` is answered at once.
+#[test]
+fn finding_10_idle_connections_of_one_user_do_not_lock_root_out() {
+    if !is_root() && skip("needs root to run embargod as root and the flood as nobody") {
+        return;
+    }
+    // The system python (a per-user install may not be executable by nobody).
+    if !need(&["setpriv", "/usr/bin/python3"]) {
+        return;
+    }
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    // The flood: a client as nobody that keeps 70 connections open without sending a byte,
+    // reconnecting whatever the daemon closes, for 20 s.
+    let script = r#"
+import socket, sys, time
+path, n, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def conn():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.setblocking(False)
+    return s
+socks = [conn() for _ in range(n)]
+print("ready", flush=True)
+end = time.time() + secs
+while time.time() < end:
+    for i, s in enumerate(socks):
+        try:
+            if s.recv(1) == b"":
+                s.close(); socks[i] = conn()
+        except BlockingIOError:
+            pass
+        except OSError:
+            try: socks[i] = conn()
+            except OSError: pass
+    time.sleep(0.005)
+"#;
+    let mut flood = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .arg(&dev.socket)
+        .args(["70", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(flood.stdout.take().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let out = dev.ctl(&["status", "--json"]);
+        assert!(out.status.code().is_some_and(|c| c < 2), "root locked out: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(t.elapsed() < Duration::from_secs(2), "root waited {:?}", t.elapsed());
+    }
+    assert!(flood.try_wait().unwrap().is_none(), "the flood ended early");
+    flood.kill().unwrap();
+    flood.wait().unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
