@@ -1,6 +1,7 @@
 //! Identifying a file as an app, from an already opened fd (never by path, never by running it).
 //!
-//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8. When the desktop
+//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8, or (the magic is
+//!   optional) an ELF with a squashfs after its section headers, or a file named `*.AppImage`. When the desktop
 //!   entry embedded in the squashfs can be read (`squashfs`: gzip or zstd images), the id is its
 //!   desktop file id (`com.tencent.WeChat.desktop` → `com.tencent.WeChat`), the name its `Name=`
 //!   (else `X-AppImage-Name=`) and the version its `X-AppImage-Version=`, so renaming the file does
@@ -131,7 +132,12 @@ pub fn identify_unhashed(
     let mut app = match kind {
         _ if artifact.is_some() => artifact.expect("checked"),
         Kind::Appimage => {
-            if !is_appimage(&head[..n]) {
+            // The `AI\x02` bytes are optional (the kernel and the type-2 runtime ignore them), so
+            // an ELF with a squashfs after its section headers, or anything named *.AppImage
+            // (type 1, a script), is a candidate too.
+            let elf = head[..n].starts_with(b"\x7fELF");
+            let named = file_name.to_ascii_lowercase().ends_with(".appimage");
+            if !(is_appimage(&head[..n]) || named || elf && crate::squashfs::has_image_after_elf(file)) {
                 return Ok(None);
             }
             let mut a = App::new(Kind::Appimage, file_name.clone());

@@ -410,6 +410,13 @@ fn resolve_in_image(target: &[u8]) -> Result<Vec<Vec<u8>>, SquashError> {
     Ok(parts)
 }
 
+/// Whether a squashfs superblock (`hsqs`) follows the ELF section header table of `file`: the
+/// shape of a type-2 AppImage whether or not it carries the optional `AI\x02` bytes (the kernel
+/// and the runtime ignore them). True also for images this reader cannot decode.
+pub fn has_image_after_elf(file: &File) -> bool {
+    !matches!(Image::open(file), Err(SquashError::NoImage))
+}
+
 /// The desktop entry embedded in the AppImage open as `file`: its file name in the image's root
 /// and its text. `Err` says why it could not be read; nothing here panics on any input.
 pub fn appimage_desktop_entry(file: &File) -> Result<(String, String), SquashError> {

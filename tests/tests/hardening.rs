@@ -216,3 +216,25 @@ fn is_root() -> bool {
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
+
+/// Finding 4: the `AI\x02` bytes are optional (the kernel and the runtime ignore them). A real
+/// AppImage with them zeroed, under a name that says nothing, is still found by its squashfs
+/// after the ELF section headers and quarantined; so is a file only named `*.AppImage`.
+#[test]
+fn finding_4_an_appimage_without_its_magic_bytes_is_still_an_appimage() {
+    if !need(&["mksquashfs"]) {
+        return;
+    }
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let mut bytes = RealAppImage::new("com.tencent.WeChat", "WeChat", "4.0").build(dev.tmp.path());
+    bytes[8..11].copy_from_slice(&[0, 0, 0]);
+    let hidden = install_bytes(&dev, "Downloads", b"holiday-photos", &bytes);
+    eventually_logged(&dev, "the magic-less AppImage to be quarantined", || gone(&hidden));
+    let m = dev.quarantine_list().into_iter().find(|m| m["original_path"] == hidden.to_str().unwrap()).unwrap();
+    assert_eq!(m["app_id"], "com.tencent.WeChat", "identified from its embedded desktop entry");
+    // Named *.AppImage, ELF but no squashfs and no magic: a candidate, matched by its name.
+    let mut elf = std::fs::read("/bin/true").unwrap();
+    elf[8..11].copy_from_slice(&[0, 0, 0]);
+    let named = install_bytes(&dev, "Downloads", b"WeChat-x86_64.AppImage", &elf);
+    eventually_logged(&dev, "the AppImage-named ELF to be quarantined", || gone(&named));
+}
