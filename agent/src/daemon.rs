@@ -781,6 +781,9 @@ impl Daemon {
         if !self.needs_confirmation.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.needs_confirmation.len()));
         }
+        if let Some(note) = crate::STATE_RECOVERY.get().filter(|_| self.policy.last_success.is_none()) {
+            reasons.push(note.clone());
+        }
         if crate::quarantine::hardlinks_protected() == Some(false) {
             reasons.push("fs.protected_hardlinks is 0: users may hard link others' files into watched folders (such files are refused, not acted on)".into());
         }

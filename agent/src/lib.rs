@@ -52,6 +52,11 @@ pub enum AgentError {
     Runtime(String),
 }
 
+/// What start-up recovered from damaged trust state (`TrustedState::open_or_recover`), if
+/// anything: `status` reports the device degraded with it until a sync succeeds. One agent per
+/// process, so a process-wide value.
+pub static STATE_RECOVERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Checks the state directory: created 0700 if missing; refused if it is a symlink or writable
 /// by anyone but its owner, or (as root) not owned by root.
 fn prepare_state_dir(cfg: &Config) -> Result<(), AgentError> {
@@ -85,8 +90,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     })?;
     let transport = sync::transport(&cfg).map_err(|e| AgentError::Config(format!("{}: {e}", cfg.path.display())))?;
     prepare_state_dir(&cfg)?;
-    let (state, rules) = TrustedState::open(&cfg.state_dir.join("trust"), &anchor, &cfg.tags)
+    let (state, rules, recovered) = TrustedState::open_or_recover(&cfg.state_dir.join("trust"), &anchor, &cfg.tags)
         .map_err(|e| AgentError::Runtime(format!("loading trusted state: {e}")))?;
+    if let Some(note) = &recovered {
+        tracing::error!("{note}");
+        let _ = STATE_RECOVERY.set(note.clone());
+    }
     let rules = rules.unwrap_or_default();
     tracing::info!(policy = ?state.policy().map(|p| p.version), rules = rules.len(), "enforcing the persisted policy before any network access");
     let store = quarantine::QuarantineStore::open(&cfg.state_dir.join("quarantine"))
@@ -96,6 +105,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     for fixed in store.recover() {
         tracing::warn!(%fixed, "quarantine recovery");
         let _ = audit.append(serde_json::json!({"type": "recovery", "fixed": fixed}));
+    }
+    if let Some(note) = &recovered {
+        let _ = audit.append(serde_json::json!({"type": "state_recovery", "note": note}));
     }
     let _ = audit.append(
         serde_json::json!({"type": "start", "pid": std::process::id(), "policy": state.policy().map(|p| p.version)}),

@@ -238,3 +238,45 @@ fn finding_4_an_appimage_without_its_magic_bytes_is_still_an_appimage() {
     let named = install_bytes(&dev, "Downloads", b"WeChat-x86_64.AppImage", &elf);
     eventually_logged(&dev, "the AppImage-named ELF to be quarantined", || gone(&named));
 }
+
+/// Finding 16: a damaged `trust.json`, or a missing policy file, no longer stops the daemon. It
+/// moves the damaged state aside, starts from the last known good copy (or the anchor), reports
+/// degraded naming it, and a sync restores the policy.
+#[test]
+fn finding_16_damaged_trust_state_is_moved_aside_and_the_daemon_still_starts() {
+    let mut dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let trust = dev.state.join("trust");
+    let aside = |prefix: &str| {
+        std::fs::read_dir(&trust).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    };
+    // 1. trust.json damaged, the server away: the last known good state is enforced at once.
+    dev.stop_agent();
+    dev.stop_server();
+    std::fs::write(trust.join("trust.json"), b"{ damaged").unwrap();
+    dev.start_agent();
+    let s = dev.status().unwrap();
+    assert_eq!(s["daemon"]["health"], "degraded", "{s}");
+    let reasons = s["daemon"]["reasons"].to_string();
+    assert!(reasons.contains("trust.json") && reasons.contains("last known good"), "{reasons}");
+    assert_eq!(s["policy"]["policy_version"], 1);
+    assert!(aside("trust.json.damaged-"), "the damaged file is kept aside");
+    let banned = dev.install("Downloads/WeChat-x86_64.AppImage", &appimage("x"));
+    eventually_logged(&dev, "the restored policy to act", || gone(&banned));
+
+    // 2. Both copies unusable (the policy file they name is gone): start from the anchor, and a
+    //    sync (the server back, on a new port) restores the policy.
+    dev.stop_agent();
+    for e in std::fs::read_dir(trust.join("policy")).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let (server, url) = start_server(&dev.repo.dir, &dev.ca, &[]);
+    let old = std::mem::replace(&mut dev.url, url.clone());
+    dev.server = Some(server);
+    dev.reconfigure(|t| t.replace(&old, &url));
+    let s = dev.status().unwrap();
+    assert_eq!(s["policy"]["policy_version"], 1, "synced again: {s}");
+    assert_eq!(s["daemon"]["health"], "healthy", "{s}");
+    assert!(aside("trust.good.json.damaged-"), "the unusable good copy is kept aside too");
+    let log = std::fs::read_to_string(dev.tmp.path().join("embargod.log")).unwrap();
+    assert!(log.contains("started from the trust anchor"), "{log}");
+}
