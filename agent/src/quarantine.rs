@@ -27,6 +27,12 @@ use serde::{Deserialize, Serialize};
 use crate::safefs::{self, FileId, Meta};
 
 const XATTR: &str = "trusted.embargo.manifest";
+/// Largest file copied into the main store when its filesystem has no per-filesystem store.
+pub const COPY_MAX: u64 = 1 << 30;
+/// Share of the main store's filesystem a copy must leave free.
+pub const COPY_RESERVE_PERCENT: u64 = 5;
+/// Name of the per-filesystem store at the top of a filesystem other than the main store's.
+pub const FS_STORE: &str = ".embargo-quarantine";
 const XATTR_USER: &str = "user.embargo.manifest";
 pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
 
@@ -79,6 +85,11 @@ pub struct Manifest {
     pub root_hex: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rel_hex: Option<String>,
+    /// The per-filesystem store holding `<id>.bin` when the file was on another filesystem than
+    /// the main store (see `QuarantineStore::fs_store`); absent: the main store. The manifest
+    /// itself is always in the main store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_dir: Option<String>,
 }
 
 /// The hex of `p`'s bytes when `p` is not valid UTF-8 (else its `&str` form is lossless).
@@ -132,6 +143,8 @@ pub struct Request<'a> {
 pub struct QuarantineStore {
     dir: PathBuf,
     fd: OwnedFd,
+    /// The main store's filesystem.
+    dev: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -195,7 +208,8 @@ impl QuarantineStore {
     pub fn open(dir: &Path) -> Result<Self, QuarantineError> {
         embargo_policy::fsutil::ensure_dir(dir, 0o700).map_err(io(dir.display()))?;
         let fd = safefs::open_root(dir).map_err(io(dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), fd, counter: std::sync::atomic::AtomicU64::new(0) })
+        let dev = safefs::meta(&fd).map_err(io(dir.display()))?.id.dev;
+        Ok(Self { dir: dir.to_path_buf(), fd, dev, counter: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -206,6 +220,59 @@ impl QuarantineStore {
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("q{t:x}{n:04x}")
+    }
+
+    /// The per-filesystem store for files on filesystem `dev` under `root_path`:
+    /// `<top>/.embargo-quarantine`, where `<top>` is the highest ancestor of the root still on
+    /// `dev` (the mount point). Used only when `<top>` is root-owned and not writable by others
+    /// unless sticky (so no user can rename the store away), and the store directory is ours:
+    /// created 0700, opened without following links, root-owned, 0700, on `dev`. `None`: no
+    /// such store; the caller falls back to the bounded copy.
+    fn fs_store(&self, root_path: &Path, dev: u64) -> Option<(OwnedFd, PathBuf)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut top = root_path;
+        while let Some(parent) = top.parent() {
+            if std::fs::symlink_metadata(parent).ok()?.dev() != dev {
+                break;
+            }
+            top = parent;
+        }
+        let top_fd = safefs::open_root(top).ok()?;
+        let t = safefs::meta(&top_fd).ok()?;
+        if t.id.dev != dev || t.uid != 0 || (t.mode & 0o022 != 0 && t.mode & 0o1000 == 0) {
+            tracing::warn!(top = %top.display(), "no per-filesystem quarantine store: the filesystem's top directory is not root-owned and protected");
+            return None;
+        }
+        let _ = rustix::fs::mkdirat(&top_fd, FS_STORE, rustix::fs::Mode::from_raw_mode(0o700));
+        let fd = safefs::open_beneath(&top_fd, Path::new(FS_STORE), OFlags::PATH | OFlags::DIRECTORY).ok()?;
+        let m = safefs::meta(&fd).ok()?;
+        if m.id.dev != dev || m.uid != rustix::process::geteuid().as_raw() || m.mode & 0o077 != 0 {
+            tracing::warn!(store = %top.join(FS_STORE).display(), "refusing a per-filesystem quarantine store not owned by us with mode 0700");
+            return None;
+        }
+        Some((fd, top.join(FS_STORE)))
+    }
+
+    /// The directory holding `m`'s payload, checked as `fs_store` checks it.
+    fn payload_dir(&self, m: &Manifest) -> Result<OwnedFd, QuarantineError> {
+        let Some(dir) = &m.payload_dir else {
+            return rustix::fs::openat(
+                &self.fd,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| io(self.dir.display())(e.into()));
+        };
+        let fd = safefs::open_root(Path::new(dir)).map_err(io(dir))?;
+        let meta = safefs::meta(&fd).map_err(io(dir))?;
+        if meta.uid != rustix::process::geteuid().as_raw() || meta.mode & 0o077 != 0 {
+            return Err(QuarantineError::Refused {
+                path: dir.clone(),
+                reason: "the per-filesystem quarantine store is not ours with mode 0700".into(),
+            });
+        }
+        Ok(fd)
     }
 
     /// Quarantines one file (see the module header for the order of steps).
@@ -247,28 +314,41 @@ impl QuarantineStore {
             killed_pids,
             root_hex: hex_unless_utf8(r.root_path),
             rel_hex: hex_unless_utf8(r.rel),
+            payload_dir: None,
         };
+        // On another filesystem than the main store: move into that filesystem's own store, so
+        // the quarantine stays a rename (no copy of a large or sparse file onto the system disk).
+        let fs_store = if r.meta.id.dev != self.dev { self.fs_store(r.root_path, r.meta.id.dev) } else { None };
+        if let Some((_, dir)) = &fs_store {
+            manifest.payload_dir = Some(dir.display().to_string());
+        }
         let record = serde_json::to_vec(&manifest).expect("manifest serializes");
         let tagged = safefs::set_xattr(r.file, XATTR, &record)
             .or_else(|_| safefs::set_xattr(r.file, XATTR_USER, &record))
             .is_ok();
-        if !tagged {
-            // No xattrs here: make the manifest durable before the move instead.
+        if !tagged || fs_store.is_some() {
+            // No xattrs here, or a per-filesystem store (which `recover` does not scan): make
+            // the manifest durable before the move instead.
             self.write_manifest(&manifest)?;
         }
         let bin = format!("{id}.bin");
-        match safefs::rename_noreplace(&parent, name, &self.fd, bin.as_ref()) {
+        let target = fs_store.as_ref().map_or(&self.fd, |(fd, _)| fd);
+        match safefs::rename_noreplace(&parent, name, target, bin.as_ref()) {
             Ok(()) => {
-                let moved = safefs::meta_at(&self.fd, &bin).map_err(io(&shown))?;
+                let moved = safefs::meta_at(target, &bin).map_err(io(&shown))?;
                 if moved.id != r.meta.id {
                     // Someone swapped the name between our check and the rename: put back
                     // what we took, untouched, and report.
-                    let _ = safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, name);
+                    let _ = safefs::rename_noreplace(target, bin.as_ref(), &parent, name);
                     let _ = self.remove_manifest(&id);
                     return Err(QuarantineError::Raced { path: shown });
                 }
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+                if let Err(reason) = self.copy_fits(r.meta.size) {
+                    let _ = self.remove_manifest(&id);
+                    return Err(QuarantineError::Refused { path: shown, reason });
+                }
                 self.copy_in(&r, &parent, name, &bin, &record).inspect_err(|_| {
                     let _ = self.remove_manifest(&id);
                 })?;
@@ -284,10 +364,29 @@ impl QuarantineStore {
         manifest.quarantined_at = Time::now();
         // Moved before its hash: the caller hashes through the fd and `complete` writes the
         // manifest once (the xattr, or the manifest written above, covers a crash meanwhile).
-        if !r.sha256.is_empty() || !tagged {
+        if !r.sha256.is_empty() || !tagged || fs_store.is_some() {
             self.write_manifest(&manifest)?;
         }
         Ok(manifest)
+    }
+
+    /// Whether a copy of `size` bytes into the main store is allowed: at most `COPY_MAX`, and the
+    /// store's filesystem keeps `COPY_RESERVE_PERCENT` of its space free afterwards.
+    fn copy_fits(&self, size: u64) -> Result<(), String> {
+        if size > COPY_MAX {
+            return Err(format!(
+                "on another filesystem with no per-filesystem store, and larger ({size} bytes) than the {COPY_MAX}-byte copy limit"
+            ));
+        }
+        let st = rustix::fs::fstatvfs(&self.fd).map_err(|e| format!("statvfs of the store: {e}"))?;
+        let avail = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = st.f_blocks.saturating_mul(st.f_frsize) / 100 * COPY_RESERVE_PERCENT;
+        if avail < size.saturating_add(reserve) {
+            return Err(format!(
+                "copying {size} bytes would leave the store's filesystem under {COPY_RESERVE_PERCENT}% free"
+            ));
+        }
+        Ok(())
     }
 
     /// The store is on another filesystem: copy through the fd, make it durable, then unlink the
@@ -396,17 +495,28 @@ impl QuarantineStore {
         let parent =
             safefs::mkdirs_beneath(&root, rel.parent().unwrap_or(Path::new(""))).map_err(io(&m.original_path))?;
         let bin = format!("{id}.bin");
+        let store = self.payload_dir(&m)?;
         let payload = rustix::fs::openat(
-            &self.fd,
+            &store,
             bin.as_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| io(&m.original_path)(e.into()))?;
+        if m.payload_dir.is_some()
+            && safefs::meta(&payload).map_err(io(&m.original_path))?.id != (FileId { dev: m.dev, ino: m.ino })
+        {
+            // A per-filesystem store holds the very inode that was moved; anything else there
+            // is not restored (and not chowned to the user).
+            return Err(QuarantineError::Refused {
+                path: m.original_path.clone(),
+                reason: "the stored payload is not the inode that was quarantined".into(),
+            });
+        }
         if safefs::meta_at(&parent, name.as_os_str()).is_ok() {
             return Err(QuarantineError::Occupied { path: m.original_path.clone() });
         }
-        match safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, &name) {
+        match safefs::rename_noreplace(&store, bin.as_ref(), &parent, &name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
                 let fd = rustix::fs::openat(
@@ -421,7 +531,7 @@ impl QuarantineStore {
                     .map_err(io(&m.original_path))?;
                 out.sync_all().map_err(io(&m.original_path))?;
                 restore_owner(&out, &m);
-                safefs::unlink_at(&self.fd, &bin).map_err(io(&m.original_path))?;
+                safefs::unlink_at(&store, &bin).map_err(io(&m.original_path))?;
                 self.remove_manifest(id).map_err(io(self.dir.display()))?;
                 return Ok(m);
             }
@@ -439,7 +549,7 @@ impl QuarantineStore {
     /// Deletes a quarantined file and its manifest for good.
     pub fn purge(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
-        match safefs::unlink_at(&self.fd, format!("{id}.bin")) {
+        match safefs::unlink_at(self.payload_dir(&m)?, format!("{id}.bin")) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&m.original_path)(e)),
@@ -491,14 +601,23 @@ impl QuarantineStore {
                 let record = safefs::get_xattr(&fd, XATTR).or_else(|_| safefs::get_xattr(&fd, XATTR_USER));
                 if let Some(mut m) = record.ok().and_then(|r| serde_json::from_slice::<Manifest>(&r).ok()) {
                     if m.sha256.is_empty() {
-                        m.sha256 = self.hash_stored(id).unwrap_or_default();
+                        m.sha256 = self.hash_stored(&m).unwrap_or_default();
                     }
                     if self.write_manifest(&m).is_ok() {
                         fixed.push(format!("rebuilt manifest of {id} ({})", m.original_path));
                     }
                 }
             } else if let Some(id) = n.strip_suffix(".json") {
-                if Self::valid_id(id) && !names.iter().any(|x| *x == format!("{id}.bin")) {
+                // A payload in a per-filesystem store is looked up there.
+                let elsewhere = self.get(id).ok().filter(|m| m.payload_dir.is_some());
+                let payload_there = match &elsewhere {
+                    Some(m) => self.payload_dir(m).is_ok_and(|d| {
+                        safefs::meta_at(&d, format!("{id}.bin"))
+                            .is_ok_and(|p| p.id == FileId { dev: m.dev, ino: m.ino })
+                    }),
+                    None => names.iter().any(|x| *x == format!("{id}.bin")),
+                };
+                if Self::valid_id(id) && !payload_there {
                     // The payload was restored (or never moved): the manifest is stale.
                     if self.remove_manifest(id).is_ok() {
                         fixed.push(format!("dropped stale manifest {id}"));
@@ -506,7 +625,7 @@ impl QuarantineStore {
                 } else if let Ok(mut m) = self.get(id) {
                     // Moved before it was hashed, and the daemon stopped before the hash.
                     if m.sha256.is_empty() {
-                        if let Some(sha) = self.hash_stored(id) {
+                        if let Some(sha) = self.hash_stored(&m) {
                             m.sha256 = sha;
                             if self.write_manifest(&m).is_ok() {
                                 fixed.push(format!("hashed {id} ({})", m.original_path));
@@ -522,10 +641,10 @@ impl QuarantineStore {
 
 impl QuarantineStore {
     /// The sha256 of a stored payload, read through an fd opened without following links.
-    fn hash_stored(&self, id: &str) -> Option<String> {
+    fn hash_stored(&self, m: &Manifest) -> Option<String> {
         let fd = rustix::fs::openat(
-            &self.fd,
-            format!("{id}.bin").as_str(),
+            self.payload_dir(m).ok()?,
+            format!("{}.bin", m.id).as_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
@@ -667,6 +786,81 @@ mod tests {
         let r = quarantine_named(&store, &root, "c".as_ref(), "00");
         assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
         assert!(root.join("c").exists());
+    }
+
+    /// A tmpfs mounted for the test (root only), unmounted on drop.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Tmpfs {
+        fn mount(at: &Path) -> Option<Self> {
+            std::fs::create_dir_all(at).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
+                .arg(at)
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then(|| Tmpfs(at.to_path_buf()))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    /// Finding 12: a 4 GiB sparse file (a few KiB on disk) on another filesystem than the store
+    /// is quarantined by a rename into that filesystem's own store, not copied; and restored.
+    #[test]
+    fn a_sparse_file_on_another_filesystem_is_quarantined_by_rename_not_copied() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(&tmp.path().join("home")) else {
+            // The unit tests have no EMBARGO_REQUIRE_TOOLS helper; say so plainly.
+            assert!(std::env::var("EMBARGO_REQUIRE_TOOLS").as_deref() != Ok("1"), "needs root to mount a tmpfs");
+            eprintln!("SKIP: needs root to mount a tmpfs");
+            return;
+        };
+        let root = fs.0.join("alice/Downloads");
+        std::fs::create_dir_all(&root).unwrap();
+        let big = root.join("WeChat.AppImage");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(4 << 30).unwrap();
+        drop(f);
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        assert_ne!(std::fs::metadata(store.dir()).unwrap().dev(), std::fs::metadata(&root).unwrap().dev());
+        let root_fd = safefs::open_root(&root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
+        let m = store
+            .quarantine(Request {
+                root_path: &root,
+                root_fd: &root_fd,
+                rel: Path::new("WeChat.AppImage"),
+                file: &file,
+                meta: &meta,
+                sha256: "00",
+                rule: "r",
+                action: Action::Quarantine,
+                app_kind: "appimage",
+                app_id: "WeChat",
+                purge_after: None,
+            })
+            .unwrap();
+        drop(file);
+        assert!(!big.exists());
+        // Nothing of it in the main store but the manifest; the payload is the same inode, in
+        // the tmpfs's own store, root-only.
+        let main: u64 = std::fs::read_dir(store.dir()).unwrap().flatten().map(|e| e.metadata().unwrap().blocks()).sum();
+        assert!(main < 64, "the main store holds {main} blocks");
+        let per_fs = fs.0.join(".embargo-quarantine");
+        let payload = std::fs::metadata(per_fs.join(format!("{}.bin", m.id))).unwrap();
+        assert_eq!((payload.ino(), payload.len()), (meta.id.ino, 4 << 30));
+        assert_eq!(std::fs::metadata(&per_fs).unwrap().mode() & 0o7777, 0o700);
+        assert_eq!(store.list().len(), 1);
+        assert!(store.recover().is_empty(), "recovery finds the payload in the per-filesystem store");
+        store.restore(&m.id).unwrap();
+        assert_eq!(std::fs::metadata(&big).unwrap().ino(), meta.id.ino, "restored by rename");
+        assert!(store.list().is_empty());
     }
 
     #[test]
