@@ -28,6 +28,7 @@ pub mod https;
 pub mod keys;
 pub mod matcher;
 pub mod metadata;
+pub mod normalize;
 pub mod repo;
 pub mod rules;
 pub mod schema;
