@@ -45,6 +45,8 @@ pub enum AuditEvent {
     Start { pid: u32, policy: Option<u64> },
     /// The quarantine store repaired something at start-up.
     Recovery { fixed: String },
+    /// The trusted state was damaged and moved aside; the agent started from what still verified.
+    StateRecovery { note: String },
     /// A newly verified policy is in force.
     Policy { version: Option<u64>, sha256: Option<String>, rules: usize },
     /// A sync attempt failed; the last verified policy stays in force.

@@ -1,6 +1,7 @@
 //! Identifying a file as an app, from an already opened fd (never by path, never by running it).
 //!
-//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8. When the desktop
+//! - `appimage`: ELF magic and the AppImage magic `AI\x01`/`AI\x02` at offset 8, or (the magic is
+//!   optional) an ELF with a squashfs after its section headers, or a file named `*.AppImage`. When the desktop
 //!   entry embedded in the squashfs can be read (`squashfs`: gzip or zstd images), the id is its
 //!   desktop file id (`com.tencent.WeChat.desktop` → `com.tencent.WeChat`), the name its `Name=`
 //!   (else `X-AppImage-Name=`) and the version its `X-AppImage-Version=`, so renaming the file does
@@ -133,7 +134,12 @@ pub fn identify_unhashed(
     let mut app = match kind {
         _ if artifact.is_some() => artifact.expect("checked"),
         Kind::Appimage => {
-            if !is_appimage(&head[..n]) {
+            // The `AI\x02` bytes are optional (the kernel and the type-2 runtime ignore them), so
+            // an ELF with a squashfs after its section headers, or anything named *.AppImage
+            // (type 1, a script), is a candidate too.
+            let elf = head[..n].starts_with(b"\x7fELF");
+            let named = file_name.to_ascii_lowercase().ends_with(".appimage");
+            if !(is_appimage(&head[..n]) || named || elf && crate::squashfs::has_image_after_elf(file)) {
                 return Ok(None);
             }
             let mut a = App::new(Kind::Appimage, file_name.clone());
@@ -182,69 +188,40 @@ pub fn identify_unhashed(
     Ok(Some(app))
 }
 
-/// Runs a package tool with the opened file as its stdin (`/dev/stdin` reopens that same inode,
-/// so there is no path to race) and returns its stdout lines, or `None` if it failed.
-fn query_through_stdin(file: &std::fs::File, program: &str, args: &[&str]) -> Option<Vec<String>> {
-    let stdin = file.try_clone().ok()?;
-    let mut f = stdin.try_clone().ok()?;
-    f.seek(SeekFrom::Start(0)).ok()?;
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::from(stdin))
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
-}
-
 /// Installer artifacts as they sit in download folders, identified without running them:
-/// `.deb` (control: Package, Version, Maintainer via dpkg-deb), `.rpm` (header via rpm -qp;
-/// by file name when rpm is not installed), `.flatpakref` (Name), `.apk` (by hash until APK
+/// `.deb` (control: Package, Version, Maintainer) and `.rpm` (header: NAME, EPOCH:VERSION-RELEASE,
+/// VENDOR), both read in-process with bounded sizes (`artifact`; by file name when they cannot be
+/// read), `.flatpakref` (Name), `.apk` (by hash until APK
 /// parsing lands). `.AppImage` files are handled as AppImages.
 fn installer_artifact(file_name: &str, file: &mut std::fs::File) -> std::io::Result<Option<App>> {
     let lower = file_name.to_ascii_lowercase();
     let stem = |ext: &str| file_name[..file_name.len() - ext.len()].to_owned();
     let app = if lower.ends_with(".deb") {
-        let fields = query_through_stdin(
-            file,
-            "dpkg-deb",
-            &["--showformat=${Package}\\n${Version}\\n${Maintainer}\\n", "--show", "/dev/stdin"],
-        );
         let mut a;
-        match fields {
-            Some(f) if f.first().is_some_and(|p| !p.is_empty()) => {
-                a = App::new(Kind::Deb, f[0].clone());
-                a.version = f.get(1).cloned().filter(|s| !s.is_empty());
-                a.publisher = f.get(2).cloned().filter(|s| !s.is_empty());
+        match crate::artifact::deb_control(file) {
+            Ok(c) => {
+                a = App::new(Kind::Deb, c.package);
+                a.version = c.version;
+                a.publisher = c.maintainer;
             }
-            _ => {
+            Err(e) => {
+                tracing::info!(file = ?file_name, "not read as a Debian package: {e}");
                 a = App::new(Kind::Deb, stem(".deb").split('_').next().unwrap_or_default().to_owned());
             }
         }
         a.name = Some(a.id.clone());
         a
     } else if lower.ends_with(".rpm") {
-        let fields = query_through_stdin(
-            file,
-            "rpm",
-            &[
-                "-qp",
-                "--nosignature",
-                "--nodigest",
-                "--qf",
-                "%{NAME}\\n%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n%{VENDOR}\\n",
-                "/dev/stdin",
-            ],
-        );
         let mut a;
-        match fields {
-            Some(f) if f.first().is_some_and(|p| !p.is_empty()) => {
-                a = App::new(Kind::Rpm, f[0].clone());
-                a.version = f.get(1).map(|v| v.trim_start_matches("0:").to_owned());
-                a.publisher = f.get(2).cloned().filter(|s| !s.is_empty() && s != "(none)");
+        match crate::artifact::rpm_header(file) {
+            Ok(h) => {
+                a = App::new(Kind::Rpm, h.name.clone());
+                a.version = Some(h.evr());
+                a.publisher = h.vendor.filter(|s| !s.is_empty());
             }
-            _ => {
-                // No rpm here: the name is the file name's up to the version.
+            Err(e) => {
+                tracing::info!(file = ?file_name, "not read as an rpm package: {e}");
+                // The name is the file name's up to the version.
                 let s = stem(".rpm");
                 let name = s
                     .split('-')

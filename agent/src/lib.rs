@@ -14,6 +14,8 @@
 //! - `audit`: the hash-chained audit log file.
 //! - `sync`: the task that keeps the signed policy current (owns `TrustedState`).
 //! - `identify`: what an opened file is (AppImage, desktop entry, plain file, installer artifact).
+//! - `artifact`: `.deb` control and `.rpm` header read in-process, every size bounded.
+//! - `escape`: control, bidi and zero-width characters made visible in output and logs.
 //! - `safefs`: race-safe file operations beneath watched roots (openat2, renameat2).
 //! - `control`: the Unix-socket server (peer credentials decide what a caller may do).
 //! - `proto`: the control protocol types (the API boundary).
@@ -22,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod act;
+pub mod artifact;
 pub mod audit;
 pub mod clock;
 pub mod config;
@@ -30,6 +33,7 @@ pub mod daemon;
 pub mod decide;
 pub mod demo;
 pub mod enforce;
+pub mod escape;
 pub mod evidence;
 mod handlers;
 pub mod identify;
@@ -65,6 +69,11 @@ pub enum AgentError {
     #[error("{0}")]
     Runtime(String),
 }
+
+/// What start-up recovered from damaged trust state (`TrustedState::open_or_recover`), if
+/// anything: `status` reports the device degraded with it until a sync succeeds. One agent per
+/// process, so a process-wide value.
+pub static STATE_RECOVERY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Checks the state directory: created 0700 if missing; refused if it is a symlink or writable
 /// by anyone but its owner, or (as root) not owned by root.
@@ -108,8 +117,12 @@ pub async fn run_with_clock(
     })?;
     let transport = sync::transport(&cfg).map_err(|e| AgentError::Config(format!("{}: {e}", cfg.path.display())))?;
     prepare_state_dir(&cfg)?;
-    let (state, rules) = TrustedState::open(&cfg.state_dir.join("trust"), &anchor, &cfg.tags)
+    let (state, rules, recovered) = TrustedState::open_or_recover(&cfg.state_dir.join("trust"), &anchor, &cfg.tags)
         .map_err(|e| AgentError::Runtime(format!("loading trusted state: {e}")))?;
+    if let Some(note) = &recovered {
+        tracing::error!("{note}");
+        let _ = STATE_RECOVERY.set(note.clone());
+    }
     let rules = rules.unwrap_or_default();
     tracing::info!(policy = ?state.policy().map(|p| p.version), rules = rules.len(), "enforcing the persisted policy before any network access");
     let store = act::quarantine::QuarantineStore::open(&cfg.state_dir.join("quarantine"))
@@ -121,7 +134,18 @@ pub async fn run_with_clock(
         tracing::warn!(%fixed, "quarantine recovery");
         evidence.emit(evidence::AuditEvent::Recovery { fixed });
     }
+    if let Some(note) = &recovered {
+        evidence.emit(evidence::AuditEvent::StateRecovery { note: note.clone() });
+    }
     evidence.emit(evidence::AuditEvent::Start { pid: std::process::id(), policy: state.policy().map(|p| p.version) });
+
+    match act::quarantine::hardlinks_protected() {
+        Some(true) => {}
+        Some(false) => tracing::error!(
+            "fs.protected_hardlinks is 0: users may hard link files they do not own into watched folders; the agent refuses files with more than one link, and status reports the device degraded"
+        ),
+        None => tracing::warn!("cannot read /proc/sys/fs/protected_hardlinks"),
+    }
 
     // The rule set in force, published: the core loop sends each new one; any task that must
     // decide on its own thread (an exec gate) holds a `rules.subscribe()` receiver.

@@ -59,8 +59,9 @@ fn from_stat(st: &rustix::fs::Stat) -> Meta {
     }
 }
 
-/// `lstat` of `name` in `dir` (never follows a symlink).
-pub fn meta_at(dir: impl AsFd, name: &str) -> std::io::Result<Meta> {
+/// `lstat` of `name` in `dir` (never follows a symlink). Names are bytes (`&str`, `&OsStr`):
+/// a name that is not UTF-8 is as reachable as any other.
+pub fn meta_at(dir: impl AsFd, name: impl rustix::path::Arg) -> std::io::Result<Meta> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(from_stat(&st))
 }
@@ -153,7 +154,7 @@ pub fn fchown(fd: impl AsFd, uid: u32, gid: u32) -> std::io::Result<()> {
         .map_err(Into::into)
 }
 
-pub fn unlink_at(dir: impl AsFd, name: &str) -> std::io::Result<()> {
+pub fn unlink_at(dir: impl AsFd, name: impl rustix::path::Arg) -> std::io::Result<()> {
     rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into)
 }
 

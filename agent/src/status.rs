@@ -37,6 +37,12 @@ impl Enforcer {
         if !self.held.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.held.len()));
         }
+        if let Some(note) = crate::STATE_RECOVERY.get().filter(|_| self.policy.last_success.is_none()) {
+            reasons.push(note.clone());
+        }
+        if crate::act::quarantine::hardlinks_protected() == Some(false) {
+            reasons.push("fs.protected_hardlinks is 0: users may hard link others' files into watched folders (such files are refused, not acted on)".into());
+        }
         let q = self.store.list();
         proto::Status {
             schema_version: proto::STATUS_SCHEMA_VERSION,

@@ -36,6 +36,7 @@ pub mod keys;
 pub mod limits;
 pub mod matcher;
 pub mod metadata;
+pub mod normalize;
 pub mod repo;
 pub mod rules;
 pub mod schema;

@@ -366,13 +366,10 @@ impl RuleSet {
     }
 
     fn pattern(&mut self, s: &str, fold_case: bool) -> Pattern {
-        let glob = is_glob(s);
-        let text = if fold_case && s.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
-            let lower = s.to_lowercase();
-            self.intern(&lower)
-        } else {
-            self.intern(s)
-        };
+        // Names and publishers: the one matching form of both sides (`normalize::fold`).
+        let s = if fold_case { crate::normalize::fold(s) } else { std::borrow::Cow::Borrowed(s) };
+        let glob = is_glob(&s);
+        let text = self.intern(&s);
         Pattern { text, glob }
     }
 
@@ -443,7 +440,7 @@ impl RuleSet {
             added += insert(&mut self.by_id, shared, hash_str(id), mi);
         } else if let Some(id) = m.id.as_deref().filter(|id| !literal_prefix(id).is_empty()) {
             added += self.id_globs.insert(shared, literal_prefix(id), mi);
-        } else if let Some(name) = m.name.as_deref().map(str::to_lowercase) {
+        } else if let Some(name) = m.name.as_deref().map(crate::normalize::fold) {
             if !is_glob(&name) {
                 added += insert(&mut self.by_name, shared, hash_str(&name), mi);
             } else if !literal_prefix(&name).is_empty() {
@@ -564,8 +561,8 @@ impl RuleSet {
         self.id_globs.candidates(&self.shared, &app.id, &mut c);
         let folded = if self.uses_names {
             Folded {
-                name: app.name.as_deref().map(str::to_lowercase),
-                publisher: app.publisher.as_deref().map(str::to_lowercase),
+                name: app.name.as_deref().map(|n| crate::normalize::fold(n).into_owned()),
+                publisher: app.publisher.as_deref().map(|p| crate::normalize::fold(p).into_owned()),
             }
         } else {
             Folded { name: None, publisher: None }

@@ -202,6 +202,8 @@ pub struct TrustedState {
 }
 
 const TRUST_FILE: &str = "trust.json";
+/// The last known good copy of `trust.json` (see `open_or_recover`).
+const GOOD_FILE: &str = "trust.good.json";
 const STATE_SCHEMA_VERSION: u32 = 1;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -374,6 +376,69 @@ impl TrustedState {
         Ok((state, policy))
     }
 
+    /// [`open`](Self::open), but damaged or inconsistent state does not stop the agent: a
+    /// `trust.json` that does not load (unparsable, failing verification, naming a policy file
+    /// that is missing or altered) is moved aside as `trust.json.damaged-<unix time>`, and the
+    /// state starts from the last known good copy (`trust.good.json`, rewritten by every
+    /// persist and every clean open) if that still verifies, else from the anchor (no policy
+    /// until a sync). The third value says what happened, for the caller to report; `None` when
+    /// the state loaded as it was. Only a bad anchor or an unusable store is an error.
+    pub fn open_or_recover(
+        store: &Path,
+        anchor: &[u8],
+        device_tags: &[String],
+    ) -> Result<(Self, Option<RuleSet>, Option<String>), LoadError> {
+        let damaged = match Self::open(store, anchor, device_tags) {
+            Ok((state, rules)) => {
+                state.keep_good_copy();
+                return Ok((state, rules, None));
+            }
+            Err(LoadError::Invalid { path, reason }) if path == "trust anchor" => {
+                return Err(LoadError::Invalid { path, reason })
+            }
+            Err(e) => e,
+        };
+        let now = crate::metadata::Time::now().0;
+        let move_aside = |name: &str| -> String {
+            let aside = format!("{name}.damaged-{now}");
+            match std::fs::rename(store.join(name), store.join(&aside)) {
+                Ok(()) => {
+                    let _ = fsutil::sync_dir(store);
+                    format!("moved aside to {}", store.join(&aside).display())
+                }
+                Err(e) => format!("could not be moved aside ({e})"),
+            }
+        };
+        let mut note = format!("damaged trust state ({damaged}): {}", move_aside(TRUST_FILE));
+        if let Ok(good) = fsutil::read_capped(&store.join(GOOD_FILE), 1024 * 1024) {
+            if fsutil::write_atomic(store, TRUST_FILE, &good, 0o600).is_ok() {
+                match Self::open(store, anchor, device_tags) {
+                    Ok((state, rules)) => {
+                        let v = state.policy().map_or("none".to_string(), |p| format!("v{}", p.version));
+                        note.push_str(&format!("; started from the last known good state (policy {v})"));
+                        return Ok((state, rules, Some(note)));
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(store.join(TRUST_FILE));
+                        note.push_str(&format!("; the last known good copy does not load either ({e}): "));
+                        note.push_str(&move_aside(GOOD_FILE));
+                    }
+                }
+            }
+        }
+        let (state, rules) = Self::open(store, anchor, device_tags)?;
+        note.push_str("; started from the trust anchor (no policy until a sync)");
+        Ok((state, rules, Some(note)))
+    }
+
+    /// Writes `trust.good.json`: the state that just loaded or persisted (best effort).
+    fn keep_good_copy(&self) {
+        let Some(store) = &self.store else { return };
+        if let Ok(bytes) = fsutil::read_capped(&store.join(TRUST_FILE), 1024 * 1024) {
+            let _ = fsutil::write_atomic(store, GOOD_FILE, &bytes, 0o600);
+        }
+    }
+
     fn load(store: &Path, bytes: &[u8], device_tags: &[String]) -> Result<(Self, Option<RuleSet>), LoadError> {
         let path = store.join(TRUST_FILE).display().to_string();
         let invalid = |reason: String| LoadError::Invalid { path: path.clone(), reason };
@@ -462,6 +527,8 @@ impl TrustedState {
         let bytes = serde_json::to_vec_pretty(&p).expect("state serializes");
         let err = |source| UpdateError::Persist { path: store.display().to_string(), source };
         fsutil::write_atomic(store, TRUST_FILE, &bytes, 0o600).map_err(err)?;
+        // The last known good copy: the same bytes, naming the same (kept) policy file.
+        let _ = fsutil::write_atomic(store, GOOD_FILE, &bytes, 0o600);
         let keep = self.policy.as_ref().map(|p| format!("{}.json", p.sha256));
         if let Ok(entries) = std::fs::read_dir(store.join("policy")) {
             for e in entries.flatten() {

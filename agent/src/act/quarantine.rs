@@ -24,9 +24,15 @@ use embargo_policy::rules::Action;
 use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::safefs::{self, Meta};
+use crate::safefs::{self, FileId, Meta};
 
 const XATTR: &str = "trusted.embargo.manifest";
+/// Largest file copied into the main store when its filesystem has no per-filesystem store.
+pub const COPY_MAX: u64 = 1 << 30;
+/// Share of the main store's filesystem a copy must leave free.
+pub const COPY_RESERVE_PERCENT: u64 = 5;
+/// Name of the per-filesystem store at the top of a filesystem other than the main store's.
+pub const FS_STORE: &str = ".embargo-quarantine";
 const XATTR_USER: &str = "user.embargo.manifest";
 pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
 
@@ -40,6 +46,10 @@ pub enum QuarantineError {
     NoSuchItem(String),
     #[error("{path}: something already exists at the original location; not overwritten")]
     Occupied { path: String },
+    /// Acting on this file could act on something outside the watched root or on another user's
+    /// file (see `check_acceptable`); reported, nothing touched.
+    #[error("{path}: refused, nothing touched: {reason}")]
+    Refused { path: String, reason: String },
 }
 
 /// What was quarantined, where from, and why. Written beside the file and returned by `list`.
@@ -68,6 +78,50 @@ pub struct Manifest {
     /// Processes that were running the file and were killed.
     #[serde(default)]
     pub killed_pids: Vec<i32>,
+    /// `root` and `rel` as bytes (hex), present only when they are not valid UTF-8: names are
+    /// bytes on Linux, and `root`/`rel`/`original_path` above are then lossy (U+FFFD) for
+    /// display only. Restore uses these. Manifests written before this field load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rel_hex: Option<String>,
+    /// The per-filesystem store holding `<id>.bin` when the file was on another filesystem than
+    /// the main store (see `QuarantineStore::fs_store`); absent: the main store. The manifest
+    /// itself is always in the main store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_dir: Option<String>,
+}
+
+/// The hex of `p`'s bytes when `p` is not valid UTF-8 (else its `&str` form is lossless).
+fn hex_unless_utf8(p: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    p.to_str().is_none().then(|| hex::encode(p.as_os_str().as_bytes()))
+}
+
+fn path_from(text: &str, hex: Option<&str>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    match hex.and_then(|h| hex::decode(h).ok()) {
+        Some(bytes) => PathBuf::from(std::ffi::OsString::from_vec(bytes)),
+        None => PathBuf::from(text),
+    }
+}
+
+impl Manifest {
+    /// The watched root the file was in, losslessly.
+    pub fn root_path(&self) -> PathBuf {
+        path_from(&self.root, self.root_hex.as_deref())
+    }
+
+    /// The file's path relative to its root, losslessly.
+    pub fn rel_path(&self) -> PathBuf {
+        path_from(&self.rel, self.rel_hex.as_deref())
+    }
+
+    /// The original path's bytes.
+    pub fn original_path_bytes(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt as _;
+        self.root_path().join(self.rel_path()).into_os_string().into_vec()
+    }
 }
 
 /// One item to quarantine.
@@ -89,6 +143,8 @@ pub struct Request<'a> {
 pub struct QuarantineStore {
     dir: PathBuf,
     fd: OwnedFd,
+    /// The main store's filesystem.
+    dev: u64,
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -96,12 +152,40 @@ fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Quarantine
     move |source| QuarantineError::Io { path: path.to_string(), source }
 }
 
+/// Whether the agent may act on a file (kill what runs it, move it, strip its mode), given its
+/// current fstat and the owner of the watched root it is in ("the folder's user":
+/// `/home/alice/Downloads` → alice).
+/// - More than one hard link: refused. The other name may be outside the watched roots (another
+///   user's file, a setuid binary where `fs.protected_hardlinks=0`), and killing or stripping the
+///   inode would act there.
+/// - Not owned by the folder's user: refused, unless the root is root-owned (`/opt`, a
+///   system-wide root), which accepts files of any owner: only a file with one name, which is
+///   inside the root, gets there.
+pub fn check_acceptable(m: &Meta, root_owner: u32) -> Result<(), String> {
+    if m.nlink != 1 {
+        return Err(format!("the file has {} hard links (another name may be outside the watched roots)", m.nlink));
+    }
+    if root_owner != 0 && m.uid != root_owner {
+        return Err(format!("the file is owned by uid {}, not by uid {root_owner} who owns the watched folder", m.uid));
+    }
+    Ok(())
+}
+
+/// `fs.protected_hardlinks` (read once): with 0, users may hard link files they do not own into
+/// their folders. Such files are refused anyway (`check_acceptable`), but the device is weaker
+/// and `status` says so. `None`: could not be read.
+pub fn hardlinks_protected() -> Option<bool> {
+    static READ: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *READ.get_or_init(|| std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").ok().map(|v| v.trim() != "0"))
+}
+
 impl QuarantineStore {
     /// Opens (creating) the store directory, mode 0700.
     pub fn open(dir: &Path) -> Result<Self, QuarantineError> {
         embargo_policy::fsutil::ensure_dir(dir, 0o700).map_err(io(dir.display()))?;
         let fd = safefs::open_root(dir).map_err(io(dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), fd, counter: std::sync::atomic::AtomicU64::new(0) })
+        let dev = safefs::meta(&fd).map_err(io(dir.display()))?.id.dev;
+        Ok(Self { dir: dir.to_path_buf(), fd, dev, counter: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -114,16 +198,74 @@ impl QuarantineStore {
         format!("q{t:x}{n:04x}")
     }
 
+    /// The per-filesystem store for files on filesystem `dev` under `root_path`:
+    /// `<top>/.embargo-quarantine`, where `<top>` is the highest ancestor of the root still on
+    /// `dev` (the mount point). Used only when `<top>` is root-owned and not writable by others
+    /// unless sticky (so no user can rename the store away), and the store directory is ours:
+    /// created 0700, opened without following links, root-owned, 0700, on `dev`. `None`: no
+    /// such store; the caller falls back to the bounded copy.
+    fn fs_store(&self, root_path: &Path, dev: u64) -> Option<(OwnedFd, PathBuf)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut top = root_path;
+        while let Some(parent) = top.parent() {
+            if std::fs::symlink_metadata(parent).ok()?.dev() != dev {
+                break;
+            }
+            top = parent;
+        }
+        let top_fd = safefs::open_root(top).ok()?;
+        let t = safefs::meta(&top_fd).ok()?;
+        if t.id.dev != dev || t.uid != 0 || (t.mode & 0o022 != 0 && t.mode & 0o1000 == 0) {
+            tracing::warn!(top = %top.display(), "no per-filesystem quarantine store: the filesystem's top directory is not root-owned and protected");
+            return None;
+        }
+        let _ = rustix::fs::mkdirat(&top_fd, FS_STORE, rustix::fs::Mode::from_raw_mode(0o700));
+        let fd = safefs::open_beneath(&top_fd, Path::new(FS_STORE), OFlags::PATH | OFlags::DIRECTORY).ok()?;
+        let m = safefs::meta(&fd).ok()?;
+        if m.id.dev != dev || m.uid != rustix::process::geteuid().as_raw() || m.mode & 0o077 != 0 {
+            tracing::warn!(store = %top.join(FS_STORE).display(), "refusing a per-filesystem quarantine store not owned by us with mode 0700");
+            return None;
+        }
+        Some((fd, top.join(FS_STORE)))
+    }
+
+    /// The directory holding `m`'s payload, checked as `fs_store` checks it.
+    fn payload_dir(&self, m: &Manifest) -> Result<OwnedFd, QuarantineError> {
+        let Some(dir) = &m.payload_dir else {
+            return rustix::fs::openat(
+                &self.fd,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| io(self.dir.display())(e.into()));
+        };
+        let fd = safefs::open_root(Path::new(dir)).map_err(io(dir))?;
+        let meta = safefs::meta(&fd).map_err(io(dir))?;
+        if meta.uid != rustix::process::geteuid().as_raw() || meta.mode & 0o077 != 0 {
+            return Err(QuarantineError::Refused {
+                path: dir.clone(),
+                reason: "the per-filesystem quarantine store is not ours with mode 0700".into(),
+            });
+        }
+        Ok(fd)
+    }
+
     /// Quarantines one file (see the module header for the order of steps).
     pub fn quarantine(&self, r: Request<'_>) -> Result<Manifest, QuarantineError> {
         let original = r.root_path.join(r.rel);
         let shown = original.display().to_string();
         let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
-        let name_str = name.to_str().ok_or_else(|| QuarantineError::Raced { path: shown.clone() })?;
-        match safefs::meta_at(&parent, name_str) {
+        match safefs::meta_at(&parent, name) {
             Ok(m) if m.id == r.meta.id => {}
             Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
         }
+        // Before anything is killed, tagged or moved: the quarantine moves a name but acts on
+        // the inode (kill, chmod), so a second name or a foreign owner is refused.
+        let now = safefs::meta(r.file).map_err(io(&shown))?;
+        let root_owner = safefs::meta(r.root_fd).map_err(io(r.root_path.display()))?.uid;
+        check_acceptable(&now, root_owner)
+            .map_err(|reason| QuarantineError::Refused { path: shown.clone(), reason })?;
         let killed_pids = super::process::kill_processes_running(r.meta.id);
         let id = self.new_id();
         let mut manifest = Manifest {
@@ -146,29 +288,44 @@ impl QuarantineStore {
             dev: r.meta.id.dev,
             ino: r.meta.id.ino,
             killed_pids,
+            root_hex: hex_unless_utf8(r.root_path),
+            rel_hex: hex_unless_utf8(r.rel),
+            payload_dir: None,
         };
+        // On another filesystem than the main store: move into that filesystem's own store, so
+        // the quarantine stays a rename (no copy of a large or sparse file onto the system disk).
+        let fs_store = if r.meta.id.dev != self.dev { self.fs_store(r.root_path, r.meta.id.dev) } else { None };
+        if let Some((_, dir)) = &fs_store {
+            manifest.payload_dir = Some(dir.display().to_string());
+        }
         let record = serde_json::to_vec(&manifest).expect("manifest serializes");
         let tagged = safefs::set_xattr(r.file, XATTR, &record)
             .or_else(|_| safefs::set_xattr(r.file, XATTR_USER, &record))
             .is_ok();
-        if !tagged {
-            // No xattrs here: make the manifest durable before the move instead.
+        if !tagged || fs_store.is_some() {
+            // No xattrs here, or a per-filesystem store (which `recover` does not scan): make
+            // the manifest durable before the move instead.
             self.write_manifest(&manifest)?;
         }
         let bin = format!("{id}.bin");
-        match safefs::rename_noreplace(&parent, name, &self.fd, bin.as_ref()) {
+        let target = fs_store.as_ref().map_or(&self.fd, |(fd, _)| fd);
+        match safefs::rename_noreplace(&parent, name, target, bin.as_ref()) {
             Ok(()) => {
-                let moved = safefs::meta_at(&self.fd, &bin).map_err(io(&shown))?;
+                let moved = safefs::meta_at(target, &bin).map_err(io(&shown))?;
                 if moved.id != r.meta.id {
                     // Someone swapped the name between our check and the rename: put back
                     // what we took, untouched, and report.
-                    let _ = safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, name);
+                    let _ = safefs::rename_noreplace(target, bin.as_ref(), &parent, name);
                     let _ = self.remove_manifest(&id);
                     return Err(QuarantineError::Raced { path: shown });
                 }
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                self.copy_in(&r, &parent, name_str, &bin, &record).inspect_err(|_| {
+                if let Err(reason) = self.copy_fits(r.meta.size) {
+                    let _ = self.remove_manifest(&id);
+                    return Err(QuarantineError::Refused { path: shown, reason });
+                }
+                self.copy_in(&r, &parent, name, &bin, &record).inspect_err(|_| {
                     let _ = self.remove_manifest(&id);
                 })?;
             }
@@ -183,10 +340,29 @@ impl QuarantineStore {
         manifest.quarantined_at = Time::now();
         // Moved before its hash: the caller hashes through the fd and `complete` writes the
         // manifest once (the xattr, or the manifest written above, covers a crash meanwhile).
-        if !r.sha256.is_empty() || !tagged {
+        if !r.sha256.is_empty() || !tagged || fs_store.is_some() {
             self.write_manifest(&manifest)?;
         }
         Ok(manifest)
+    }
+
+    /// Whether a copy of `size` bytes into the main store is allowed: at most `COPY_MAX`, and the
+    /// store's filesystem keeps `COPY_RESERVE_PERCENT` of its space free afterwards.
+    fn copy_fits(&self, size: u64) -> Result<(), String> {
+        if size > COPY_MAX {
+            return Err(format!(
+                "on another filesystem with no per-filesystem store, and larger ({size} bytes) than the {COPY_MAX}-byte copy limit"
+            ));
+        }
+        let st = rustix::fs::fstatvfs(&self.fd).map_err(|e| format!("statvfs of the store: {e}"))?;
+        let avail = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = st.f_blocks.saturating_mul(st.f_frsize) / 100 * COPY_RESERVE_PERCENT;
+        if avail < size.saturating_add(reserve) {
+            return Err(format!(
+                "copying {size} bytes would leave the store's filesystem under {COPY_RESERVE_PERCENT}% free"
+            ));
+        }
+        Ok(())
     }
 
     /// The store is on another filesystem: copy through the fd, make it durable, then unlink the
@@ -195,7 +371,7 @@ impl QuarantineStore {
         &self,
         r: &Request<'_>,
         parent: &OwnedFd,
-        name: &str,
+        name: &std::ffi::OsStr,
         bin: &str,
         record: &[u8],
     ) -> Result<(), QuarantineError> {
@@ -248,7 +424,7 @@ impl QuarantineStore {
     }
 
     fn remove_manifest(&self, id: &str) -> std::io::Result<()> {
-        match safefs::unlink_at(&self.fd, &format!("{id}.json")) {
+        match safefs::unlink_at(&self.fd, format!("{id}.json")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -289,23 +465,34 @@ impl QuarantineStore {
     /// Puts a quarantined file back where it was, with its mode and owner. Refuses to overwrite.
     pub fn restore(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
-        let root = safefs::open_root(Path::new(&m.root)).map_err(io(&m.root))?;
-        let rel = PathBuf::from(&m.rel);
+        let root = safefs::open_root(&m.root_path()).map_err(io(&m.root))?;
+        let rel = m.rel_path();
         let name = rel.file_name().ok_or_else(|| QuarantineError::NoSuchItem(id.into()))?.to_owned();
         let parent =
             safefs::mkdirs_beneath(&root, rel.parent().unwrap_or(Path::new(""))).map_err(io(&m.original_path))?;
         let bin = format!("{id}.bin");
+        let store = self.payload_dir(&m)?;
         let payload = rustix::fs::openat(
-            &self.fd,
+            &store,
             bin.as_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| io(&m.original_path)(e.into()))?;
-        if safefs::meta_at(&parent, name.to_str().unwrap_or("")).is_ok() {
+        if m.payload_dir.is_some()
+            && safefs::meta(&payload).map_err(io(&m.original_path))?.id != (FileId { dev: m.dev, ino: m.ino })
+        {
+            // A per-filesystem store holds the very inode that was moved; anything else there
+            // is not restored (and not chowned to the user).
+            return Err(QuarantineError::Refused {
+                path: m.original_path.clone(),
+                reason: "the stored payload is not the inode that was quarantined".into(),
+            });
+        }
+        if safefs::meta_at(&parent, name.as_os_str()).is_ok() {
             return Err(QuarantineError::Occupied { path: m.original_path.clone() });
         }
-        match safefs::rename_noreplace(&self.fd, bin.as_ref(), &parent, &name) {
+        match safefs::rename_noreplace(&store, bin.as_ref(), &parent, &name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
                 let fd = rustix::fs::openat(
@@ -320,7 +507,7 @@ impl QuarantineStore {
                     .map_err(io(&m.original_path))?;
                 out.sync_all().map_err(io(&m.original_path))?;
                 restore_owner(&out, &m);
-                safefs::unlink_at(&self.fd, &bin).map_err(io(&m.original_path))?;
+                safefs::unlink_at(&store, &bin).map_err(io(&m.original_path))?;
                 self.remove_manifest(id).map_err(io(self.dir.display()))?;
                 return Ok(m);
             }
@@ -338,7 +525,7 @@ impl QuarantineStore {
     /// Deletes a quarantined file and its manifest for good.
     pub fn purge(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
-        match safefs::unlink_at(&self.fd, &format!("{id}.bin")) {
+        match safefs::unlink_at(self.payload_dir(&m)?, format!("{id}.bin")) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&m.original_path)(e)),
@@ -390,14 +577,23 @@ impl QuarantineStore {
                 let record = safefs::get_xattr(&fd, XATTR).or_else(|_| safefs::get_xattr(&fd, XATTR_USER));
                 if let Some(mut m) = record.ok().and_then(|r| serde_json::from_slice::<Manifest>(&r).ok()) {
                     if m.sha256.is_empty() {
-                        m.sha256 = self.hash_stored(id).unwrap_or_default();
+                        m.sha256 = self.hash_stored(&m).unwrap_or_default();
                     }
                     if self.write_manifest(&m).is_ok() {
                         fixed.push(format!("rebuilt manifest of {id} ({})", m.original_path));
                     }
                 }
             } else if let Some(id) = n.strip_suffix(".json") {
-                if Self::valid_id(id) && !names.iter().any(|x| *x == format!("{id}.bin")) {
+                // A payload in a per-filesystem store is looked up there.
+                let elsewhere = self.get(id).ok().filter(|m| m.payload_dir.is_some());
+                let payload_there = match &elsewhere {
+                    Some(m) => self.payload_dir(m).is_ok_and(|d| {
+                        safefs::meta_at(&d, format!("{id}.bin"))
+                            .is_ok_and(|p| p.id == FileId { dev: m.dev, ino: m.ino })
+                    }),
+                    None => names.iter().any(|x| *x == format!("{id}.bin")),
+                };
+                if Self::valid_id(id) && !payload_there {
                     // The payload was restored (or never moved): the manifest is stale.
                     if self.remove_manifest(id).is_ok() {
                         fixed.push(format!("dropped stale manifest {id}"));
@@ -405,7 +601,7 @@ impl QuarantineStore {
                 } else if let Ok(mut m) = self.get(id) {
                     // Moved before it was hashed, and the daemon stopped before the hash.
                     if m.sha256.is_empty() {
-                        if let Some(sha) = self.hash_stored(id) {
+                        if let Some(sha) = self.hash_stored(&m) {
                             m.sha256 = sha;
                             if self.write_manifest(&m).is_ok() {
                                 fixed.push(format!("hashed {id} ({})", m.original_path));
@@ -421,10 +617,10 @@ impl QuarantineStore {
 
 impl QuarantineStore {
     /// The sha256 of a stored payload, read through an fd opened without following links.
-    fn hash_stored(&self, id: &str) -> Option<String> {
+    fn hash_stored(&self, m: &Manifest) -> Option<String> {
         let fd = rustix::fs::openat(
-            &self.fd,
-            format!("{id}.bin").as_str(),
+            self.payload_dir(m).ok()?,
+            format!("{}.bin", m.id).as_str(),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
@@ -447,27 +643,207 @@ mod tests {
     }
 
     fn quarantine_with_sha(store: &QuarantineStore, root: &Path, name: &str, sha256: &str) -> Manifest {
+        quarantine_named(store, root, name.as_ref(), sha256).unwrap()
+    }
+
+    fn quarantine_named(
+        store: &QuarantineStore,
+        root: &Path,
+        name: &std::ffi::OsStr,
+        sha256: &str,
+    ) -> Result<Manifest, QuarantineError> {
         use std::os::unix::fs::PermissionsExt as _;
         let p = root.join(name);
         std::fs::write(&p, b"payload").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
         let root_fd = safefs::open_root(root).unwrap();
         let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new(name)).unwrap();
-        store
+        store.quarantine(Request {
+            root_path: root,
+            root_fd: &root_fd,
+            rel: Path::new(name),
+            file: &file,
+            meta: &meta,
+            sha256,
+            rule: "r",
+            action: Action::Quarantine,
+            app_kind: "file",
+            app_id: &name.to_string_lossy(),
+            purge_after: None,
+        })
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_or_hold_newlines_or_are_255_bytes_quarantine_and_restore() {
+        use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(std::ffi::OsStr::from_bytes(b"r\xffoot"));
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let long = vec![b'W'; 255];
+        for name in [&b"WeChat\xff.AppImage"[..], b"We\nChat.AppImage", &long, b"\xfe\n\x1b[31m\xe2\x80\xae"] {
+            let name = std::ffi::OsStr::from_bytes(name);
+            let m = quarantine_named(&store, &root, name, "00").unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert!(!root.join(name).exists(), "{name:?} still in place");
+            // The manifest on disk names the file losslessly.
+            let back = store.get(&m.id).unwrap();
+            assert_eq!(back.original_path_bytes(), root.join(name).into_os_string().into_vec(), "{name:?}");
+            store.restore(&m.id).unwrap_or_else(|e| panic!("restore {name:?}: {e}"));
+            assert_eq!(std::fs::read(root.join(name)).unwrap(), b"payload", "{name:?} restored");
+            std::fs::remove_file(root.join(name)).unwrap();
+        }
+        assert!(store.list().is_empty());
+    }
+
+    /// Finding 13: through a hard link under a banned name, the agent would have killed every
+    /// process running a file outside the roots and stripped its mode.
+    #[test]
+    fn a_hard_link_to_a_file_outside_the_root_is_refused_and_nothing_is_touched() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // A program running from outside the root, and a second name for it inside.
+        let prog = outside.join("sleeper");
+        std::fs::copy("/bin/sleep", &prog).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
+        std::fs::hard_link(&prog, root.join("WeChat.AppImage")).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let root_fd = safefs::open_root(&root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
+        let r = store.quarantine(Request {
+            root_path: &root,
+            root_fd: &root_fd,
+            rel: Path::new("WeChat.AppImage"),
+            file: &file,
+            meta: &meta,
+            sha256: "00",
+            rule: "r",
+            action: Action::Quarantine,
+            app_kind: "file",
+            app_id: "WeChat.AppImage",
+            purge_after: None,
+        });
+        assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
+        assert!(r.unwrap_err().to_string().contains("2 hard links"));
+        assert_eq!(std::fs::metadata(&prog).unwrap().mode() & 0o7777, 0o4755, "mode unchanged");
+        assert!(root.join("WeChat.AppImage").exists(), "not moved");
+        assert!(child.try_wait().unwrap().is_none(), "the program outside the root was not killed");
+        assert!(store.list().is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Finding 13: a file not owned by the folder's user (the owner of the watched root) is
+    /// refused; a root-owned root accepts any owner's file with one link.
+    #[test]
+    fn files_not_owned_by_the_folders_user_are_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: needs root to chown");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("alice-downloads");
+        std::fs::create_dir_all(&root).unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        // A root-owned root: a file of uid 1000 in it is taken.
+        std::fs::write(root.join("a"), b"payload").unwrap();
+        std::os::unix::fs::chown(root.join("a"), Some(1000), Some(1000)).unwrap();
+        let r = quarantine_named(&store, &root, "a".as_ref(), "00");
+        assert!(r.is_ok(), "{r:?}");
+        // Alice's folder: her file is taken, root's is refused and left alone.
+        std::os::unix::fs::chown(&root, Some(1000), Some(1000)).unwrap();
+        std::fs::write(root.join("b"), b"payload").unwrap();
+        std::os::unix::fs::chown(root.join("b"), Some(1000), Some(1000)).unwrap();
+        assert!(quarantine_named(&store, &root, "b".as_ref(), "00").is_ok());
+        let r = quarantine_named(&store, &root, "c".as_ref(), "00");
+        assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
+        assert!(root.join("c").exists());
+    }
+
+    /// A tmpfs mounted for the test (root only), unmounted on drop.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Tmpfs {
+        fn mount(at: &Path) -> Option<Self> {
+            std::fs::create_dir_all(at).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
+                .arg(at)
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then(|| Tmpfs(at.to_path_buf()))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+
+    /// Finding 12: a 4 GiB sparse file (a few KiB on disk) on another filesystem than the store
+    /// is quarantined by a rename into that filesystem's own store, not copied; and restored.
+    #[test]
+    fn a_sparse_file_on_another_filesystem_is_quarantined_by_rename_not_copied() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(&tmp.path().join("home")) else {
+            // The unit tests have no EMBARGO_REQUIRE_TOOLS helper; say so plainly.
+            assert!(std::env::var("EMBARGO_REQUIRE_TOOLS").as_deref() != Ok("1"), "needs root to mount a tmpfs");
+            eprintln!("SKIP: needs root to mount a tmpfs");
+            return;
+        };
+        let root = fs.0.join("alice/Downloads");
+        std::fs::create_dir_all(&root).unwrap();
+        let big = root.join("WeChat.AppImage");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(4 << 30).unwrap();
+        drop(f);
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        assert_ne!(std::fs::metadata(store.dir()).unwrap().dev(), std::fs::metadata(&root).unwrap().dev());
+        let root_fd = safefs::open_root(&root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
+        let m = store
             .quarantine(Request {
-                root_path: root,
+                root_path: &root,
                 root_fd: &root_fd,
-                rel: Path::new(name),
+                rel: Path::new("WeChat.AppImage"),
                 file: &file,
                 meta: &meta,
-                sha256,
+                sha256: "00",
                 rule: "r",
                 action: Action::Quarantine,
-                app_kind: "file",
-                app_id: name,
+                app_kind: "appimage",
+                app_id: "WeChat",
                 purge_after: None,
             })
-            .unwrap()
+            .unwrap();
+        drop(file);
+        assert!(!big.exists());
+        // Nothing of it in the main store but the manifest; the payload is the same inode, in
+        // the tmpfs's own store, root-only.
+        let main: u64 = std::fs::read_dir(store.dir()).unwrap().flatten().map(|e| e.metadata().unwrap().blocks()).sum();
+        assert!(main < 64, "the main store holds {main} blocks");
+        let per_fs = fs.0.join(".embargo-quarantine");
+        let payload = std::fs::metadata(per_fs.join(format!("{}.bin", m.id))).unwrap();
+        assert_eq!((payload.ino(), payload.len()), (meta.id.ino, 4 << 30));
+        assert_eq!(std::fs::metadata(&per_fs).unwrap().mode() & 0o7777, 0o700);
+        assert_eq!(store.list().len(), 1);
+        assert!(store.recover().is_empty(), "recovery finds the payload in the per-filesystem store");
+        store.restore(&m.id).unwrap();
+        assert_eq!(std::fs::metadata(&big).unwrap().ino(), meta.id.ino, "restored by rename");
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn manifests_written_before_name_bytes_still_load() {
+        let old = r#"{"schema_version":1,"id":"q1","original_path":"/r/a","root":"/r","rel":"a","uid":0,"gid":0,"mode":420,"size":1,"sha256":"00","rule":"r","action":"quarantine","app_kind":"file","app_id":"a","quarantined_at":"2026-01-01T00:00:00Z","purge_after":null,"dev":1,"ino":2}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.original_path_bytes(), b"/r/a");
     }
 
     #[test]

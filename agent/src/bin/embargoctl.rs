@@ -7,7 +7,36 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use embargo_agent::escape::{escape, escape_json};
 use embargo_agent::proto::{Request, Response, Status};
+
+/// Every text line goes through `emit` with its untrusted parts made visible (`escape`: a file
+/// name cannot forge a line or send terminal codes); JSON goes through `print_json`.
+macro_rules! println {
+    ($($arg:tt)*) => {
+        emit(&escape(&format!($($arg)*)))
+    };
+}
+
+/// Writes one line to stdout. A closed stdout (`embargoctl … | head`) ends the program
+/// normally (exit 0) instead of panicking; any other write error exits 1.
+fn emit(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("embargoctl: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// JSON output: pretty or one line, with bidi and invisible characters in strings escaped.
+fn print_json(v: &impl serde::Serialize, pretty: bool) {
+    let text = if pretty { serde_json::to_string_pretty(v) } else { serde_json::to_string(v) }.expect("json");
+    emit(&escape_json(&text));
+}
 
 #[derive(Parser)]
 #[command(name = "embargoctl", version, about = "Query and control the embargo agent")]
@@ -90,19 +119,19 @@ fn main() -> ExitCode {
         Command::Status { json } => match call(Request::Status, short) {
             Err(e) => {
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"schema_version": 1, "daemon": {"health": "unreachable"}, "error": e})
+                    print_json(
+                        &serde_json::json!({"schema_version": 1, "daemon": {"health": "unreachable"}, "error": e}),
+                        false,
                     );
                 }
-                eprintln!("embargoctl: {e}");
+                eprintln!("embargoctl: {}", escape(&e));
                 return ExitCode::from(3);
             }
             Ok(r) => match decode::<Status>(r) {
                 Err(code) => return code,
                 Ok(s) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+                        print_json(&s, true);
                     } else {
                         print_status(&s);
                     }
@@ -117,7 +146,7 @@ fn main() -> ExitCode {
             let r = call(Request::Inventory, short);
             return show(r, |v| {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+                    print_json(v, true);
                 } else {
                     let inv: embargo_policy::inventory::Inventory = serde_json::from_value(v.clone())
                         .unwrap_or(embargo_policy::inventory::Inventory { schema_version: 1, apps: vec![] });
@@ -146,14 +175,14 @@ fn main() -> ExitCode {
             let app = match identify(&path) {
                 Ok(a) => a,
                 Err(e) => {
-                    eprintln!("embargoctl: {}: {e}", path.display());
+                    eprintln!("embargoctl: {}: {}", escape(&path.display().to_string()), escape(&e));
                     return ExitCode::from(1);
                 }
             };
             let r = call(Request::Evaluate { app: app.clone() }, short);
             return show(r, |v| {
                 if json {
-                    println!("{}", serde_json::json!({"app": app, "verdicts": v}));
+                    print_json(&serde_json::json!({"app": app, "verdicts": v}), false);
                 } else {
                     println!(
                         "{} {} (name {:?}, sha256 {})",
@@ -180,7 +209,7 @@ fn main() -> ExitCode {
                 let r = call(Request::QuarantineList, short);
                 return show(r, |v| {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+                        print_json(v, true);
                     } else {
                         for m in v.as_array().into_iter().flatten() {
                             println!(
@@ -203,7 +232,7 @@ fn main() -> ExitCode {
             loop {
                 let r = match call(Request::Events { since, limit: 1000 }, short) {
                     Err(e) => {
-                        eprintln!("embargoctl: {e}");
+                        eprintln!("embargoctl: {}", escape(&e));
                         return ExitCode::from(3);
                     }
                     Ok(r) => r,
@@ -218,7 +247,7 @@ fn main() -> ExitCode {
                 for e in v["entries"].as_array().into_iter().flatten() {
                     since = since.max(e["seq"].as_u64().unwrap_or(0));
                     if json {
-                        println!("{e}");
+                        print_json(e, false);
                     } else {
                         println!("{:>6} {} {}", e["seq"], e["time"].as_str().unwrap_or(""), e["event"]);
                     }
@@ -230,12 +259,12 @@ fn main() -> ExitCode {
             }
         }
     };
-    show(result, |v| println!("{}", serde_json::to_string_pretty(v).expect("json")))
+    show(result, |v| print_json(v, true))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(r: Response) -> Result<T, ExitCode> {
     if !r.ok {
-        eprintln!("embargoctl: {}", r.error.unwrap_or_default());
+        eprintln!("embargoctl: {}", escape(&r.error.unwrap_or_default()));
         return Err(ExitCode::from(if r.code.as_deref() == Some("denied") { 4 } else { 1 }));
     }
     serde_json::from_value(r.result.unwrap_or_default()).map_err(|e| {
@@ -247,7 +276,7 @@ fn decode<T: serde::de::DeserializeOwned>(r: Response) -> Result<T, ExitCode> {
 fn show(r: Result<Response, String>, print: impl FnOnce(&serde_json::Value)) -> ExitCode {
     match r {
         Err(e) => {
-            eprintln!("embargoctl: {e}");
+            eprintln!("embargoctl: {}", escape(&e));
             ExitCode::from(3)
         }
         Ok(r) => match decode::<serde_json::Value>(r) {

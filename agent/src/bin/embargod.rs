@@ -27,14 +27,28 @@ fn main() -> ExitCode {
     let default_filter = if args.demo.is_some() { "warn" } else { "warn,embargo_agent=info" };
     // `Targets` (not EnvFilter): the same `warn,embargo_agent=debug` syntax without a regex
     // engine in a daemon that should stay small.
+    use tracing_subscriber::field::MakeExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter: tracing_subscriber::filter::Targets = std::env::var("EMBARGO_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| default_filter.parse().expect("the default filter parses"));
+    // Field values (file names, app ids, errors quoting them) are user-chosen: each is escaped
+    // (`escape`) so a name cannot forge a log line or send terminal codes.
+    let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = embargo_agent::escape::escape(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ");
+
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).fmt_fields(fields))
         .with(filter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

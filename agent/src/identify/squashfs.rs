@@ -85,7 +85,7 @@ fn decompress(c: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, Squa
 
 /// The window size a zstd frame header declares (RFC 8878 §3.1.1.1), or `None` when `data` does
 /// not start with a zstd frame header.
-fn zstd_window(data: &[u8]) -> Option<u64> {
+pub(crate) fn zstd_window(data: &[u8]) -> Option<u64> {
     if data.get(..4)? != [0x28, 0xb5, 0x2f, 0xfd] {
         return None;
     }
@@ -408,6 +408,13 @@ fn resolve_in_image(target: &[u8]) -> Result<Vec<Vec<u8>>, SquashError> {
         }
     }
     Ok(parts)
+}
+
+/// Whether a squashfs superblock (`hsqs`) follows the ELF section header table of `file`: the
+/// shape of a type-2 AppImage whether or not it carries the optional `AI\x02` bytes (the kernel
+/// and the runtime ignore them). True also for images this reader cannot decode.
+pub fn has_image_after_elf(file: &File) -> bool {
+    !matches!(Image::open(file), Err(SquashError::NoImage))
 }
 
 /// The desktop entry embedded in the AppImage open as `file`: its file name in the image's root
