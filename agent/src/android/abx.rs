@@ -18,7 +18,9 @@
 //! last good reading kept. Every byte of state comes from the input, so memory is bounded by the
 //! (size-capped) input.
 
-use super::xml::{Attr, Event, Pull, Value, XmlError, ABX_MAGIC, MAX_ATTRS, MAX_DEPTH, MAX_EVENTS, MAX_VALUE};
+use super::xml::{
+    Attr, Event, Pull, Value, XmlError, ABX_MAGIC, MAX_ATTRS, MAX_DEPTH, MAX_ELEMENT_BYTES, MAX_EVENTS, MAX_VALUE,
+};
 
 const START_DOCUMENT: u8 = 0;
 const END_DOCUMENT: u8 = 1;
@@ -193,6 +195,7 @@ impl<'a> AbxReader<'a> {
         }
         let name = self.interned()?;
         let mut attrs = Vec::new();
+        let mut total = 0usize;
         while self.b.get(self.pos).is_some_and(|t| t & 0x0f == ATTRIBUTE) {
             if attrs.len() == MAX_ATTRS {
                 return Err(self.limit("more than 256 attributes on one element"));
@@ -200,6 +203,15 @@ impl<'a> AbxReader<'a> {
             let t = self.u8()?;
             let name = self.interned()?;
             let value = self.value(t & 0xf0)?;
+            total += name.len()
+                + match &value {
+                    Value::Str(s) => s.len(),
+                    Value::BytesHex(b) | Value::BytesBase64(b) => b.len(),
+                    _ => 8,
+                };
+            if total > MAX_ELEMENT_BYTES {
+                return Err(self.limit("attribute values of one element over 1 MiB"));
+            }
             attrs.push(Attr { name, value });
         }
         self.depth += 1;

@@ -4,10 +4,11 @@
 //! `Xml.resolvePullParser` does.
 //!
 //! Bounds (both encodings): element depth `MAX_DEPTH`, attributes per element `MAX_ATTRS`, text
-//! and attribute values `MAX_VALUE` bytes, events per document `MAX_EVENTS`. The input itself is
-//! a slice the caller has already read with a size cap. Namespaces, DTD entities and external
-//! references are not supported (Android's writers never produce them): an unknown entity is an
-//! error, a DOCTYPE is skipped, never expanded.
+//! and attribute values `MAX_VALUE` bytes, `MAX_ELEMENT_BYTES` of attribute names and values per
+//! element, events per document `MAX_EVENTS`. The input itself is a slice the caller has already
+//! read with a size cap. Namespaces, DTD entities and external references are not supported
+//! (Android's writers never produce them): an unknown entity is an error, a DOCTYPE is skipped,
+//! never expanded.
 
 use std::borrow::Cow;
 
@@ -18,6 +19,9 @@ pub const MAX_ATTRS: usize = 256;
 /// Longest text or attribute value (ABX caps strings and byte arrays at 65,535 bytes; text XML
 /// hex-encodes certificates, so twice that plus slack).
 pub const MAX_VALUE: usize = 256 * 1024;
+/// Bytes of attribute values per element (ABX attributes can reference one interned string
+/// many times: this keeps one element's decoded size near what the input could spell out).
+pub const MAX_ELEMENT_BYTES: usize = 1024 * 1024;
 /// Events per document (a 2,000-package file has about 20,000).
 pub const MAX_EVENTS: usize = 5_000_000;
 
@@ -213,6 +217,7 @@ impl<'a> TextReader<'a> {
         let qname = e.name();
         let name = std::str::from_utf8(qname.as_ref()).map_err(|_| self.malformed("element name is not UTF-8"))?;
         let mut attrs = Vec::new();
+        let mut total = 0usize;
         for a in e.attributes() {
             let a = a.map_err(|err| self.malformed(err))?;
             if attrs.len() == MAX_ATTRS {
@@ -220,6 +225,10 @@ impl<'a> TextReader<'a> {
             }
             if a.value.len() > MAX_VALUE {
                 return Err(self.limit("attribute value longer than 256 KiB"));
+            }
+            total += a.key.as_ref().len() + a.value.len();
+            if total > MAX_ELEMENT_BYTES {
+                return Err(self.limit("attribute values of one element over 1 MiB"));
             }
             let key = std::str::from_utf8(a.key.as_ref()).map_err(|_| self.malformed("attribute name is not UTF-8"))?;
             let value = a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|err| self.malformed(err))?;
