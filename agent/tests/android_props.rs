@@ -210,7 +210,11 @@ fn the_valid_apk_builders_are_read() {
     assert_eq!(id.scheme, Some(apk::Scheme::V3));
     assert_eq!(id.lineage.len(), 1, "the lineage's last node is the current signer");
     let (id, _) = identify_bytes(&valid_apk(false, false, false));
-    assert_eq!(id.unwrap().scheme, None);
+    let id = id.unwrap();
+    assert_eq!((id.scheme, id.signer_error), (None, None), "unsigned");
+    let (id, _) = identify_bytes(&valid_apk(false, false, true));
+    let id = id.unwrap();
+    assert!(matches!(id.signer_error, Some(apk::ApkError::V1 { .. })), "a bogus v1 block is reported");
 }
 
 #[test]
@@ -228,7 +232,12 @@ fn declared_sizes_do_not_allocate() {
     let magic = bytes.windows(16).position(|w| w == b"APK Sig Block 42").unwrap();
     bytes[magic - 8..magic].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     let (r, peak) = identify_bytes(&bytes);
-    assert!(r.is_err(), "{r:?}");
+    // The manifest still identifies the app; the damaged signing block is the reported reason
+    // there is no signer.
+    let id = r.unwrap();
+    assert_eq!(id.manifest.package, "com.tencent.mm");
+    assert!(matches!(id.signer_error, Some(apk::ApkError::SigningBlockTooLarge(_))), "{:?}", id.signer_error);
+    assert!(id.signers.is_empty());
     assert!(peak < 1024 * 1024, "peak {peak}");
     let _ = cd;
 }

@@ -193,6 +193,7 @@ fn apk_identity_matches_aapt_and_apksigner() {
         let theirs = apksigner_certs(&made.apk, made.min_sdk);
         assert_eq!(theirs.len(), 1, "{name}: one signer");
         assert_eq!(id.scheme, Some(made.scheme), "{name}: scheme");
+        assert_eq!(id.signer_error, None, "{name}");
         assert_eq!(id.signers.iter().map(apk::Cert::hex).collect::<Vec<_>>(), theirs, "{name}: signer");
         let app = android::apk_app(&id, &made.apk.display().to_string());
         assert_eq!(app.id, id.manifest.package);

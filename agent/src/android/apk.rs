@@ -48,7 +48,7 @@ const V3_ID: u32 = 0xf053_68c0;
 const V31_ID: u32 = 0x1b93_ad61;
 const PROOF_OF_ROTATION_ID: u32 = 0x3ba0_6f8c;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ApkError {
     #[error("{0}")]
     Zip(#[from] ZipError),
@@ -115,6 +115,9 @@ pub struct ApkIdentity {
     /// Earlier certificates from a v3 proof-of-rotation lineage, oldest first (the current
     /// signer's own certificate is not repeated here).
     pub lineage: Vec<Cert>,
+    /// Why no signer could be read from a damaged signature section (then `signers` is empty and
+    /// the identity rests on the manifest alone).
+    pub signer_error: Option<ApkError>,
 }
 
 impl ApkIdentity {
@@ -153,13 +156,26 @@ pub fn identify_apk(file: &File) -> Result<ApkIdentity, ApkError> {
     let manifest_entry = entries.iter().find(|e| e.name == "AndroidManifest.xml").ok_or(ApkError::NoManifest)?;
     let manifest = axml::parse_manifest(&zip::read_entry(file, &eocd, manifest_entry, MANIFEST_MAX)?)?;
 
-    let mut id = ApkIdentity { manifest, scheme: None, signers: Vec::new(), lineage: Vec::new() };
-    if let Some(block) = signing_block_values(file, &eocd)? {
+    let mut id = ApkIdentity { manifest, scheme: None, signers: Vec::new(), lineage: Vec::new(), signer_error: None };
+    // A damaged signature section does not hide what the manifest says: the identity keeps its
+    // package and version (id and version rules still match), with no signers and the reason.
+    if let Err(e) = read_signers(file, &eocd, &entries, &mut id) {
+        id.scheme = None;
+        id.signers.clear();
+        id.lineage.clear();
+        id.signer_error = Some(e);
+    }
+    Ok(id)
+}
+
+/// Fills the identity's signers from the signing block, or from v1 when there is none.
+fn read_signers(file: &File, eocd: &zip::Eocd, entries: &[zip::Entry], id: &mut ApkIdentity) -> Result<(), ApkError> {
+    if let Some(block) = signing_block_values(file, eocd)? {
         // v3.1 targets newer platforms with a rotated key; v3 then covers older ones. A ban
         // must match either, so both are collected (v3.1's signer first).
         for (scheme, value) in [(Scheme::V31, &block.v31), (Scheme::V3, &block.v3)] {
             if let Some(v) = value {
-                parse_v3(v, scheme, &mut id)?;
+                parse_v3(v, scheme, id)?;
                 id.scheme.get_or_insert(scheme);
             }
         }
@@ -176,7 +192,7 @@ pub fn identify_apk(file: &File) -> Result<ApkIdentity, ApkError> {
     }
     if id.scheme.is_none() {
         for e in entries.iter().filter(|e| e.name != "AndroidManifest.xml") {
-            let bytes = zip::read_entry(file, &eocd, e, V1_MAX)?;
+            let bytes = zip::read_entry(file, eocd, e, V1_MAX)?;
             let der = pkcs7_signer_cert(&bytes).map_err(|what| ApkError::V1 { file: e.name.clone(), what })?;
             push_cert(&mut id.signers, Cert::of(der));
         }
@@ -184,7 +200,7 @@ pub fn identify_apk(file: &File) -> Result<ApkIdentity, ApkError> {
             id.scheme = Some(Scheme::V1);
         }
     }
-    Ok(id)
+    Ok(())
 }
 
 /// `META-INF/X.RSA`, `.DSA` or `.EC` (upper case, as the platform's JAR verifier wants), not in

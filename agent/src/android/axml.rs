@@ -37,7 +37,7 @@ const MAX_STRING: usize = 4096;
 /// Attributes looked at on the manifest element.
 const MAX_ATTRS: usize = 1024;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AxmlError {
     #[error("not a binary XML document")]
     NotAxml,

@@ -27,7 +27,7 @@ const WINDOW: usize = 64 * 1024;
 /// Longest entry name considered (longer names are skipped, never allocated).
 const MAX_NAME: usize = 4096;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ZipError {
     #[error("not a ZIP archive (no end-of-central-directory record)")]
     NotZip,
