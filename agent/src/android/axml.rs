@@ -149,10 +149,21 @@ fn utf16_len(d: &[u8]) -> Result<(usize, usize), AxmlError> {
     }
 }
 
-/// Whether `name` is a package name Android accepts: two or more dot-separated segments, each a
-/// Java-identifier-like run of ASCII letters, digits and `_` not starting with a digit, at most
-/// 255 bytes (`FrameworkParsingPackageUtils.validateName`).
+/// Whether `name` is a package name Android accepts for an installable APK: two or more
+/// dot-separated segments, each a Java-identifier-like run of ASCII letters, digits and `_` not
+/// starting with a digit, at most 255 bytes (`FrameworkParsingPackageUtils.validateName` with
+/// `requireSeparator`).
 pub fn valid_package_name(name: &str) -> bool {
+    valid_name(name, 2)
+}
+
+/// As [`valid_package_name`], but one segment is enough: the platform's own package is `android`
+/// (framework-res.apk), and packages.xml lists it.
+pub fn valid_installed_package_name(name: &str) -> bool {
+    valid_name(name, 1)
+}
+
+fn valid_name(name: &str, min_segments: usize) -> bool {
     if name.is_empty() || name.len() > 255 {
         return false;
     }
@@ -168,7 +179,7 @@ pub fn valid_package_name(name: &str) -> bool {
             return false;
         }
     }
-    segments >= 2
+    segments >= min_segments
 }
 
 /// Reads the manifest fields from a whole binary AndroidManifest.xml.
@@ -464,6 +475,8 @@ mod tests {
         assert!(valid_package_name("com.tencent.mm"));
         assert!(valid_package_name("a_b.c9"));
         assert!(!valid_package_name("mm"));
+        assert!(valid_installed_package_name("android"));
+        assert!(!valid_installed_package_name("android/.."));
         assert!(!valid_package_name("com..mm"));
         assert!(!valid_package_name("com.9mm"));
         assert!(!valid_package_name("com.tencent.mm/../x"));

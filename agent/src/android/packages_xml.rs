@@ -156,7 +156,7 @@ pub fn read_packages(bytes: &[u8]) -> Result<PackageDb, PackagesError> {
                     (0, other) => return Err(schema(FILE, format!("root element is <{other}>, not <packages>"))),
                     (1, "package") => {
                         let pkg_name = attr_str(&attrs, "name")
-                            .filter(|n| super::axml::valid_package_name(n))
+                            .filter(|n| super::axml::valid_installed_package_name(n))
                             .ok_or_else(|| schema(FILE, "a <package> without a valid name"))?;
                         if db.packages.len() >= MAX_PACKAGES {
                             return Err(schema(FILE, format!("more than {MAX_PACKAGES} packages")));
@@ -331,6 +331,9 @@ mod tests {
 <packages>
 <version sdkVersion="34" databaseVersion="3" />
 <updated-package name="com.android.chrome" codePath="/system/app/Chrome" version="1" />
+<package name="android" codePath="/system/framework/framework-res.apk" publicFlags="1" version="28" userId="1000">
+<sigs count="1" schemeVersion="2"><cert index="7" key="30820001" /></sigs>
+</package>
 <package name="com.tencent.mm" codePath="/data/app/~~aGVsbG8=/com.tencent.mm-d29ybGQ=" publicFlags="810073668" privateFlags="0" ft="18c0b1d2e30" version="2800" userId="10234" installer="com.android.vending">
 <sigs count="1" schemeVersion="3">
 <cert index="0" key="308201a2" />
@@ -363,15 +366,17 @@ mod tests {
         assert_eq!(db.packages["com.example.clone"].signers, vec![k0]);
         let chrome = &db.packages["com.android.chrome"];
         assert!(chrome.is_system() && chrome.is_privileged() && chrome.is_updated_system());
-        assert!(chrome.signers.is_empty());
-        assert_eq!(db.warnings.len(), 1, "{:?}", db.warnings);
+        // chrome names index 7, which the platform package (listed earlier) wrote.
+        assert_eq!(chrome.signers, db.packages["android"].signers);
+        assert!(db.packages["android"].is_system());
+        assert!(db.warnings.is_empty(), "{:?}", db.warnings);
     }
 
     #[test]
     fn schema_errors_name_the_problem() {
         let e = read_packages(b"<settings/>").unwrap_err();
         assert!(e.to_string().contains("not <packages>"), "{e}");
-        let e = read_packages(b"<packages><package name=\"x\"/></packages>").unwrap_err();
+        let e = read_packages(b"<packages><package name=\"x/y\"/></packages>").unwrap_err();
         assert!(e.to_string().contains("valid name"), "{e}");
         let e =
             read_packages(b"<packages><package name=\"a.b\"><sigs><cert index=\"-1\"/></sigs></package></packages>")
