@@ -22,7 +22,7 @@ if ! rustup target list --installed | grep -qx "$target"; then
         exit 2
     fi
 fi
-for tool in clang llvm-ar; do
+for tool in clang llvm-ar llvm-objcopy; do
     command -v "$tool" >/dev/null || { echo "build.sh: needs $tool (Debian: clang, llvm)" >&2; exit 2; }
 done
 
@@ -41,5 +41,10 @@ for b in embargod embargoctl; do
     cp "target/$target/release/$b" "$out/$b"
 done
 cp "target/$target/release/examples/android_inspect" "$out/android_inspect"
+# The release profile keeps line tables for backtraces on servers; a device image ships stripped
+# binaries (keep the unstripped ones in target/$target/release for symbolizing crash reports).
+for b in embargod embargoctl android_inspect; do
+    llvm-objcopy --strip-all "$out/$b"
+done
 file "$out"/* 2>/dev/null || true
 ls -l "$out"

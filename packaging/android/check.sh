@@ -27,7 +27,7 @@ trap cleanup EXIT
 
 echo "== 1. versions (aarch64 under qemu)"
 file "$bin/embargod" | grep -q "ARM aarch64" || { echo "not an aarch64 binary" >&2; exit 1; }
-file "$bin/embargod" | grep -q "statically linked" || { echo "not statically linked" >&2; exit 1; }
+file "$bin/embargod" | grep -qE "statically linked|static-pie linked" || { echo "not statically linked" >&2; exit 1; }
 run "$bin/embargod" --version
 run "$bin/embargoctl" --version
 
