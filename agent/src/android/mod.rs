@@ -133,6 +133,49 @@ mod tests {
         assert_eq!(code_dir_package("..-x"), None);
     }
 
+    /// AOSP's `ShellCommand` option walk as `PackageManagerShellCommand` uses it: after the
+    /// command word, arguments starting with `-` are options (each of `takes_value` consumes the
+    /// next argument) until the first that does not; the rest are positional.
+    fn aosp_parse<'a>(argv: &'a [String], takes_value: &[&str]) -> (Vec<(&'a str, Option<&'a str>)>, Vec<&'a str>) {
+        assert_eq!(argv[0], "package", "cmd's service name");
+        let mut it = argv[2..].iter().map(String::as_str).peekable();
+        let mut opts = Vec::new();
+        while let Some(a) = it.peek().copied().filter(|a| a.starts_with('-')) {
+            it.next();
+            let v = takes_value.contains(&a).then(|| it.next().expect("option value"));
+            opts.push((a, v));
+        }
+        (opts, it.collect())
+    }
+
+    #[test]
+    fn cmd_argv_parse_as_package_manager_shell_command_does() {
+        // runUninstall: options -k, --user, --versionCode; then the package; a second positional
+        // would make it remove only that split, so there must be none.
+        let argv = cmd::uninstall("com.tencent.mm");
+        assert_eq!(argv[1], "uninstall");
+        let (opts, pos) = aosp_parse(&argv, &["--user", "--versionCode"]);
+        assert_eq!(opts, vec![("--user", Some("all"))], "all users (UserHandle.parseUserArg(\"all\") = USER_ALL)");
+        assert_eq!(pos, vec!["com.tencent.mm"], "no split name");
+        // install-abandon takes the session id as its only argument.
+        let argv = cmd::install_abandon(1_234_567);
+        assert_eq!((argv[1].as_str(), aosp_parse(&argv, &[]).1), ("install-abandon", vec!["1234567"]));
+        // runSuspend: --user, --dialogMessage (one argument, spaces and all: no shell), then packages.
+        let argv = cmd::suspend("com.tencent.mm", 10, "Blocked by your organisation: rule wechat");
+        assert_eq!(argv[1], "suspend");
+        let (opts, pos) = aosp_parse(&argv, &["--user", "--dialogMessage"]);
+        assert_eq!(
+            opts,
+            vec![("--user", Some("10")), ("--dialogMessage", Some("Blocked by your organisation: rule wechat"))]
+        );
+        assert_eq!(pos, vec!["com.tencent.mm"]);
+        let argv = cmd::unsuspend("com.tencent.mm", 0);
+        let (opts, pos) = aosp_parse(&argv, &["--user"]);
+        assert_eq!((argv[1].as_str(), opts, pos), ("unsuspend", vec![("--user", Some("0"))], vec!["com.tencent.mm"]));
+        // Package names come validated, so none can pose as an option.
+        assert!(!axml::valid_installed_package_name("-k"));
+    }
+
     #[test]
     fn protected_packages() {
         let mut p = InstalledPackage { name: "a.b".into(), ..Default::default() };
