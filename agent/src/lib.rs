@@ -20,10 +20,12 @@
 //! - `control`: the Unix-socket server (peer credentials decide what a caller may do).
 //! - `proto`: the control protocol types (the API boundary).
 //! - `demo`: the one-command demo device.
+//! - `android`: APK identity (manifest, signer) and packages.xml (ABX and text); reads only.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
 pub mod act;
+pub mod android;
 pub mod artifact;
 pub mod audit;
 pub mod clock;

@@ -53,7 +53,9 @@ fn from_stat(st: &rustix::fs::Stat) -> Meta {
         uid: st.st_uid,
         gid: st.st_gid,
         size: st.st_size as u64,
-        nlink: st.st_nlink,
+        // `st_nlink` is u64 on x86_64 and u32 on aarch64 (the Android build).
+        #[allow(clippy::useless_conversion)]
+        nlink: u64::from(st.st_nlink),
         is_file: ft == rustix::fs::FileType::RegularFile,
         is_dir: ft == rustix::fs::FileType::Directory,
     }
