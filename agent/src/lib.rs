@@ -11,6 +11,8 @@
 //! - `control`: the Unix-socket server (peer credentials decide what a caller may do).
 //! - `proto`: the control protocol types (the API boundary).
 //! - `demo`: the one-command demo device.
+//! - `exec_gate`: the fanotify exec gate (banned files fail to execute); `running`: the sweep that
+//!   stops banned running processes.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
@@ -20,12 +22,14 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod dpkg;
+pub mod exec_gate;
 pub mod flatpak;
 pub mod identify;
 pub mod packages;
 pub mod proto;
 pub mod quarantine;
 pub mod rpm;
+pub mod running;
 pub mod safefs;
 pub mod snap;
 pub mod squashfs;
