@@ -99,6 +99,10 @@ pub struct GateConfig {
     pub scope: MarkScope,
     /// Turn a deny for a direct child of this process into an allow (see the module header).
     pub exempt_children: bool,
+    /// Nice value of the reader thread (every exec on a gated filesystem waits for it, so it
+    /// should not queue behind batch work; fapolicyd runs at -14). Workers keep the default:
+    /// hashing a large file must not starve the machine.
+    pub reader_nice: i32,
 }
 
 impl Default for GateConfig {
@@ -112,6 +116,7 @@ impl Default for GateConfig {
             cache_entries: 65_536,
             scope: MarkScope::AllFilesystems,
             exempt_children: true,
+            reader_nice: -10,
         }
     }
 }
@@ -439,22 +444,31 @@ struct Shared {
 impl Shared {
     /// Answers `p` unless someone already did; returns whether this call answered.
     fn respond(&self, p: &Pending, answer: Answer) -> bool {
+        self.respond_counting(p, answer, None)
+    }
+
+    /// [`Shared::respond`], bumping `also` (when this call answers) before the answer is out.
+    fn respond_counting(&self, p: &Pending, answer: Answer, also: Option<&AtomicU64>) -> bool {
         if p.answered.swap(true, Ordering::AcqRel) {
             return false;
+        }
+        if let Some(c) = also {
+            bump(c);
         }
         let r = match answer {
             Answer::Allow => Response::FAN_ALLOW,
             Answer::Deny => Response::FAN_DENY,
         };
+        // Counted before the write, so whoever sees the exec's outcome sees the count too.
+        bump(match answer {
+            Answer::Allow => &self.counters.allowed,
+            Answer::Deny => &self.counters.denied,
+        });
         if let Err(e) = self.fan.write_response(FanotifyResponse::new(p.fd(), r)) {
             // Nothing else can be done: the kernel answers it (allow) when the group closes.
             bump(&self.counters.errors);
             tracing::error!(pid = p.pid, error = %e, "cannot answer a permission event");
         }
-        bump(match answer {
-            Answer::Allow => &self.counters.allowed,
-            Answer::Deny => &self.counters.denied,
-        });
         true
     }
 
@@ -652,6 +666,7 @@ const BATCH: usize = 256;
 impl Reader {
     fn run(mut self, stop: &OwnedFd) {
         let s = self.shared.clone();
+        set_thread_nice(s.cfg.reader_nice);
         loop {
             let next = self.expire();
             let timeout = next.map(|d| {
@@ -717,8 +732,7 @@ impl Reader {
             }
             let p = self.pending.pop_front().expect("front exists");
             let answer = self.shared.fail_answer(&p);
-            if self.shared.respond(&p, answer) {
-                bump(&self.shared.counters.deadline);
+            if self.shared.respond_counting(&p, answer, Some(&self.shared.counters.deadline)) {
                 let exec = self.shared.exec_info(&p);
                 self.shared.emit(GateEvent::Deadline { exec, answer });
             }
@@ -786,12 +800,24 @@ impl Reader {
             Ok(()) => self.pending.push_back(p),
             Err(_) => {
                 let answer = s.fail_answer(&p);
-                s.respond(&p, answer);
-                bump(&s.counters.queue_full);
+                s.respond_counting(&p, answer, Some(&s.counters.queue_full));
                 s.emit(GateEvent::QueueFull { exec: s.exec_info(&p), answer });
             }
         }
         true
+    }
+}
+
+/// Sets this thread's nice value (Linux keeps one per thread); failures only cost latency.
+fn set_thread_nice(nice: i32) {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(tid) = tid {
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::debug!(error = %e, nice, "cannot set the gate reader's nice value");
+        }
     }
 }
 
