@@ -79,12 +79,28 @@ fn main() {
         let gate = ExecGate::start(cfg.clone(), rx, Arc::new(|_: &Path| false), ev_tx).expect("start the exec gate");
         (gate, ev_rx)
     };
-    // The machine is shared: the gate's rounds alternate with rounds without it, so both see
-    // the same load.
-    let (mut gated, mut base_gate) = (Vec::new(), Vec::new());
-    let rounds = 4;
+    // fapolicyd, when installed: set up once (lock, backup, rules), started and stopped per round.
+    let mut fapolicyd = if Path::new("/usr/sbin/fapolicyd").exists() {
+        match Fapolicyd::prepare(tmp.path(), &fs.join("denied"), &denied_bin) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                println!("fapolicyd: not measured: {e}");
+                None
+            }
+        }
+    } else {
+        println!("fapolicyd: not installed, not measured");
+        None
+    };
+
+    // The machine is shared: every round runs no gate, our gate and fapolicyd back to back, so
+    // all three see the same load.
+    let (mut base, mut gated, mut fap) = (Vec::new(), Vec::new(), Vec::new());
+    let rounds = 8;
+    // Reader thread's CPU time and run-queue wait (ns), and the events it handled.
+    let mut reader_cpu = (0u64, 0u64, 0u64);
     for round in 0..rounds {
-        base_gate.extend(measure(&true_bin, n / rounds));
+        base.extend(measure(&true_bin, n / rounds));
         let (gate, mut ev_rx) = start(rx.clone());
         if round == 0 {
             let mut marked = Vec::new();
@@ -96,18 +112,56 @@ fn main() {
             }
             println!("embargo gate marks: {}", marked.join(", "));
         }
+        let sched_before = reader_schedstat();
         gated.extend(measure(&true_bin, n / rounds));
         let stats = gate.stats();
+        let sched_after = reader_schedstat();
+        drop(gate);
+        if let (Some(b), Some(a)) = (sched_before, sched_after) {
+            reader_cpu.0 += a.0 - b.0;
+            reader_cpu.1 += a.1 - b.1;
+            reader_cpu.2 += stats.events;
+        }
         if round == 0 {
             println!(
                 "  gate counters (round 1): events {} cache hits {} misses {} hashed {} deadline {}",
                 stats.events, stats.cache_hits, stats.cache_misses, stats.hashed, stats.deadline
             );
         }
+        if let Some(f) = fapolicyd.as_mut() {
+            match f.start(round == 0) {
+                Ok(()) => {
+                    fap.extend(measure(&true_bin, n / rounds));
+                    f.stop();
+                }
+                Err(e) => {
+                    println!("fapolicyd: not measured: {e}");
+                    fapolicyd = None;
+                    fap.clear();
+                }
+            }
+        }
     }
-    report("no gate (alternating with the gate)", &base_gate, None);
-    report("embargo gate (cached)", &gated, Some(&base_gate));
-    let (gate, _ev_rx) = start(rx);
+    drop(fapolicyd);
+    report("no gate", &base, None);
+    report("embargo gate (cached)", &gated, Some(&base));
+    if reader_cpu.2 > 0 {
+        println!(
+            "  gate reader thread per event: {:.1} µs on a CPU, {:.1} µs runnable waiting for one (schedstat)",
+            reader_cpu.0 as f64 / reader_cpu.2 as f64 / 1e3,
+            reader_cpu.1 as f64 / reader_cpu.2 as f64 / 1e3
+        );
+    }
+    if !fap.is_empty() {
+        report("fapolicyd", &fap, Some(&base));
+        let added = |s: &[Duration], p| pct(s, p).as_secs_f64() - pct(&base, p).as_secs_f64();
+        println!(
+            "added per cached exec, median: embargo {:.1} µs, fapolicyd {:.1} µs: {:.0}% of fapolicyd's (goal ≤ 25%)",
+            added(&gated, 50) * 1e6,
+            added(&fap, 50) * 1e6,
+            100.0 * added(&gated, 50) / added(&fap, 50)
+        );
+    }
 
     // First exec of a 50 MB binary: a cache miss. With a hash rule in the set (and nothing
     // else banning it) the gate hashes it whole; without one it reads 16 bytes. Each round
@@ -125,6 +179,7 @@ fn main() {
         }
         (first, again, gate.stats().hashed - before)
     };
+    let (gate, _ev_rx) = start(rx);
     let (first, again, hashed) = first_execs(&gate);
     drop(gate);
     let no_hash_rules = RuleSet::compile(
@@ -140,36 +195,18 @@ fn main() {
     report("  gate, first exec, hash rule (hash)", &first, Some(&big_base));
     report("  gate, next exec (cached)", &again, Some(&big_base));
     report("  gate, first exec, no hash rule", &first_nohash, Some(&big_base));
+}
 
-    let base1 = measure(&true_bin, n);
-    report("no gate (before fapolicyd)", &base1, None);
-    let fapolicyd = if Path::new("/usr/sbin/fapolicyd").exists() {
-        match with_fapolicyd(tmp.path(), &fs.join("denied"), &denied_bin, || measure(&true_bin, n)) {
-            Ok(samples) => Some(samples),
-            Err(e) => {
-                println!("fapolicyd: not measured: {e}");
-                None
-            }
+/// (time on a CPU, time runnable but waiting) in ns of the gate's reader thread.
+fn reader_schedstat() -> Option<(u64, u64)> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "gate-reader") {
+            let s = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+            return Some((f.next()??, f.next()??));
         }
-    } else {
-        println!("fapolicyd: not installed, not measured");
-        None
-    };
-    let base2 = measure(&true_bin, n);
-    report("no gate (after fapolicyd)", &base2, None);
-    if let Some(f) = &fapolicyd {
-        // Its baseline: the rounds without a gate just before and just after it.
-        let around: Vec<Duration> = base1.iter().chain(&base2).copied().collect();
-        report("fapolicyd", f, Some(&around));
-        let ours = pct(&gated, 50).as_secs_f64() - pct(&base_gate, 50).as_secs_f64();
-        let theirs = pct(f, 50).as_secs_f64() - pct(&around, 50).as_secs_f64();
-        println!(
-            "added per cached exec, median: embargo {:.1} µs, fapolicyd {:.1} µs: {:.0}% of fapolicyd's (goal ≤ 25%)",
-            ours * 1e6,
-            theirs * 1e6,
-            100.0 * ours / theirs
-        );
     }
+    None
 }
 
 fn rule(id: &str, m: Matcher) -> Rule {
@@ -233,84 +270,114 @@ fn report(name: &str, samples: &[Duration], base: Option<&[Duration]>) {
     println!("   (n = {})", samples.len());
 }
 
-/// Runs `f` while fapolicyd enforces "deny execution in `denied_dir`, allow the rest";
-/// /etc/fapolicyd is restored and fapolicyd stopped whatever happens.
-fn with_fapolicyd<T>(work: &Path, denied_dir: &Path, denied_bin: &Path, f: impl FnOnce() -> T) -> Result<T, String> {
-    let lock = std::fs::File::options().create(true).append(true).open(LOCK).map_err(|e| format!("{LOCK}: {e}"))?;
-    println!("fapolicyd: waiting for the lock on {LOCK}");
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| format!("flock {LOCK}: {e}"))?;
-    let running = Command::new("pgrep").args(["-x", "fapolicyd"]).output().map_err(|e| format!("pgrep: {e}"))?;
-    if running.status.success() {
-        return Err(format!(
-            "another fapolicyd is running (pid {}); the bench runs it alone",
-            String::from_utf8_lossy(&running.stdout).trim()
-        ));
-    }
-    let backup = work.join("etc-fapolicyd");
-    run_ok(Command::new("cp").args(["-a", "/etc/fapolicyd"]).arg(&backup));
-    println!("fapolicyd: /etc/fapolicyd backed up to {} (restored when the bench ends)", backup.display());
-    *CLEANUP.lock().unwrap() = Some((backup.clone(), None));
-    let mut guard = Fapolicyd { backup, child: None };
-    std::fs::remove_dir_all("/etc/fapolicyd/rules.d").map_err(|e| format!("rules.d: {e}"))?;
-    std::fs::create_dir_all("/etc/fapolicyd/rules.d").map_err(|e| format!("rules.d: {e}"))?;
-    let _ = std::fs::remove_file("/etc/fapolicyd/compiled.rules");
-    std::fs::write(
-        "/etc/fapolicyd/rules.d/10-embargo-bench.rules",
-        format!("deny perm=execute all : dir={}/\nallow perm=any all : all\n", denied_dir.display()),
-    )
-    .map_err(|e| format!("writing the rules: {e}"))?;
-    let conf = std::fs::read_to_string("/etc/fapolicyd/fapolicyd.conf").map_err(|e| format!("fapolicyd.conf: {e}"))?;
-    let conf: String = conf
-        .lines()
-        .map(|l| match l.split('=').next().map(str::trim) {
-            // No rpm database on Debian; and the bench's root lacks CAP_SYS_RESOURCE in its
-            // bounding set here, which fapolicyd's switch to its own uid insists on keeping.
-            Some("trust") => "trust = file".to_owned(),
-            Some("uid") => "uid = root".to_owned(),
-            Some("gid") => "gid = root".to_owned(),
-            _ => l.to_owned(),
-        })
-        .map(|l| l + "\n")
-        .collect();
-    std::fs::write("/etc/fapolicyd/fapolicyd.conf", conf).map_err(|e| format!("fapolicyd.conf: {e}"))?;
-    let gen = Command::new("fagenrules").output().map_err(|e| format!("fagenrules: {e}"))?;
-    if !Path::new("/etc/fapolicyd/compiled.rules").exists() {
-        return Err(format!("fagenrules wrote no compiled.rules: {}", String::from_utf8_lossy(&gen.stderr)));
-    }
-    let log = work.join("fapolicyd.log");
-    let child = Command::new("fapolicyd")
-        .arg("--debug-deny")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| format!("start fapolicyd: {e}"))?;
-    let pid = child.id();
-    guard.child = Some(child);
-    if let Some((_, p)) = CLEANUP.lock().unwrap().as_mut() {
-        *p = Some(pid);
-    }
-    // Ready when the denied copy fails to execute.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let denied = Command::new(denied_bin).status().is_err();
-        if denied {
-            break;
-        }
-        if let Some(status) = guard.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            return Err(format!("fapolicyd exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default()));
-        }
-        if Instant::now() > deadline {
+impl Fapolicyd {
+    /// Takes the lock, backs up /etc/fapolicyd and writes the bench's rules: "deny execution in
+    /// `denied_dir`, allow the rest". Dropping it stops fapolicyd, restores /etc/fapolicyd and
+    /// releases the lock.
+    fn prepare(work: &Path, denied_dir: &Path, denied_bin: &Path) -> Result<Fapolicyd, String> {
+        let lock = std::fs::File::options().create(true).append(true).open(LOCK).map_err(|e| format!("{LOCK}: {e}"))?;
+        println!("fapolicyd: waiting for the lock on {LOCK}");
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| format!("flock {LOCK}: {e}"))?;
+        let running = Command::new("pgrep").args(["-x", "fapolicyd"]).output().map_err(|e| format!("pgrep: {e}"))?;
+        if running.status.success() {
             return Err(format!(
-                "fapolicyd did not start denying within 60 s: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "another fapolicyd is running (pid {}); the bench runs it alone",
+                String::from_utf8_lossy(&running.stdout).trim()
             ));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let backup = work.join("etc-fapolicyd");
+        run_ok(Command::new("cp").args(["-a", "/etc/fapolicyd"]).arg(&backup));
+        println!("fapolicyd: /etc/fapolicyd backed up to {} (restored when the bench ends)", backup.display());
+        *CLEANUP.lock().unwrap() = Some((backup.clone(), None));
+        let guard = Fapolicyd {
+            backup,
+            child: None,
+            _lock: lock,
+            log: work.join("fapolicyd.log"),
+            denied_bin: denied_bin.to_path_buf(),
+        };
+        std::fs::remove_dir_all("/etc/fapolicyd/rules.d").map_err(|e| format!("rules.d: {e}"))?;
+        std::fs::create_dir_all("/etc/fapolicyd/rules.d").map_err(|e| format!("rules.d: {e}"))?;
+        let _ = std::fs::remove_file("/etc/fapolicyd/compiled.rules");
+        std::fs::write(
+            "/etc/fapolicyd/rules.d/10-embargo-bench.rules",
+            format!("deny perm=execute all : dir={}/\nallow perm=any all : all\n", denied_dir.display()),
+        )
+        .map_err(|e| format!("writing the rules: {e}"))?;
+        let conf =
+            std::fs::read_to_string("/etc/fapolicyd/fapolicyd.conf").map_err(|e| format!("fapolicyd.conf: {e}"))?;
+        let conf: String = conf
+            .lines()
+            .map(|l| match l.split('=').next().map(str::trim) {
+                // No rpm database on Debian; and the bench's root lacks CAP_SYS_RESOURCE in its
+                // bounding set here, which fapolicyd's switch to its own uid insists on keeping.
+                Some("trust") => "trust = file".to_owned(),
+                Some("uid") => "uid = root".to_owned(),
+                Some("gid") => "gid = root".to_owned(),
+                _ => l.to_owned(),
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write("/etc/fapolicyd/fapolicyd.conf", conf).map_err(|e| format!("fapolicyd.conf: {e}"))?;
+        let gen = Command::new("fagenrules").output().map_err(|e| format!("fagenrules: {e}"))?;
+        if !Path::new("/etc/fapolicyd/compiled.rules").exists() {
+            return Err(format!("fagenrules wrote no compiled.rules: {}", String::from_utf8_lossy(&gen.stderr)));
+        }
+        Ok(guard)
     }
-    println!("fapolicyd (pid {pid}) marks, as listed in its fanotify fdinfo: {}", fapolicyd_marks(pid));
-    let out = f();
-    drop(guard);
-    Ok(out)
+
+    /// Starts fapolicyd in the foreground and waits until it denies the copy in the denied
+    /// directory.
+    fn start(&mut self, show_marks: bool) -> Result<(), String> {
+        let child = Command::new("fapolicyd")
+            .arg("--debug-deny")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("start fapolicyd: {e}"))?;
+        let pid = child.id();
+        self.child = Some(child);
+        if let Some((_, p)) = CLEANUP.lock().unwrap().as_mut() {
+            *p = Some(pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Command::new(&self.denied_bin).status().is_ok() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!(
+                    "fapolicyd exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "fapolicyd did not start denying within 60 s: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if show_marks {
+            println!("fapolicyd (pid {pid}) marks, as listed in its fanotify fdinfo: {}", fapolicyd_marks(pid));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some((_, p)) = CLEANUP.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            *p = None;
+        }
+    }
 }
 
 /// The mounts fapolicyd marked, from the `fanotify mnt_id:` lines of its group's fdinfo.
@@ -379,19 +446,15 @@ fn restore_on_signal() {
 struct Fapolicyd {
     backup: PathBuf,
     child: Option<std::process::Child>,
+    /// Held (flock) while the bench owns /etc/fapolicyd.
+    _lock: std::fs::File,
+    log: PathBuf,
+    denied_bin: PathBuf,
 }
 
 impl Drop for Fapolicyd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
         // Whoever takes the entry restores (this guard or the signal handler), once.
         if CLEANUP.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
             restore(&self.backup);
