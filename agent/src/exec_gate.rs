@@ -439,6 +439,9 @@ struct Shared {
     events: mpsc::Sender<GateEvent>,
     self_pid: i32,
     stopping: AtomicBool,
+    /// The marks; closed (and flushed) when the reader stops, so no event can arrive that no
+    /// one reads.
+    marks: Mutex<Marks>,
 }
 
 impl Shared {
@@ -470,6 +473,34 @@ impl Shared {
             tracing::error!(pid = p.pid, error = %e, "cannot answer a permission event");
         }
         true
+    }
+
+    /// Removes every mark (no new events), then allows every event already queued. Called
+    /// when the reader stops for any reason: a worker may keep the group open, and an event
+    /// that no one reads would block its process for good.
+    fn disarm(&self) {
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.closed = true;
+        let root = File::open("/");
+        for kind in [MarkFlags::FAN_MARK_FILESYSTEM, MarkFlags::FAN_MARK_MOUNT, MarkFlags::empty()] {
+            if let Ok(root) = &root {
+                if let Err(e) = self.fan.mark(MarkFlags::FAN_MARK_FLUSH | kind, MaskFlags::empty(), root, None::<&str>)
+                {
+                    tracing::error!(error = %e, "flushing the gate's marks");
+                }
+            }
+        }
+        drop(marks);
+        while let Ok(events) = self.fan.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for ev in events {
+                if let Some(fd) = ev.fd() {
+                    let _ = self.fan.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW));
+                }
+            }
+        }
     }
 
     fn emit(&self, ev: GateEvent) {
@@ -602,9 +633,9 @@ impl ExecGate {
             events,
             self_pid: std::process::id() as i32,
             stopping: AtomicBool::new(false),
+            marks: Mutex::new(Marks::default()),
         });
-        let mut marks = Marks::default();
-        marks.update(&shared)?;
+        update_marks(&shared)?;
         let (job_tx, job_rx) = std_mpsc::sync_channel::<Job>(cfg.queue.max(1));
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut threads = Vec::new();
@@ -613,11 +644,13 @@ impl ExecGate {
         };
         for i in 0..cfg.workers.max(1) {
             let (s, rx) = (shared.clone(), job_rx.clone());
-            threads.push(spawn(&format!("gate-worker-{i}"), Box::new(move || worker(&s, &rx)))?);
+            // Not joined on stop: a worker stuck reading a file (a hung FUSE server) must not
+            // hold up shutdown; it exits once its read returns (the queue is closed by then).
+            spawn(&format!("gate-worker-{i}"), Box::new(move || worker(&s, &rx)))?;
         }
         {
             let (s, stop) = (shared.clone(), stop.clone());
-            threads.push(spawn("gate-mounts", Box::new(move || watch_mounts(&s, &stop, marks)))?);
+            threads.push(spawn("gate-mounts", Box::new(move || watch_mounts(&s, &stop)))?);
         }
         {
             let (s, stop) = (shared.clone(), stop.clone());
@@ -669,8 +702,19 @@ const DRAINED_BELOW: usize = 4096 / 24 - 1;
 
 impl Reader {
     fn run(mut self, stop: &OwnedFd) {
+        set_thread_nice(self.shared.cfg.reader_nice);
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(stop)));
+        if served.is_err() {
+            tracing::error!("the gate's reader panicked; disarming");
+        }
+        // However the loop ended: no new event can arrive, and every event read or queued is
+        // answered.
+        self.shared.disarm();
+        self.finish();
+    }
+
+    fn serve(&mut self, stop: &OwnedFd) {
         let s = self.shared.clone();
-        set_thread_nice(s.cfg.reader_nice);
         loop {
             let next = self.expire();
             let timeout = next.map(|d| {
@@ -704,7 +748,7 @@ impl Reader {
                         let drained = events.len() < DRAINED_BELOW;
                         for ev in events {
                             if !self.handle(ev) {
-                                return self.finish();
+                                return;
                             }
                         }
                         if drained {
@@ -715,16 +759,15 @@ impl Reader {
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "reading fanotify events failed; stopping the gate");
-                        return self.finish();
+                        return;
                     }
                 }
             }
         }
-        self.finish();
     }
 
     /// Stopping: whatever is still pending is allowed (the kernel would do the same on close).
-    fn finish(mut self) {
+    fn finish(&mut self) {
         for p in self.pending.drain(..) {
             self.shared.respond(&p, Answer::Allow);
         }
@@ -979,6 +1022,17 @@ struct Marks {
     mounts: HashSet<u64>,
     /// Mounts whose marking failed (reported once).
     failed: HashSet<u64>,
+    /// Set when the gate stops: nothing is marked any more.
+    closed: bool,
+}
+
+/// Marks every mount in scope not marked yet (under the marks lock, so never after disarm).
+fn update_marks(s: &Shared) -> Result<(), GateError> {
+    let mut marks = s.marks.lock().unwrap_or_else(|e| e.into_inner());
+    if marks.closed {
+        return Ok(());
+    }
+    marks.update(s)
 }
 
 impl Marks {
@@ -1065,7 +1119,7 @@ fn mark(s: &Shared, m: &MountEntry) -> Result<bool, MarkError> {
 
 /// Re-marks whenever the mount table changes (the kernel flags /proc/self/mountinfo with
 /// POLLPRI), so a filesystem mounted after start is gated within one wake-up.
-fn watch_mounts(s: &Shared, stop: &OwnedFd, mut marks: Marks) {
+fn watch_mounts(s: &Shared, stop: &OwnedFd) {
     let Ok(mountinfo) = File::open("/proc/self/mountinfo") else {
         tracing::error!("cannot open /proc/self/mountinfo: filesystems mounted from now on are not gated");
         return;
@@ -1089,7 +1143,7 @@ fn watch_mounts(s: &Shared, stop: &OwnedFd, mut marks: Marks) {
             // Reading the file to its end re-arms the notification.
             let _ = std::io::copy(&mut (&mountinfo), &mut std::io::sink());
             let _ = rustix::fs::seek(&mountinfo, rustix::fs::SeekFrom::Start(0));
-            if let Err(e) = marks.update(s) {
+            if let Err(e) = update_marks(s) {
                 tracing::warn!(error = %e, "re-marking after a mount change");
             }
         }

@@ -277,6 +277,14 @@ fn identification_past_the_deadline_is_answered_as_on_timeout_says_and_recorded(
         let GateEvent::Deadline { exec, .. } = e else { unreachable!() };
         assert_eq!(exec.path, path);
         assert_eq!(g.gate.stats().deadline, 1);
+        // The worker is still inside the slow judge: stopping does not wait for it, and the
+        // gate leaves nothing armed behind (its marks are flushed).
+        let stopping = std::time::Instant::now();
+        g.gate.stop();
+        assert!(stopping.elapsed() < Duration::from_millis(1000), "stop waited {:?}", stopping.elapsed());
+        let started = std::time::Instant::now();
+        assert_eq!(run(&path), Ok(true), "nothing is gated after stop");
+        assert!(started.elapsed() < Duration::from_millis(1000));
     }
 }
 
