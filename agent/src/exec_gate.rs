@@ -103,6 +103,11 @@ pub struct GateConfig {
     /// should not queue behind batch work; -14 as fapolicyd's shipped `nice_val`. Workers keep
     /// the default: hashing a large file must not starve the machine.
     pub reader_nice: i32,
+    /// Files whose execs never reach the gate (an inode ignore mark): the dynamic loaders,
+    /// which every dynamically linked exec opens for exec too (see [`dynamic_loaders`]). Each
+    /// costs one wake-up per exec otherwise, and the gate never denies them (they are
+    /// protected, and `ld.so /path/file` maps the file without an exec event of its own).
+    pub pass_through: Vec<PathBuf>,
 }
 
 impl Default for GateConfig {
@@ -117,6 +122,7 @@ impl Default for GateConfig {
             scope: MarkScope::AllFilesystems,
             exempt_children: true,
             reader_nice: -14,
+            pass_through: Vec::new(),
         }
     }
 }
@@ -636,6 +642,9 @@ impl ExecGate {
             marks: Mutex::new(Marks::default()),
         });
         update_marks(&shared)?;
+        for path in &cfg.pass_through {
+            pass_through(&shared, path);
+        }
         let (job_tx, job_rx) = std_mpsc::sync_channel::<Job>(cfg.queue.max(1));
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut threads = Vec::new();
@@ -1114,6 +1123,42 @@ fn mark(s: &Shared, m: &MountEntry) -> Result<bool, MarkError> {
             .mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, mask, cwd.as_fd(), Some(proc_path.as_str()))
             .map(|()| true)
             .map_err(|e| MarkError::Failed(format!("filesystem mark: {first}; mount mark: {e}"))),
+    }
+}
+
+/// The dynamic loaders present on this machine (for `GateConfig::pass_through`).
+pub fn dynamic_loaders() -> Vec<PathBuf> {
+    [
+        "/lib64/ld-linux-x86-64.so.2",
+        "/lib/ld-linux-aarch64.so.1",
+        "/lib/ld-linux-armhf.so.3",
+        "/lib/ld-linux.so.2",
+        "/lib/ld-linux-riscv64-lp64d.so.1",
+        "/lib64/ld64.so.2",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.exists())
+    .collect()
+}
+
+/// Puts an inode ignore mark for exec on `path` (surviving modification), so the filesystem
+/// marks report no exec of it.
+fn pass_through(s: &Shared, path: &Path) {
+    let mask = MaskFlags::FAN_OPEN_EXEC_PERM;
+    let Ok(cwd) = File::open("/") else { return };
+    let r =
+        s.fan.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORE_SURV, mask, &cwd, Some(path)).or_else(|_| {
+            // Kernels before 6.0 know only the older ignored mask.
+            s.fan.mark(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY,
+                mask,
+                &cwd,
+                Some(path),
+            )
+        });
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot let this file's execs pass the gate");
     }
 }
 

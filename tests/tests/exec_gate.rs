@@ -289,6 +289,22 @@ fn identification_past_the_deadline_is_answered_as_on_timeout_says_and_recorded(
 }
 
 #[test]
+fn execs_of_a_pass_through_file_never_reach_the_gate() {
+    let Some(p) = Private::new() else { return };
+    let loader = install(&p.fs(), "loader", &elf("like ld.so"));
+    let other = install(&p.fs(), "other", &elf("anything else"));
+    // Banned, to show the pass-through mark is what lets it run, not a verdict.
+    let (_tx, rx) = watch::channel(set(vec![hash_rule("loader", &std::fs::read(&loader).unwrap())]));
+    let cfg = GateConfig { pass_through: vec![loader.clone()], ..test_cfg() };
+    let Some(g) = arm(&p, rx, cfg, None) else { return };
+    let before = g.gate.stats().events;
+    assert_eq!(run(&loader), Ok(true));
+    assert_eq!(g.gate.stats().events, before, "no permission event for the pass-through file");
+    assert_eq!(run(&other), Ok(true));
+    assert_eq!(g.gate.stats().events, before + 1, "other files still reach the gate");
+}
+
+#[test]
 fn a_tmpfs_mounted_after_start_is_gated_too() {
     let Some(mut p) = Private::new() else { return };
     let banned = elf("on a late mount");
