@@ -1237,6 +1237,40 @@ mod tests {
     }
 
     #[test]
+    fn the_judge_hashes_only_when_a_hash_could_change_the_verdict() {
+        use embargo_policy::rules::{Matcher, Rule};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tool");
+        let bytes = b"\x7fELF\x02\x01\x01\x00 a plain tool";
+        std::fs::write(&path, bytes).unwrap();
+        let rule = |id: &str, m: Matcher| Rule {
+            id: id.into(),
+            description: String::new(),
+            action: Action::Remove,
+            matchers: vec![m],
+            except: vec![],
+            tags: vec![],
+        };
+        let by_name =
+            || rule("by-name", Matcher { kind: Some(Kind::File), id: Some("tool".into()), ..Default::default() });
+        let by_hash = |h: String| rule("by-hash", Matcher { sha256: vec![h], ..Default::default() });
+        let judge = |rules: Vec<Rule>| {
+            HASHED.with(|h| h.set(false));
+            let set = RuleSet::compile(rules, &[]);
+            let j = judge_exec(&set, &mut File::open(&path).unwrap(), &path).unwrap();
+            (j, HASHED.with(|h| h.get()))
+        };
+        let deny = |r: &str| Judgement::Deny { rule: r.into() };
+        let mine = embargo_policy::trust::sha256_hex(bytes);
+        let other = "ab".repeat(32);
+        assert_eq!(judge(vec![]), (Judgement::Allow, false), "no rules: nothing read");
+        assert_eq!(judge(vec![by_name()]), (deny("by-name"), false), "no hash rule: not hashed");
+        assert_eq!(judge(vec![by_name(), by_hash(other.clone())]), (deny("by-name"), false), "banned anyway");
+        assert_eq!(judge(vec![by_hash(other)]), (Judgement::Allow, true), "a hash rule could match: hashed");
+        assert_eq!(judge(vec![by_hash(mine)]), (deny("by-hash"), true));
+    }
+
+    #[test]
     fn racy_change_times_are_not_cached() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
         let fresh = Stamp { ctime: (now.as_secs() as i64, 0), mtime: (0, 0), size: 0 };
