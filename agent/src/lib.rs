@@ -21,6 +21,8 @@
 //! - `proto`: the control protocol types (the API boundary).
 //! - `demo`: the one-command demo device.
 //! - `android`: APK identity (manifest, signer) and packages.xml (ABX and text); reads only.
+//! - `exec_gate`: the fanotify exec gate (banned files fail to execute); `running`: the sweep that
+//!   stops banned running processes.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
@@ -37,9 +39,11 @@ pub mod demo;
 pub mod enforce;
 pub mod escape;
 pub mod evidence;
+pub mod exec_gate;
 mod handlers;
 pub mod identify;
 pub mod proto;
+pub mod running;
 pub mod safefs;
 pub mod source;
 mod status;

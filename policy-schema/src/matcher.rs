@@ -487,6 +487,13 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// Whether any matcher needs an artifact hash to match: when none does and no verdict is
+    /// lifted by an `except` on sha256, knowing a file's hash cannot change its verdict, so a
+    /// caller (the exec gate) need not read the file whole.
+    pub fn has_sha256_matchers(&self) -> bool {
+        !self.by_sha256.is_empty()
+    }
+
     fn pattern_matches(&self, p: Pattern, value: &str) -> bool {
         let text = self.get(p.text);
         if p.glob {
