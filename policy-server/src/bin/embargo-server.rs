@@ -1,4 +1,5 @@
-//! `embargo-server --repo DIR --listen ADDR --tls-cert F --tls-key F [--timestamp-key F --timestamp-ttl D]`
+//! `embargo-server --repo DIR --listen ADDR --tls-cert F --tls-key F [--timestamp-key F --timestamp-ttl D]
+//! [--client-ca F] [--admin-ca F] [limits]`
 //! Thin: parses arguments, sets up logging (EMBARGO_LOG), runs until Ctrl-C or SIGTERM.
 //! Exit codes: 0 clean shutdown, 1 runtime failure, 64 bad usage or configuration.
 
@@ -25,6 +26,34 @@ struct Args {
     /// Validity of each re-signed timestamp (re-signed every quarter of it).
     #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
     timestamp_ttl: Duration,
+    /// CA (PEM) that issues device certificates: clients presenting one are identified as that
+    /// device (its subject common name). Needed for reports.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// CA (PEM) that issues admin certificates (access to /admin/ without signing in).
+    #[arg(long)]
+    admin_ca: Option<PathBuf>,
+    /// Connections open at once over all clients.
+    #[arg(long, default_value_t = embargo_server::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Connections open at once from one IP address.
+    #[arg(long, default_value_t = embargo_server::Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Time allowed for the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Time allowed to receive a request's header.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// A connection with nothing read for this long is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A write making no progress (the client stopped reading) for this long closes the connection.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
+    /// Time allowed to receive a request body.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -43,7 +72,34 @@ fn main() -> ExitCode {
     if !args.repo.join("root").is_dir() {
         return usage(format!("{}: not a repository (no root/ directory)", args.repo.display()));
     }
-    let tls = match embargo_server::tls_config(&args.tls_cert, &args.tls_key) {
+    if args.max_connections == 0 || args.max_connections_per_ip == 0 {
+        return usage("--max-connections and --max-connections-per-ip must be at least 1".into());
+    }
+    let timeouts = [
+        ("--handshake-timeout", args.handshake_timeout),
+        ("--header-timeout", args.header_timeout),
+        ("--idle-timeout", args.idle_timeout),
+        ("--write-timeout", args.write_timeout),
+        ("--body-timeout", args.body_timeout),
+    ];
+    if let Some((name, _)) = timeouts.iter().find(|(_, d)| d.is_zero()) {
+        return usage(format!("{name} must be longer than zero"));
+    }
+    let limits = embargo_server::Limits {
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        handshake_timeout: args.handshake_timeout,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        write_timeout: args.write_timeout,
+        body_timeout: args.body_timeout,
+    };
+    let tls = match embargo_server::tls_setup(
+        &args.tls_cert,
+        &args.tls_key,
+        args.client_ca.as_deref(),
+        args.admin_ca.as_deref(),
+    ) {
         Ok(t) => t,
         Err(e) => return usage(e.to_string()),
     };
@@ -72,7 +128,8 @@ fn main() -> ExitCode {
                 _ = term.recv() => {}
             }
         };
-        embargo_server::run(listener, tls, args.repo.clone(), signer, shutdown).await.map_err(anyhow::Error::from)
+        let options = embargo_server::Options { repo: args.repo.clone(), limits, signer };
+        embargo_server::run(listener, tls, options, shutdown).await.map_err(anyhow::Error::from)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
