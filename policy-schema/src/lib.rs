@@ -29,6 +29,7 @@ pub mod keys;
 pub mod matcher;
 pub mod metadata;
 pub mod repo;
+pub mod report;
 pub mod rules;
 pub mod schema;
 pub mod source;

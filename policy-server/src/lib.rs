@@ -9,12 +9,16 @@
 //! file outside the repository.
 //!
 //! Modules: `limits` (connection counts, I/O timeouts), `tls` (certificates and who a client is),
-//! `files` (the repository documents, streamed).
+//! `files` (the repository documents, streamed), `store` (SQLite/PostgreSQL through sqlx),
+//! `summary` (compliance counts and series), `web` (`/v1/reports` and `/admin/`).
 #![forbid(unsafe_code)]
 
 pub mod files;
 pub mod limits;
+pub mod store;
+pub mod summary;
 pub mod tls;
+pub mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,11 +57,13 @@ pub struct Options {
     pub repo: PathBuf,
     pub limits: Limits,
     pub signer: Option<TimestampSigner>,
+    /// Reports and the admin view; none = the repository only.
+    pub fleet: Option<Arc<web::Fleet>>,
 }
 
 impl Options {
     pub fn new(repo: PathBuf) -> Self {
-        Options { repo, limits: Limits::default(), signer: None }
+        Options { repo, limits: Limits::default(), signer: None, fleet: None }
     }
 }
 
@@ -73,11 +79,21 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let Options { repo, limits, signer } = options;
-    let app = axum::Router::new()
-        .fallback(files::serve)
-        .layer(axum::middleware::from_fn(log_request))
-        .with_state(AppState { repo: Arc::new(repo.clone()) });
+    let Options { repo, limits, signer, fleet } = options;
+    let mut app = axum::Router::new().fallback(files::serve).with_state(AppState { repo: Arc::new(repo.clone()) });
+    if let Some(fleet) = fleet {
+        use axum::routing::{get, post};
+        let fleet_routes = axum::Router::new()
+            .route("/v1/reports", post(web::post_report))
+            .route("/admin/", get(web::admin_index))
+            .route("/admin/login", get(web::login_form).post(web::login))
+            .route("/admin/logout", get(web::logout))
+            .route("/admin/device/{device}", get(web::admin_device))
+            .route("/admin/export/{file}", get(web::admin_export))
+            .with_state(fleet);
+        app = app.merge(fleet_routes);
+    }
+    let app = app.layer(axum::middleware::from_fn(log_request));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let gate = limits::ConnectionGate::new(&limits);
     let limits = Arc::new(limits);
