@@ -73,13 +73,15 @@ pub fn http(
     rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut s = client.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
-            body.len()
-        );
+        // A caller may declare its own Content-Length (to test a refusal without sending it all).
+        let length = if headers.to_ascii_lowercase().contains("content-length:") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{length}{headers}\r\n");
         s.write_all(head.as_bytes()).await.unwrap();
-        // A server refusing an oversized body may close before reading it all.
-        let _ = s.write_all(body).await;
+        s.write_all(body).await.unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         let text = String::from_utf8_lossy(&out).into_owned();
