@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use embargo_policy::report::{Report, RuleStatus};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, Row};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Batch(String),
 }
 
 /// The schema, version by version. Portable SQL: SQLite and PostgreSQL run the same text.
@@ -100,10 +103,18 @@ fn migrator() -> Migrator {
 }
 
 /// The database, as a pool. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the single writer's queue.
+    writer: Option<tokio::sync::mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +164,12 @@ impl Store {
             .await
             .map_err(err)?;
         migrator().run(&pool).await?;
-        Ok(Store { pool, backend })
+        let writer = (backend == Backend::Sqlite).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            tokio::spawn(write_batches(pool.clone(), rx));
+            tx
+        });
+        Ok(Store { pool, backend, writer })
     }
 
     pub fn backend(&self) -> Backend {
@@ -164,180 +180,20 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Stores `report` for `device` (from the client certificate), received at `now`.
+    /// Stores `report` for `device` (from the client certificate), received at `now`. On SQLite
+    /// the report joins the single writer's next batch (one transaction for up to
+    /// `BATCH` queued reports, each in its own savepoint); on PostgreSQL it is its own transaction.
     pub async fn ingest(&self, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+        if let Some(writer) = &self.writer {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = Job { device: device.to_owned(), report: report.clone(), now, reply };
+            writer.send(job).await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+            return answer.await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+        }
         let mut tx = self.pool.begin().await?;
-        let seq = report.sequence as i64;
-        let policy = report.policy.as_ref();
-        let reasons = serde_json::to_string(&report.health.reasons).expect("strings serialize");
-        let previous: Option<(i64, Option<i64>)> =
-            sqlx::query("SELECT last_sequence, policy_version FROM devices WHERE device = $1")
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r: AnyRow| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
-                .transpose()?;
-        let updated = sqlx::query(
-            "INSERT INTO devices (device, first_seen, last_seen, last_sequence, reported_at, agent_version, mode, \
-             policy_fleet, policy_version, policy_sha256, policy_applied_at, degraded, reasons) \
-             VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, last_sequence = excluded.last_sequence, \
-             reported_at = excluded.reported_at, agent_version = excluded.agent_version, mode = excluded.mode, \
-             policy_fleet = excluded.policy_fleet, policy_version = excluded.policy_version, \
-             policy_sha256 = excluded.policy_sha256, policy_applied_at = excluded.policy_applied_at, \
-             degraded = excluded.degraded, reasons = excluded.reasons \
-             WHERE devices.last_sequence < excluded.last_sequence",
-        )
-        .bind(device)
-        .bind(now as i64)
-        .bind(seq)
-        .bind(report.at as i64)
-        .bind(report.agent_version.as_str())
-        .bind(match report.mode {
-            embargo_policy::report::Mode::Enforce => "enforce",
-            embargo_policy::report::Mode::Monitor => "monitor",
-        })
-        .bind(policy.map(|p| p.fleet.clone()))
-        .bind(policy.map(|p| p.version as i64))
-        .bind(policy.map(|p| p.sha256.clone()))
-        .bind(policy.map(|p| p.applied_at as i64))
-        .bind(i64::from(report.health.degraded))
-        .bind(reasons)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            // A retry of a stored sequence, or an older one: nothing is stored again.
-            tx.rollback().await?;
-            let acked: i64 = sqlx::query("SELECT last_sequence FROM devices WHERE device = $1")
-                .bind(device)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
-            return Ok(Ingested { acked: acked as u64, stored: false });
-        }
-        let policy_version = policy.map(|p| p.version as i64);
-        // The device's timeline: first contact, policy changes, declared gaps.
-        let mut timeline = Vec::new();
-        match previous {
-            None => timeline.push("first report".to_owned()),
-            Some((_, old)) if old != policy_version => timeline.push(format!(
-                "policy {} -> {}",
-                old.map_or("none".into(), |v| v.to_string()),
-                policy_version.map_or("none".into(), |v| v.to_string())
-            )),
-            _ => {}
-        }
-        if let Some(g) = &report.gap {
-            timeline.push(format!(
-                "{} reports dropped by the agent's spool (sequences {}-{})",
-                g.dropped, g.first_sequence, g.last_sequence
-            ));
-        }
-        if report.health.degraded {
-            timeline.push(format!("degraded: {}", report.health.reasons.join("; ")));
-        }
-        for what in timeline {
-            sqlx::query("INSERT INTO device_history (device, sequence, at, what) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                .bind(device)
-                .bind(seq)
-                .bind(now as i64)
-                .bind(what)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let current: HashMap<String, String> = sqlx::query("SELECT rule, status FROM device_rules WHERE device = $1")
-            .bind(device)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let mut reported = std::collections::HashSet::new();
-        for rule in &report.rules {
-            reported.insert(rule.rule.as_str());
-            let status = rule.status().as_str();
-            let apps = serde_json::to_string(&rule.apps).expect("apps serialize");
-            let changed = current.get(&rule.rule).map(String::as_str) != Some(status);
-            sqlx::query(
-                "INSERT INTO device_rules (device, rule, status, since, updated, apps) VALUES ($1, $2, $3, $4, $4, $5) \
-                 ON CONFLICT (device, rule) DO UPDATE SET updated = excluded.updated, apps = excluded.apps, \
-                 status = excluded.status, \
-                 since = CASE WHEN device_rules.status = excluded.status THEN device_rules.since ELSE excluded.since END",
-            )
-            .bind(device)
-            .bind(rule.rule.as_str())
-            .bind(status)
-            .bind(now as i64)
-            .bind(apps)
-            .execute(&mut *tx)
-            .await?;
-            if changed {
-                self.history(&mut tx, device, &rule.rule, seq, now, status, policy_version).await?;
-            }
-            sqlx::query(
-                "INSERT INTO rules (rule, first_seen, first_policy_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(rule.rule.as_str())
-            .bind(now as i64)
-            .bind(policy_version)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // A rule no longer reported has nothing left on the device.
-        for (rule, status) in &current {
-            if !reported.contains(rule.as_str()) && status != RuleStatus::Compliant.as_str() {
-                sqlx::query("UPDATE device_rules SET status = $1, since = $2, updated = $2, apps = '[]' WHERE device = $3 AND rule = $4")
-                    .bind(RuleStatus::Compliant.as_str())
-                    .bind(now as i64)
-                    .bind(device)
-                    .bind(rule.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                self.history(&mut tx, device, rule, seq, now, RuleStatus::Compliant.as_str(), policy_version).await?;
-            }
-        }
-        for e in &report.events {
-            sqlx::query(
-                "INSERT INTO events (device, seq, at, kind, rule, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(device)
-            .bind(e.seq as i64)
-            .bind(e.at as i64)
-            .bind(e.kind.as_str())
-            .bind(e.rule.clone())
-            .bind(e.detail.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let done = ingest_in(&mut tx, device, report, now).await?;
         tx.commit().await?;
-        Ok(Ingested { acked: report.sequence, stored: true })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn history(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        device: &str,
-        rule: &str,
-        seq: i64,
-        now: u64,
-        status: &str,
-        policy_version: Option<i64>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO rule_history (device, rule, sequence, at, status, policy_version) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(device)
-        .bind(rule)
-        .bind(seq)
-        .bind(now as i64)
-        .bind(status)
-        .bind(policy_version)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        Ok(done)
     }
 
     /// Every device, most recently seen first.
@@ -473,6 +329,241 @@ impl Store {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// Stores one report through `tx` (a transaction or savepoint the caller commits).
+async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+    let seq = report.sequence as i64;
+    let policy = report.policy.as_ref();
+    let reasons = serde_json::to_string(&report.health.reasons).expect("strings serialize");
+    let previous: Option<(i64, Option<i64>)> =
+        sqlx::query("SELECT last_sequence, policy_version FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r: AnyRow| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+    let updated = sqlx::query(
+        "INSERT INTO devices (device, first_seen, last_seen, last_sequence, reported_at, agent_version, mode, \
+         policy_fleet, policy_version, policy_sha256, policy_applied_at, degraded, reasons) \
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, last_sequence = excluded.last_sequence, \
+         reported_at = excluded.reported_at, agent_version = excluded.agent_version, mode = excluded.mode, \
+         policy_fleet = excluded.policy_fleet, policy_version = excluded.policy_version, \
+         policy_sha256 = excluded.policy_sha256, policy_applied_at = excluded.policy_applied_at, \
+         degraded = excluded.degraded, reasons = excluded.reasons \
+         WHERE devices.last_sequence < excluded.last_sequence",
+    )
+    .bind(device)
+    .bind(now as i64)
+    .bind(seq)
+    .bind(report.at as i64)
+    .bind(report.agent_version.as_str())
+    .bind(match report.mode {
+        embargo_policy::report::Mode::Enforce => "enforce",
+        embargo_policy::report::Mode::Monitor => "monitor",
+    })
+    .bind(policy.map(|p| p.fleet.clone()))
+    .bind(policy.map(|p| p.version as i64))
+    .bind(policy.map(|p| p.sha256.clone()))
+    .bind(policy.map(|p| p.applied_at as i64))
+    .bind(i64::from(report.health.degraded))
+    .bind(reasons)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        // A retry of a stored sequence, or an older one: nothing is stored again.
+        // The conditional upsert wrote nothing, and nothing was written before it.
+        let acked: i64 = sqlx::query("SELECT last_sequence FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        return Ok(Ingested { acked: acked as u64, stored: false });
+    }
+    let policy_version = policy.map(|p| p.version as i64);
+    // The device's timeline: first contact, policy changes, declared gaps.
+    let mut timeline = Vec::new();
+    match previous {
+        None => timeline.push("first report".to_owned()),
+        Some((_, old)) if old != policy_version => timeline.push(format!(
+            "policy {} -> {}",
+            old.map_or("none".into(), |v| v.to_string()),
+            policy_version.map_or("none".into(), |v| v.to_string())
+        )),
+        _ => {}
+    }
+    if let Some(g) = &report.gap {
+        timeline.push(format!(
+            "{} reports dropped by the agent's spool (sequences {}-{})",
+            g.dropped, g.first_sequence, g.last_sequence
+        ));
+    }
+    if report.health.degraded {
+        timeline.push(format!("degraded: {}", report.health.reasons.join("; ")));
+    }
+    for what in timeline {
+        sqlx::query(
+            "INSERT INTO device_history (device, sequence, at, what) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(device)
+        .bind(seq)
+        .bind(now as i64)
+        .bind(what)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let current: HashMap<String, String> = sqlx::query("SELECT rule, status FROM device_rules WHERE device = $1")
+        .bind(device)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut reported = std::collections::HashSet::new();
+    for rule in &report.rules {
+        reported.insert(rule.rule.as_str());
+        let status = rule.status().as_str();
+        let apps = serde_json::to_string(&rule.apps).expect("apps serialize");
+        let changed = current.get(&rule.rule).map(String::as_str) != Some(status);
+        sqlx::query(
+            "INSERT INTO device_rules (device, rule, status, since, updated, apps) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (device, rule) DO UPDATE SET updated = excluded.updated, apps = excluded.apps, \
+             status = excluded.status, \
+             since = CASE WHEN device_rules.status = excluded.status THEN device_rules.since ELSE excluded.since END",
+        )
+        .bind(device)
+        .bind(rule.rule.as_str())
+        .bind(status)
+        .bind(now as i64)
+        .bind(apps)
+        .execute(&mut *tx)
+        .await?;
+        if changed {
+            history(&mut *tx, device, &rule.rule, seq, now, status, policy_version).await?;
+        }
+        sqlx::query(
+            "INSERT INTO rules (rule, first_seen, first_policy_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(rule.rule.as_str())
+        .bind(now as i64)
+        .bind(policy_version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // A rule no longer reported has nothing left on the device.
+    for (rule, status) in &current {
+        if !reported.contains(rule.as_str()) && status != RuleStatus::Compliant.as_str() {
+            sqlx::query("UPDATE device_rules SET status = $1, since = $2, updated = $2, apps = '[]' WHERE device = $3 AND rule = $4")
+                .bind(RuleStatus::Compliant.as_str())
+                .bind(now as i64)
+                .bind(device)
+                .bind(rule.as_str())
+                .execute(&mut *tx)
+                .await?;
+            history(&mut *tx, device, rule, seq, now, RuleStatus::Compliant.as_str(), policy_version).await?;
+        }
+    }
+    for e in &report.events {
+        sqlx::query(
+            "INSERT INTO events (device, seq, at, kind, rule, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(device)
+        .bind(e.seq as i64)
+        .bind(e.at as i64)
+        .bind(e.kind.as_str())
+        .bind(e.rule.clone())
+        .bind(e.detail.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(Ingested { acked: report.sequence, stored: true })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn history(
+    tx: &mut AnyConnection,
+    device: &str,
+    rule: &str,
+    seq: i64,
+    now: u64,
+    status: &str,
+    policy_version: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rule_history (device, rule, sequence, at, status, policy_version) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(device)
+    .bind(rule)
+    .bind(seq)
+    .bind(now as i64)
+    .bind(status)
+    .bind(policy_version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Reports queued for the SQLite writer; the sender waits when it is full.
+const QUEUE: usize = 4096;
+/// Reports per SQLite transaction at most.
+const BATCH: usize = 64;
+
+struct Job {
+    device: String,
+    report: Report,
+    now: u64,
+    reply: tokio::sync::oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+/// SQLite's single writer: takes whatever reports are queued (up to `BATCH`) and stores them in
+/// one transaction, each in its own savepoint so one failing report fails alone. One commit per
+/// batch instead of per report: under load the queue drains in batches, idle it is one report.
+async fn write_batches(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let outcome = async {
+            let mut tx = pool.begin().await?;
+            let mut results = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                match ingest_in(&mut sp, &j.device, &j.report, j.now).await {
+                    Ok(r) => {
+                        sp.commit().await?;
+                        results.push(Ok(r));
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(results)
+        }
+        .await;
+        match outcome {
+            Ok(results) => {
+                for (j, r) in jobs.into_iter().zip(results) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, reports = jobs.len(), "storing a batch of reports");
+                for j in jobs {
+                    let _ = j.reply.send(Err(StoreError::Batch(e.to_string())));
+                }
+            }
+        }
     }
 }
 
