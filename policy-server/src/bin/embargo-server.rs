@@ -112,6 +112,13 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn fleet_command(database: &str, json: bool, staleness: embargo_server::summary::Staleness) -> ExitCode {
+    // Reading a summary must not create an empty database where the admin mistyped a path.
+    if let Some(path) = database.strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).is_file() {
+            eprintln!("embargo-server fleet: {path}: no such database");
+            return ExitCode::from(embargo_policy::cli::EXIT_USAGE);
+        }
+    }
     let rt = match runtime() {
         Ok(r) => r,
         Err(e) => {
