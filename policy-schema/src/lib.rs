@@ -38,6 +38,7 @@ pub mod matcher;
 pub mod metadata;
 pub mod normalize;
 pub mod repo;
+pub mod report;
 pub mod rules;
 pub mod schema;
 /// The admin-TOML module's former name, kept for code written against it.

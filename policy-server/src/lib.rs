@@ -1,27 +1,39 @@
-//! embargo-server: serves a policy repository directory over HTTPS, and optionally re-signs its
-//! timestamp on a schedule.
+//! embargo-server: serves a policy repository directory over HTTPS, optionally re-signs its
+//! timestamp on a schedule, and (with a device CA) takes agents' compliance reports.
 //!
 //! The server is not trusted by agents — they verify every document's signatures — so its job
 //! is availability and good caching behaviour: content-addressed policies are immutable with
-//! strong ETags and 304s; `timestamp.json` is `no-cache`; a root version that does not exist is
-//! a 404 (which is how agents learn the chain has ended). Only the repository's own path shapes
-//! are served, checked literally (no decoding, no normalization), so no request can reach a
+//! strong ETags and 304s; `timestamp.json` is `no-cache` with an ETag; a root version that does not
+//! exist is a 404 (which is how agents learn the chain has ended). Only the repository's own path
+//! shapes are served, checked literally (no decoding, no normalization), so no request can reach a
 //! file outside the repository.
+//!
+//! Modules: `limits` (connection counts, I/O timeouts), `tls` (certificates and who a client is),
+//! `files` (the repository documents, streamed), `store` (SQLite/PostgreSQL through sqlx),
+//! `summary` (compliance counts and series), `web` (`/v1/reports` and `/admin/`).
 #![forbid(unsafe_code)]
 
+pub mod files;
+pub mod limits;
+pub mod store;
+pub mod summary;
+pub mod tls;
+pub mod web;
+
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use embargo_policy::keys::SigningKey;
-use embargo_policy::metadata::{limits, Time};
-use embargo_policy::transport::is_repository_path;
+use embargo_policy::metadata::Time;
 use tokio::net::TcpListener;
+
+pub use limits::Limits;
+pub use tls::{tls_config, tls_setup, Peer, TlsSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -29,30 +41,6 @@ pub enum ServerError {
     Tls { path: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Loads a PEM certificate chain and private key into a rustls server config (ring provider).
-pub fn tls_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| ServerError::Tls { path: p.display().to_string(), reason: e.to_string() })
-    };
-    let cert_bytes = read(cert_pem)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &cert_bytes[..]).collect();
-    let certs = certs.map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?;
-    if certs.is_empty() {
-        return Err(ServerError::Tls { path: cert_pem.display().to_string(), reason: "no PEM certificate".into() });
-    }
-    let key_bytes = read(key_pem)?;
-    let key = rustls_pemfile::private_key(&mut &key_bytes[..])
-        .map_err(|e| ServerError::Tls { path: key_pem.display().to_string(), reason: e.to_string() })?
-        .ok_or_else(|| ServerError::Tls { path: key_pem.display().to_string(), reason: "no PEM private key".into() })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls { path: cert_pem.display().to_string(), reason: e.to_string() })?;
-    Ok(Arc::new(config))
 }
 
 /// Re-signing of timestamp.json on a schedule.
@@ -63,56 +51,101 @@ pub struct TimestampSigner {
     pub ttl: Duration,
 }
 
-#[derive(Clone)]
-struct AppState {
-    repo: Arc<PathBuf>,
+/// Everything `run` serves, validated by the binary.
+#[derive(Debug)]
+pub struct Options {
+    pub repo: PathBuf,
+    pub limits: Limits,
+    pub signer: Option<TimestampSigner>,
+    /// Reports and the admin view; none = the repository only.
+    pub fleet: Option<Arc<web::Fleet>>,
 }
 
-/// Serves `repo` on `listener` with `tls` until `shutdown` completes.
+impl Options {
+    pub fn new(repo: PathBuf) -> Self {
+        Options { repo, limits: Limits::default(), signer: None, fleet: None }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) repo: Arc<PathBuf>,
+}
+
+/// Serves on `listener` with `tls` until `shutdown` completes.
 pub async fn run(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    repo: PathBuf,
-    signer: Option<TimestampSigner>,
+    tls: TlsSetup,
+    options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let app = axum::Router::new()
-        .fallback(serve)
-        .layer(axum::middleware::from_fn(log_request))
-        .with_state(AppState { repo: Arc::new(repo.clone()) });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let Options { repo, limits, signer, fleet } = options;
+    let mut app = axum::Router::new().fallback(files::serve).with_state(AppState { repo: Arc::new(repo.clone()) });
+    if let Some(fleet) = fleet {
+        use axum::routing::{get, post};
+        let fleet_routes = axum::Router::new()
+            .route("/v1/reports", post(web::post_report))
+            .route("/admin/", get(web::admin_index))
+            .route("/admin/login", get(web::login_form).post(web::login))
+            .route("/admin/logout", get(web::logout))
+            .route("/admin/device/{device}", get(web::admin_device))
+            .route("/admin/export/{file}", get(web::admin_export))
+            .with_state(fleet);
+        app = app.merge(fleet_routes);
+    }
+    let app = app.layer(axum::middleware::from_fn(log_request));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let gate = limits::ConnectionGate::new(&limits);
+    let limits = Arc::new(limits);
+    let tls = Arc::new(tls);
     let resigner = signer.map(|s| tokio::spawn(resign_loop(repo, s)));
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, peer_addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        // Over a bound: the connection is closed at once (dropped), before any TLS work.
+        let Ok(permit) = gate.admit(peer_addr.ip()) else { continue };
+        let (acceptor, app, limits, tls) = (acceptor.clone(), app.clone(), limits.clone(), tls.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let io = limits::TimedIo::new(tcp, limits.idle_timeout, limits.write_timeout);
+            let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(io)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
+                    tracing::debug!(peer = %peer_addr, "TLS handshake timed out");
                     return;
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let peer = tls.peer(stream.get_ref().1.peer_certificates());
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                let mut app = app.clone();
+                async move {
+                    use tower::Service as _;
+                    app.call(req.map(axum::body::Body::new)).await
+                }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(64 * 1024);
+            if let Err(e) = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
             }
         });
     }
@@ -141,63 +174,10 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let started = Instant::now();
     let resp = next.run(req).await;
-    tracing::info!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
-fn status(code: StatusCode, text: &'static str) -> Response {
+pub(crate) fn plain(code: StatusCode, text: &'static str) -> Response {
     (code, [(header::CACHE_CONTROL, "no-store")], text).into_response()
-}
-
-async fn serve(State(state): State<AppState>, req: Request) -> Response {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return status(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-    }
-    let path = req.uri().path().trim_start_matches('/');
-    // Checked literally: `..`, percent-escapes, doubled slashes and anything else that is not
-    // one of the three repository shapes is refused before any file system access.
-    if !is_repository_path(path) {
-        return status(StatusCode::NOT_FOUND, "not a repository path\n");
-    }
-    let cap = if path == "timestamp.json" {
-        limits::TIMESTAMP_BYTES
-    } else if path.starts_with("root/") {
-        limits::ROOT_BYTES
-    } else {
-        limits::POLICY_BYTES
-    };
-    let file = state.repo.join(path);
-    let immutable = path.starts_with("policy/");
-    let etag = immutable.then(|| format!("\"{}\"", &path["policy/".len()..path.len() - ".json".len()]));
-    if let Some(tag) = &etag {
-        let matches = req
-            .headers()
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-        if matches && file.is_file() {
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag.clone())]).into_response();
-        }
-    }
-    let bytes = match tokio::task::spawn_blocking(move || embargo_policy::fsutil::read_capped(&file, cap)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return status(StatusCode::NOT_FOUND, "no such document\n")
-        }
-        Ok(Err(e)) => {
-            tracing::error!(path, error = %e, "reading repository file");
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n");
-        }
-        Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "cannot read document\n"),
-    };
-    let mut resp = Response::new(Body::from(bytes));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(tag) = etag {
-        h.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex etag is a valid header"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    } else {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
-    resp
 }

@@ -1,0 +1,619 @@
+//! The fleet store: reports in, compliance state and history out. SQLite (default, a file beside
+//! the repository) or PostgreSQL (`--database postgres://…`), through sqlx's `Any` driver, with
+//! one schema and one set of queries written in the SQL both accept.
+//!
+//! Owns: migrations, `ingest` (one transaction per report), and the read queries the admin view,
+//! the exports and `embargo-server fleet` share. It holds no state of its own besides the pool,
+//! so several server processes can share one PostgreSQL.
+//! **Invariant:** a report's sequence is stored at most once per device: the device row's
+//! `last_sequence` is advanced by a conditional upsert inside the report's transaction, so a
+//! retry or a concurrent duplicate stores nothing.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use embargo_policy::report::{Report, RuleStatus};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::AnyConnection;
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Batch(String),
+}
+
+/// The schema, version by version. Portable SQL: SQLite and PostgreSQL run the same text.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "fleet compliance",
+    r#"
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    last_sequence BIGINT NOT NULL,
+    reported_at BIGINT NOT NULL,
+    agent_version TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    policy_fleet TEXT,
+    policy_version BIGINT,
+    policy_sha256 TEXT,
+    policy_applied_at BIGINT,
+    degraded BIGINT NOT NULL,
+    reasons TEXT NOT NULL
+);
+CREATE TABLE rules (
+    rule TEXT PRIMARY KEY,
+    first_seen BIGINT NOT NULL,
+    first_policy_version BIGINT
+);
+CREATE TABLE device_rules (
+    device TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL,
+    since BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    apps TEXT NOT NULL,
+    PRIMARY KEY (device, rule)
+);
+CREATE INDEX device_rules_rule ON device_rules (rule, status);
+CREATE TABLE rule_history (
+    device TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    policy_version BIGINT,
+    PRIMARY KEY (device, rule, sequence)
+);
+CREATE INDEX rule_history_rule_at ON rule_history (rule, at);
+CREATE TABLE device_history (
+    device TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    what TEXT NOT NULL,
+    PRIMARY KEY (device, sequence, what)
+);
+CREATE TABLE events (
+    device TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    rule TEXT,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+"#,
+)];
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false))
+        .collect::<Vec<_>>();
+    Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
+}
+
+/// The database, as a pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite only: the single writer's queue.
+    writer: Option<tokio::sync::mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What `ingest` did with a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The highest sequence stored for the device (after this report).
+    pub acked: u64,
+    pub stored: bool,
+}
+
+impl Store {
+    /// Connects and migrates. `url` is `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let err = |source| StoreError::Connect { url: redact(url), source };
+        let (backend, url, max) = if let Some(path) = url.strip_prefix("sqlite://") {
+            // One connection: SQLite has one writer; a pool of several would only queue on its
+            // lock with sleeps. WAL and NORMAL sync: a crash loses at most the last transactions,
+            // never consistency, and the agent re-sends anything not acknowledged.
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"), 1)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned(), 8)
+        } else {
+            return Err(err(sqlx::Error::Configuration(
+                "the database URL must start with sqlite:// or postgres://".into(),
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(err)?;
+        migrator().run(&pool).await?;
+        let writer = (backend == Backend::Sqlite).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+            tokio::spawn(write_batches(pool.clone(), rx));
+            tx
+        });
+        Ok(Store { pool, backend, writer })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores `report` for `device` (from the client certificate), received at `now`. On SQLite
+    /// the report joins the single writer's next batch (one transaction for up to
+    /// `BATCH` queued reports, each in its own savepoint); on PostgreSQL it is its own transaction.
+    pub async fn ingest(&self, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+        if let Some(writer) = &self.writer {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = Job { device: device.to_owned(), report: report.clone(), now, reply };
+            writer.send(job).await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+            return answer.await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = ingest_in(&mut tx, device, report, now).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Every device, most recently seen first.
+    pub async fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device, first_seen, last_seen, last_sequence, agent_version, mode, policy_fleet, policy_version, \
+             policy_sha256, degraded, reasons FROM devices ORDER BY last_seen DESC, device",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceRow {
+                    device: r.try_get(0)?,
+                    first_seen: r.try_get::<i64, _>(1)? as u64,
+                    last_seen: r.try_get::<i64, _>(2)? as u64,
+                    last_sequence: r.try_get::<i64, _>(3)? as u64,
+                    agent_version: r.try_get(4)?,
+                    mode: r.try_get(5)?,
+                    policy_fleet: r.try_get(6)?,
+                    policy_version: r.try_get::<Option<i64>, _>(7)?.map(|v| v as u64),
+                    policy_sha256: r.try_get(8)?,
+                    degraded: r.try_get::<i64, _>(9)? != 0,
+                    reasons: serde_json::from_str(&r.try_get::<String, _>(10)?).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Every (device, rule) with its current state.
+    pub async fn device_rules(&self, device: Option<&str>) -> Result<Vec<DeviceRuleRow>, StoreError> {
+        let q = match device {
+            Some(_) => {
+                "SELECT device, rule, status, since, updated, apps FROM device_rules WHERE device = $1 ORDER BY rule"
+            }
+            None => "SELECT device, rule, status, since, updated, apps FROM device_rules ORDER BY rule, device",
+        };
+        let mut query = sqlx::query(q);
+        if let Some(d) = device {
+            query = query.bind(d);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceRuleRow {
+                    device: r.try_get(0)?,
+                    rule: r.try_get(1)?,
+                    status: RuleStatus::parse(&r.try_get::<String, _>(2)?).unwrap_or(RuleStatus::Failed),
+                    since: r.try_get::<i64, _>(3)? as u64,
+                    updated: r.try_get::<i64, _>(4)? as u64,
+                    apps: serde_json::from_str(&r.try_get::<String, _>(5)?).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Rules any device has reported: (rule, first seen, first policy version).
+    pub async fn rules(&self) -> Result<Vec<(String, u64, Option<u64>)>, StoreError> {
+        let rows = sqlx::query("SELECT rule, first_seen, first_policy_version FROM rules ORDER BY rule")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64, r.try_get::<Option<i64>, _>(2)?.map(|v| v as u64)))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// A rule's state changes in time order: (device, at, status).
+    pub async fn rule_history(&self, rule: &str) -> Result<Vec<(String, u64, RuleStatus)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT device, at, status FROM rule_history WHERE rule = $1 ORDER BY at, device, sequence")
+                .bind(rule)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<i64, _>(1)? as u64,
+                    RuleStatus::parse(&r.try_get::<String, _>(2)?).unwrap_or(RuleStatus::Failed),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// One device's timeline: (at, what), oldest first — rule state changes, policy changes,
+    /// gaps, degraded reports, audit events.
+    pub async fn timeline(&self, device: &str) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut out = Vec::new();
+        for r in sqlx::query("SELECT at, rule, status, policy_version FROM rule_history WHERE device = $1")
+            .bind(device)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let v: Option<i64> = r.try_get(3)?;
+            out.push((
+                r.try_get::<i64, _>(0)? as u64,
+                format!(
+                    "rule {}: {} (policy {})",
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<String, _>(2)?,
+                    v.map_or("none".into(), |v| v.to_string())
+                ),
+            ));
+        }
+        for r in sqlx::query("SELECT at, what FROM device_history WHERE device = $1")
+            .bind(device)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?));
+        }
+        for r in sqlx::query("SELECT at, kind, rule, detail FROM events WHERE device = $1")
+            .bind(device)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let rule: Option<String> = r.try_get(2)?;
+            out.push((
+                r.try_get::<i64, _>(0)? as u64,
+                format!(
+                    "event {}{}: {}",
+                    r.try_get::<String, _>(1)?,
+                    rule.map(|r| format!(" [{r}]")).unwrap_or_default(),
+                    r.try_get::<String, _>(3)?
+                ),
+            ));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Stores one report through `tx` (a transaction or savepoint the caller commits).
+async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+    let seq = report.sequence as i64;
+    let policy = report.policy.as_ref();
+    let reasons = serde_json::to_string(&report.health.reasons).expect("strings serialize");
+    let previous: Option<(i64, Option<i64>)> =
+        sqlx::query("SELECT last_sequence, policy_version FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r: AnyRow| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+    let updated = sqlx::query(
+        "INSERT INTO devices (device, first_seen, last_seen, last_sequence, reported_at, agent_version, mode, \
+         policy_fleet, policy_version, policy_sha256, policy_applied_at, degraded, reasons) \
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, last_sequence = excluded.last_sequence, \
+         reported_at = excluded.reported_at, agent_version = excluded.agent_version, mode = excluded.mode, \
+         policy_fleet = excluded.policy_fleet, policy_version = excluded.policy_version, \
+         policy_sha256 = excluded.policy_sha256, policy_applied_at = excluded.policy_applied_at, \
+         degraded = excluded.degraded, reasons = excluded.reasons \
+         WHERE devices.last_sequence < excluded.last_sequence",
+    )
+    .bind(device)
+    .bind(now as i64)
+    .bind(seq)
+    .bind(report.at as i64)
+    .bind(report.agent_version.as_str())
+    .bind(match report.mode {
+        embargo_policy::report::Mode::Enforce => "enforce",
+        embargo_policy::report::Mode::Monitor => "monitor",
+    })
+    .bind(policy.map(|p| p.fleet.clone()))
+    .bind(policy.map(|p| p.version as i64))
+    .bind(policy.map(|p| p.sha256.clone()))
+    .bind(policy.map(|p| p.applied_at as i64))
+    .bind(i64::from(report.health.degraded))
+    .bind(reasons)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        // A retry of a stored sequence, or an older one: nothing is stored again.
+        // The conditional upsert wrote nothing, and nothing was written before it.
+        let acked: i64 = sqlx::query("SELECT last_sequence FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        return Ok(Ingested { acked: acked as u64, stored: false });
+    }
+    let policy_version = policy.map(|p| p.version as i64);
+    // The device's timeline: first contact, policy changes, declared gaps.
+    let mut timeline = Vec::new();
+    match previous {
+        None => timeline.push("first report".to_owned()),
+        Some((_, old)) if old != policy_version => timeline.push(format!(
+            "policy {} -> {}",
+            old.map_or("none".into(), |v| v.to_string()),
+            policy_version.map_or("none".into(), |v| v.to_string())
+        )),
+        _ => {}
+    }
+    if let Some(g) = &report.gap {
+        timeline.push(format!(
+            "{} reports dropped by the agent's spool (sequences {}-{})",
+            g.dropped, g.first_sequence, g.last_sequence
+        ));
+    }
+    if report.health.degraded {
+        timeline.push(format!("degraded: {}", report.health.reasons.join("; ")));
+    }
+    for what in timeline {
+        sqlx::query(
+            "INSERT INTO device_history (device, sequence, at, what) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(device)
+        .bind(seq)
+        .bind(now as i64)
+        .bind(what)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let current: HashMap<String, String> = sqlx::query("SELECT rule, status FROM device_rules WHERE device = $1")
+        .bind(device)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut reported = std::collections::HashSet::new();
+    for rule in &report.rules {
+        reported.insert(rule.rule.as_str());
+        let status = rule.status().as_str();
+        let apps = serde_json::to_string(&rule.apps).expect("apps serialize");
+        let changed = current.get(&rule.rule).map(String::as_str) != Some(status);
+        sqlx::query(
+            "INSERT INTO device_rules (device, rule, status, since, updated, apps) VALUES ($1, $2, $3, $4, $4, $5) \
+             ON CONFLICT (device, rule) DO UPDATE SET updated = excluded.updated, apps = excluded.apps, \
+             status = excluded.status, \
+             since = CASE WHEN device_rules.status = excluded.status THEN device_rules.since ELSE excluded.since END",
+        )
+        .bind(device)
+        .bind(rule.rule.as_str())
+        .bind(status)
+        .bind(now as i64)
+        .bind(apps)
+        .execute(&mut *tx)
+        .await?;
+        if changed {
+            history(&mut *tx, device, &rule.rule, seq, now, status, policy_version).await?;
+        }
+        sqlx::query(
+            "INSERT INTO rules (rule, first_seen, first_policy_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(rule.rule.as_str())
+        .bind(now as i64)
+        .bind(policy_version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // A rule no longer reported has nothing left on the device.
+    for (rule, status) in &current {
+        if !reported.contains(rule.as_str()) && status != RuleStatus::Compliant.as_str() {
+            sqlx::query("UPDATE device_rules SET status = $1, since = $2, updated = $2, apps = '[]' WHERE device = $3 AND rule = $4")
+                .bind(RuleStatus::Compliant.as_str())
+                .bind(now as i64)
+                .bind(device)
+                .bind(rule.as_str())
+                .execute(&mut *tx)
+                .await?;
+            history(&mut *tx, device, rule, seq, now, RuleStatus::Compliant.as_str(), policy_version).await?;
+        }
+    }
+    for e in &report.events {
+        sqlx::query(
+            "INSERT INTO events (device, seq, at, kind, rule, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(device)
+        .bind(e.seq as i64)
+        .bind(e.at as i64)
+        .bind(e.kind.as_str())
+        .bind(e.rule.clone())
+        .bind(e.detail.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(Ingested { acked: report.sequence, stored: true })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn history(
+    tx: &mut AnyConnection,
+    device: &str,
+    rule: &str,
+    seq: i64,
+    now: u64,
+    status: &str,
+    policy_version: Option<i64>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rule_history (device, rule, sequence, at, status, policy_version) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(device)
+    .bind(rule)
+    .bind(seq)
+    .bind(now as i64)
+    .bind(status)
+    .bind(policy_version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Reports queued for the SQLite writer; the sender waits when it is full.
+const QUEUE: usize = 4096;
+/// Reports per SQLite transaction at most.
+const BATCH: usize = 64;
+
+struct Job {
+    device: String,
+    report: Report,
+    now: u64,
+    reply: tokio::sync::oneshot::Sender<Result<Ingested, StoreError>>,
+}
+
+/// SQLite's single writer: takes whatever reports are queued (up to `BATCH`) and stores them in
+/// one transaction, each in its own savepoint so one failing report fails alone. One commit per
+/// batch instead of per report: under load the queue drains in batches, idle it is one report.
+async fn write_batches(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let outcome = async {
+            let mut tx = pool.begin().await?;
+            let mut results = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                match ingest_in(&mut sp, &j.device, &j.report, j.now).await {
+                    Ok(r) => {
+                        sp.commit().await?;
+                        results.push(Ok(r));
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(results)
+        }
+        .await;
+        match outcome {
+            Ok(results) => {
+                for (j, r) in jobs.into_iter().zip(results) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, reports = jobs.len(), "storing a batch of reports");
+                for j in jobs {
+                    let _ = j.reply.send(Err(StoreError::Batch(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// A URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let cred = &url[s + 3..at];
+            match cred.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &cred[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRow {
+    pub device: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub last_sequence: u64,
+    pub agent_version: String,
+    pub mode: String,
+    pub policy_fleet: Option<String>,
+    pub policy_version: Option<u64>,
+    pub policy_sha256: Option<String>,
+    pub degraded: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRuleRow {
+    pub device: String,
+    pub rule: String,
+    pub status: RuleStatus,
+    pub since: u64,
+    pub updated: u64,
+    pub apps: Vec<embargo_policy::report::AppState>,
+}
+
+/// Per-rule counts by status.
+pub type Counts = BTreeMap<RuleStatus, u64>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("sqlite:///x/y.db"), "sqlite:///x/y.db");
+    }
+}

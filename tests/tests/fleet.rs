@@ -1,0 +1,251 @@
+//! Fleet reporting end to end: the real `embargo-server` with a device CA and an admin CA (rcgen),
+//! reports posted over real mutual TLS, the admin view and exports, and `embargo-server fleet` —
+//! the same test on SQLite and on a throwaway PostgreSQL cluster the test starts itself.
+
+mod fleet_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use embargo_e2e::*;
+use fleet_common::*;
+use serde_json::json;
+
+/// A throwaway PostgreSQL cluster, run as `nobody` when we are root; stopped on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub url: String,
+    as_nobody: bool,
+}
+
+fn pg_bin(name: &str) -> Option<PathBuf> {
+    if have(name) {
+        return Some(PathBuf::from(name));
+    }
+    let p = PathBuf::from("/usr/lib/postgresql/15/bin").join(name);
+    p.exists().then_some(p)
+}
+
+fn pg_command(bin: &Path, as_nobody: bool) -> Command {
+    if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Option<Postgres> {
+        let (Some(initdb), Some(pg_ctl)) = (pg_bin("initdb"), pg_bin("pg_ctl")) else {
+            skip("needs PostgreSQL (initdb, pg_ctl)");
+            return None;
+        };
+        let as_nobody = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        if as_nobody && !have("setpriv") {
+            skip("needs setpriv to run PostgreSQL as nobody");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        if as_nobody {
+            let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+            let uid: u32 = String::from_utf8_lossy(&nobody.stdout).trim().parse().unwrap();
+            std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&initdb, as_nobody)
+            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let out = pg_command(&pg_ctl, as_nobody)
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                dir.path().join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        Some(Postgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, as_nobody })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(pg_ctl) = pg_bin("pg_ctl") {
+            let data = self.dir.path().join("data");
+            let _ = pg_command(&pg_ctl, self.as_nobody)
+                .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+fn fleet_summary(database: &str) -> String {
+    let out = Command::new(bin("embargo-server")).args(["fleet", "--database", database]).output().unwrap();
+    assert!(out.status.success(), "embargo-server fleet: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole contract, against the database at `database`.
+fn ingest_and_view(database: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path(), embargo_policy::example::WECHAT_KASPERSKY_TOML);
+    let ca = test_ca(tmp.path());
+    let devices = issuer(tmp.path(), "devices");
+    let admins = issuer(tmp.path(), "admins");
+    let password = tmp.path().join("admin-password");
+    std::fs::write(&password, "correct horse\n").unwrap();
+    let (_server, url) = start_server(
+        &repo.dir,
+        &ca,
+        &[
+            "--client-ca",
+            devices.pem.to_str().unwrap(),
+            "--admin-ca",
+            admins.pem.to_str().unwrap(),
+            "--database",
+            database,
+            "--admin-password-file",
+            password.to_str().unwrap(),
+        ],
+    );
+    let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    let laptop1 = tls_client(&ca, Some(&client_cert(&devices, "laptop-1")));
+    let admin = tls_client(&ca, Some(&client_cert(&admins, "alice-admin")));
+    let anonymous = tls_client(&ca, None);
+    let json_ct = "Content-Type: application/json\r\n";
+
+    // A quarantine is stored and acknowledged with its sequence.
+    let (code, _, body) =
+        http(port, &laptop1, "POST", "/v1/reports", json_ct, &report("laptop-1", 1, 1, wechat("quarantined")));
+    assert_eq!(code, 200, "{body}");
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((ack["acked"].as_u64(), ack["stored"].as_bool()), (Some(1), Some(true)), "{body}");
+    // A retry stores nothing and acknowledges the same sequence.
+    let (code, _, body) =
+        http(port, &laptop1, "POST", "/v1/reports", json_ct, &report("laptop-1", 1, 1, wechat("quarantined")));
+    assert_eq!(code, 200);
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((ack["acked"].as_u64(), ack["stored"].as_bool()), (Some(1), Some(false)), "{body}");
+    // A report claiming another device is refused, and nothing is stored under either name.
+    let (code, _, body) =
+        http(port, &laptop1, "POST", "/v1/reports", json_ct, &report("laptop-2", 2, 1, wechat("found")));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("laptop-2") && body.contains("laptop-1"), "{body}");
+    // No certificate, no report; an admin certificate is not a device either.
+    let (code, _, _) =
+        http(port, &anonymous, "POST", "/v1/reports", json_ct, &report("laptop-1", 3, 1, wechat("found")));
+    assert_eq!(code, 403);
+    let (code, _, _) =
+        http(port, &admin, "POST", "/v1/reports", json_ct, &report("alice-admin", 1, 1, wechat("found")));
+    assert_eq!(code, 403);
+    // Unknown fields and other format versions are refused, naming the problem.
+    let mut bad: serde_json::Value = serde_json::from_slice(&report("laptop-1", 3, 1, wechat("found"))).unwrap();
+    bad["device_override"] = json!("x");
+    let (code, _, body) = http(port, &laptop1, "POST", "/v1/reports", json_ct, bad.to_string().as_bytes());
+    assert_eq!(code, 400);
+    assert!(body.contains("device_override"), "{body}");
+    // A body over 1 MiB is refused from its declared length, before it is read.
+    let (code, _, body) = http(
+        port,
+        &laptop1,
+        "POST",
+        "/v1/reports",
+        "Content-Type: application/json\r\nContent-Length: 2097152\r\n",
+        b"",
+    );
+    assert_eq!(code, 413, "{body}");
+
+    // A second device on a newer policy still has the app, a third needs an admin.
+    let laptop2 = tls_client(&ca, Some(&client_cert(&devices, "laptop-2")));
+    let laptop3 = tls_client(&ca, Some(&client_cert(&devices, "laptop-3")));
+    assert_eq!(http(port, &laptop2, "POST", "/v1/reports", json_ct, &report("laptop-2", 1, 2, wechat("found"))).0, 200);
+    assert_eq!(
+        http(port, &laptop3, "POST", "/v1/reports", json_ct, &report("laptop-3", 1, 2, wechat("needs_admin"))).0,
+        200
+    );
+
+    // The admin view: device certificates get 403, with or without a session.
+    let (code, _, _) = http(port, &laptop1, "GET", "/admin/", "", b"");
+    assert_eq!(code, 403);
+    let (code, head, _) = http(port, &anonymous, "GET", "/admin/", "", b"");
+    assert_eq!(code, 303);
+    assert!(head.to_ascii_lowercase().contains("location: /admin/login"), "{head}");
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let (code, _, _) = http(port, &anonymous, "POST", "/admin/login", form, b"password=wrong");
+    assert_eq!(code, 401);
+    let (code, head, _) = http(port, &anonymous, "POST", "/admin/login", form, b"password=correct+horse");
+    assert_eq!(code, 303, "{head}");
+    let cookie_line =
+        head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a session cookie");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie_line.contains(attr), "{cookie_line}");
+    }
+    let cookie = cookie_line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned();
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let (code, _, _) = http(port, &laptop1, "GET", "/admin/", &with_cookie, b"");
+    assert_eq!(code, 403, "a device certificate with an admin's session cookie");
+    let (code, _, _) = http(port, &anonymous, "GET", "/admin/", "Cookie: embargo_admin=99999999999.00\r\n", b"");
+    assert_eq!(code, 303, "a forged session");
+    for client_headers in [(&anonymous, with_cookie.as_str()), (&admin, "")] {
+        let (code, _, page) = http(port, client_headers.0, "GET", "/admin/", client_headers.1, b"");
+        assert_eq!(code, 200, "{page}");
+        let row = page.split("<tr data-rule=\"wechat\">").nth(1).expect("a wechat row").split("</tr>").next().unwrap();
+        // The rule was first reported with policy 1, so all three devices count: laptop-1
+        // compliant (quarantined), laptop-2 still installed, laptop-3 failed (needs admin).
+        assert!(
+            row.contains("compliant\">1<") && row.contains("installed\">1<") && row.contains("failed\">1<"),
+            "{row}"
+        );
+        assert!(page.contains("<svg") && page.contains("class=\"series compliant\""), "no chart");
+        assert!(page.contains("data-device=\"laptop-1\""), "laptop-1 listed");
+        // laptop-1 is on policy 1 while others report 2.
+        let old = page.split("id=old-policy").nth(1).unwrap().split("</table>").next().unwrap();
+        assert!(old.contains("laptop-1") && !old.contains("laptop-2"), "{old}");
+    }
+    let (code, _, page) = http(port, &admin, "GET", "/admin/device/laptop-1", "", b"");
+    assert_eq!(code, 200);
+    assert!(page.contains("rule wechat: compliant") && page.contains("first report"), "{page}");
+    let (code, head, csv) = http(port, &admin, "GET", "/admin/export/device_rules.csv", "", b"");
+    assert_eq!(code, 200);
+    assert!(head.contains("policy-2.csv"), "{head}");
+    assert!(csv.starts_with("policy_version,device,device_policy_version,rule,status"), "{csv}");
+    assert!(csv.contains("2,laptop-3,2,wechat,failed"), "{csv}");
+    let (_, _, js) = http(port, &admin, "GET", "/admin/export/rules.json", "", b"");
+    let js: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(js["policy_version"], 2);
+    assert_eq!(js["rows"][0]["rule"], "wechat");
+
+    // History: laptop-2 removes it later; the change is stored, the summary follows.
+    assert_eq!(http(port, &laptop2, "POST", "/v1/reports", json_ct, &report("laptop-2", 2, 2, json!([]))).0, 200);
+    let summary = fleet_summary(database);
+    let line = summary.lines().find(|l| l.starts_with("wechat")).unwrap_or_else(|| panic!("{summary}"));
+    let n: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&n[1..], ["2", "0", "0", "1"], "{summary}");
+    assert!(summary.contains("devices: 3"), "{summary}");
+    let (_, _, page) = http(port, &admin, "GET", "/admin/device/laptop-2", "", b"");
+    assert!(page.contains("rule wechat: installed") && page.contains("rule wechat: compliant"), "{page}");
+}
+
+#[test]
+fn reports_and_admin_view_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", tmp.path().join("fleet.db").display());
+    ingest_and_view(&db);
+}
+
+#[test]
+fn reports_and_admin_view_on_postgresql() {
+    let Some(pg) = Postgres::start() else { return };
+    ingest_and_view(&pg.url);
+}

@@ -1,0 +1,115 @@
+//! Helpers shared by the fleet tests: CAs and client certificates (rcgen), raw HTTP/1.1 over
+//! mutual TLS, report bodies.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use embargo_e2e::TestCa;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A CA and certificates it issues, as PEM files.
+pub struct Issuer {
+    pub ca: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+    pub pem: PathBuf,
+}
+
+pub fn issuer(dir: &Path, name: &str) -> Issuer {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    let ca = p.self_signed(&key).unwrap();
+    let pem = dir.join(format!("{name}.pem"));
+    std::fs::write(&pem, ca.pem()).unwrap();
+    Issuer { ca, key, pem }
+}
+
+/// A client certificate with subject CN `cn`: (cert PEM, key PEM).
+pub fn client_cert(by: &Issuer, cn: &str) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &by.ca, &by.key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+pub fn tls_client(ca: &TestCa, identity: Option<&(String, String)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca.ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+        }
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// One HTTP/1.1 exchange over a new TLS connection: (status, head, body).
+pub fn http(
+    port: u16,
+    client: &tokio_rustls::TlsConnector,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut s = client.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+        // A caller may declare its own Content-Length (to test a refusal without sending it all).
+        let length = if headers.to_ascii_lowercase().contains("content-length:") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{length}{headers}\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, head.to_owned(), body.to_owned())
+    })
+}
+
+pub fn report(device: &str, sequence: u64, policy_version: u64, rules: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "version": 1,
+        "device": device,
+        "sequence": sequence,
+        "at": 1_790_000_000u64 + sequence,
+        "agent_version": "0.1.0",
+        "mode": "enforce",
+        "policy": {"fleet": "gov-test", "version": policy_version, "sha256": "ab".repeat(32), "applied_at": 1_790_000_000u64},
+        "health": {"degraded": false, "reasons": []},
+        "rules": rules,
+        "events": [{"seq": sequence, "at": 1_790_000_000u64, "kind": "quarantine", "rule": "wechat", "detail": "moved WeChat.AppImage"}],
+        "gap": null
+    }))
+    .unwrap()
+}
+
+pub fn wechat(state: &str) -> serde_json::Value {
+    json!([{"rule": "wechat", "apps": [{"kind": "appimage", "id": "wechat", "version": "4.0",
+        "path": "/home/alice/Downloads/WeChat.AppImage", "state": state, "found_at": 1_790_000_000u64,
+        "since": 1_790_000_001u64, "detail": null}]}])
+}
