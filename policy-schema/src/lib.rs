@@ -36,6 +36,7 @@ pub mod keys;
 pub mod limits;
 pub mod matcher;
 pub mod metadata;
+mod policy_parser;
 pub mod repo;
 pub mod rules;
 pub mod schema;
