@@ -116,21 +116,36 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let start = self.pos;
-        loop {
-            let Some(&c) = self.b.get(self.pos) else {
-                return self.err("unterminated string");
-            };
-            match c {
-                b'"' => {
-                    let s = &self.text[start..self.pos];
-                    self.pos += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                b'\\' => return self.escaped_string(start),
-                0..=0x1f => return self.err("control character in a string"),
-                _ => self.pos += 1,
+        // Find the first quote, backslash or control character 16 bytes at a time: the inner
+        // loop has no branch, so it compiles to vector compares (strings here are short —
+        // ids, hashes, names — so a search routine's per-call setup costs more than it saves).
+        let special = |c: u8| (c == b'"') | (c == b'\\') | (c < 0x20);
+        let mut end = start;
+        let rest = &self.b[start..];
+        for chunk in rest.chunks_exact(16) {
+            let mut any = false;
+            for &c in chunk {
+                any |= special(c);
             }
+            if any {
+                break;
+            }
+            end += 16;
         }
+        let Some(len) = self.b[end..].iter().position(|&c| special(c)) else {
+            return self.err("unterminated string");
+        };
+        let end = end + len;
+        if self.b[end] < 0x20 {
+            self.pos = end;
+            return self.err("control character in a string");
+        }
+        self.pos = end;
+        if self.b[end] == b'\\' {
+            return self.escaped_string(start);
+        }
+        self.pos += 1;
+        Ok(Cow::Borrowed(&self.text[start..end]))
     }
 
     /// The rest of a string that has an escape, from `start` (just after the opening quote).
