@@ -389,12 +389,6 @@ impl Policy {
         })?;
         let mut set = RuleSet::new(device_tags);
         let budget = compiled_budget(bytes.len());
-        // Table sizes from the verified text: every rule has exactly one `"action"` key and a
-        // quoted `"action"` cannot occur inside a JSON string (its quotes would be escaped).
-        // Matchers with `"sha256"` lists are counted the same way. A string value "action" (a
-        // tag, say) is counted too, so both counts are capped by what the text could hold: a
-        // rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the reserved
-        // bytes well under the compiled-size budget per payload byte.
         let (rules, sha) = table_sizes(bytes);
         set.reserve(rules, sha);
         let mut de = serde_json::Deserializer::from_str(text);
@@ -407,7 +401,12 @@ impl Policy {
     }
 }
 
-/// How many rules and sha256 matchers to reserve room for, counted in the verified text.
+/// How many rules and sha256 matchers to reserve room for, counted in the verified text: every
+/// rule has exactly one `"action"` key and a quoted `"action"` cannot occur inside a JSON string
+/// (its quotes would be escaped). Matchers with `"sha256"` lists are counted the same way. A
+/// string value "action" (a tag, say) is counted too, so both counts are capped by what the text
+/// could hold: a rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the
+/// reserved bytes well under the compiled-size budget per payload byte.
 fn table_sizes(bytes: &[u8]) -> (usize, usize) {
     let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
     let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
