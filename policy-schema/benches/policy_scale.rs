@@ -306,7 +306,55 @@ fn measure(threshold: usize, runs: usize, now: Time) -> RuleSet {
     *set.unwrap()
 }
 
+/// The floor's work, in a function of its own so that callgrind can count its instructions
+/// (`--toggle-collect=*floor_hashes*`).
+#[inline(never)]
+fn floor_hashes(env: &[u8], pae: &[u8]) {
+    std::hint::black_box(sha2::Sha256::digest(env));
+    std::hint::black_box(sha2::Sha512::digest(pae));
+}
+
+/// Parse+index alone, for callgrind (`--toggle-collect=*parse_and_index*`).
+#[inline(never)]
+fn parse_and_index(payload: &[u8]) {
+    std::hint::black_box(Policy::parse_compiled(payload, &[]).unwrap());
+}
+
+/// Verify+parse+index of a decoded envelope's bytes, for callgrind
+/// (`--toggle-collect=*verify_parse_index*`): envelope decode, signature, parse and index.
+#[inline(never)]
+fn verify_parse_index(env: Vec<u8>, keys: &[&embargo_policy::keys::PublicKey]) {
+    let e = Envelope::decode_owned(env).unwrap();
+    e.verify(keys, 1).unwrap();
+    std::hint::black_box(Policy::parse_compiled(e.payload(), &[]).unwrap());
+}
+
+/// `EMBARGO_BENCH_PROFILE=1`: one pass of each measured function, no timing, for counting
+/// instructions under callgrind (deterministic where wall-clock time is not: see
+/// docs/signed-channel.md for the commands).
+fn profile(now: Time) {
+    let key = SigningKey::generate();
+    let policy = Policy {
+        fleet: "bench".into(),
+        version: 1,
+        issued: now,
+        expires: now.plus(Duration::from_secs(86400)),
+        rules: rules(100_000),
+    };
+    let payload = policy.to_bytes();
+    drop(policy);
+    let env = dsse::sign(POLICY_TYPE, &payload, &[&key]);
+    let pae = dsse::pae(POLICY_TYPE, &payload);
+    floor_hashes(&env, &pae);
+    parse_and_index(&payload);
+    verify_parse_index(env, &[key.public()]);
+}
+
 fn main() {
+    if std::env::var_os("EMBARGO_BENCH_PROFILE").is_some() {
+        profile(Time::parse("2026-06-01T00:00:00Z").unwrap());
+        return;
+    }
     let runs: usize = std::env::var("EMBARGO_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
     let now = Time::parse("2026-06-01T00:00:00Z").unwrap();
     measure(1, runs, now);

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod matcher;
 pub mod metadata;
 pub mod normalize;
+mod policy_parser;
 pub mod repo;
 pub mod report;
 pub mod rules;

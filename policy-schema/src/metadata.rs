@@ -357,7 +357,30 @@ impl Policy {
     /// rule at a time, so the rules are never held as a list beside the compiled set. Exactly
     /// as strict as [`Policy::parse`]; rule-id uniqueness is checked by 64-bit hash (a
     /// collision between two distinct ids, ~1e-10 for 100,000 rules, is reported as a duplicate).
+    ///
+    /// The parser is the hand-written one in `policy_parser` (one pass, strings borrowed, each
+    /// rule compiled as it is read); [`Policy::parse_compiled_serde`] is the serde path it
+    /// replaced, kept as the reference its strictness is tested against.
     pub fn parse_compiled(bytes: &[u8], device_tags: &[String]) -> Result<(PolicyHeader, RuleSet), PayloadError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Invalid {
+            role: "policy",
+            reason: format!("not UTF-8 at byte {}", e.valid_up_to()),
+        })?;
+        let mut set = RuleSet::new(device_tags);
+        let (rules, sha) = table_sizes(bytes);
+        set.reserve(rules, sha);
+        let header = crate::policy_parser::parse_policy(text, &mut set, compiled_budget(bytes.len()))
+            .map_err(|e| PayloadError::Json { role: "policy", source: e.into_json(text) })?;
+        check_fleet("policy", &header.fleet)?;
+        set.shrink();
+        Ok((header, set))
+    }
+
+    /// The serde implementation of [`Policy::parse_compiled`], which it replaced: the reference
+    /// in the differential test that shows the hand-written parser accepts and refuses the same
+    /// documents. Not used on the verification path.
+    #[doc(hidden)]
+    pub fn parse_compiled_serde(bytes: &[u8], device_tags: &[String]) -> Result<(PolicyHeader, RuleSet), PayloadError> {
         // JSON is UTF-8 (RFC 8259): one validation of the whole text here, instead of one per
         // string inside the parser.
         let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Invalid {
@@ -366,14 +389,7 @@ impl Policy {
         })?;
         let mut set = RuleSet::new(device_tags);
         let budget = compiled_budget(bytes.len());
-        // Table sizes from the verified text: every rule has exactly one `"action"` key and a
-        // quoted `"action"` cannot occur inside a JSON string (its quotes would be escaped).
-        // Matchers with `"sha256"` lists are counted the same way. A string value "action" (a
-        // tag, say) is counted too, so both counts are capped by what the text could hold: a
-        // rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the reserved
-        // bytes well under the compiled-size budget per payload byte.
-        let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
-        let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
+        let (rules, sha) = table_sizes(bytes);
         set.reserve(rules, sha);
         let mut de = serde_json::Deserializer::from_str(text);
         let header = serde::de::DeserializeSeed::deserialize(PolicySeed { set: &mut set, budget }, &mut de)
@@ -383,6 +399,18 @@ impl Policy {
         set.shrink();
         Ok((header, set))
     }
+}
+
+/// How many rules and sha256 matchers to reserve room for, counted in the verified text: every
+/// rule has exactly one `"action"` key and a quoted `"action"` cannot occur inside a JSON string
+/// (its quotes would be escaped). Matchers with `"sha256"` lists are counted the same way. A
+/// string value "action" (a tag, say) is counted too, so both counts are capped by what the text
+/// could hold: a rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the
+/// reserved bytes well under the compiled-size budget per payload byte.
+fn table_sizes(bytes: &[u8]) -> (usize, usize) {
+    let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
+    let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
+    (rules, sha)
 }
 
 /// A policy's fields other than its rules.

@@ -87,37 +87,28 @@ pub fn is_sha256_hex(s: &str) -> bool {
     sha256_from_hex(s).is_some()
 }
 
-/// Lowercase hex digit values; 0xff marks every other byte.
-const HEX_DIGIT: [u8; 256] = {
-    let mut t = [0xffu8; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
-
 /// The 32 bytes of a sha256 written as 64 lowercase hex digits, or `None` for anything else.
-/// Branch-free per digit: a large hash-list policy decodes tens of thousands of these.
+/// Branch-free per digit (compare, select, OR), so the loop compiles to vector instructions: a
+/// large hash-list policy checks and decodes tens of thousands of these.
 pub fn sha256_from_hex(s: &str) -> Option<[u8; 32]> {
     let s = s.as_bytes();
     if s.len() != 64 {
         return None;
     }
-    let mut out = [0u8; 32];
-    let mut bad = 0u8;
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let (hi, lo) = (HEX_DIGIT[pair[0] as usize], HEX_DIGIT[pair[1] as usize]);
-        bad |= hi | lo;
-        *o = (hi << 4) | (lo & 0x0f);
+    let mut digits = [0u8; 64];
+    let mut bad = false;
+    for (v, &c) in digits.iter_mut().zip(s) {
+        let d = c.wrapping_sub(b'0');
+        let l = c.wrapping_sub(b'a');
+        let (is_d, is_l) = (d < 10, l < 6);
+        bad |= !(is_d | is_l);
+        *v = if is_d { d } else { l.wrapping_add(10) };
     }
-    (bad & 0xf0 == 0).then_some(out)
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *o = (pair[0] << 4) | (pair[1] & 0x0f);
+    }
+    (!bad).then_some(out)
 }
 
 /// A matcher borrowing its strings: what the streaming parser reads from a verified payload
