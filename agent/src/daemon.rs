@@ -82,6 +82,8 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
     let mut trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
     tokio::pin!(shutdown);
     let (mut sync_open, mut control_open) = (true, true);
+    // Hashes come back from the pool (`hashpool`); the loop never reads a file whole.
+    let mut hashed = state.take_hash_results();
     loop {
         let ev = tokio::select! {
             // In this order: queued filesystem events before the requests that may ask about them.
@@ -99,6 +101,14 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                     Event::Fs(burst)
                 }
                 None => break,
+            },
+            done = async { hashed.as_mut().expect("guarded").recv().await }, if hashed.is_some() => match done {
+                Some(d) => {
+                    state.on_hashed(d);
+                    trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
+                    continue;
+                }
+                None => { hashed = None; continue }
             },
             report = inputs.sync.recv(), if sync_open => match report {
                 Some(r) => Event::Sync(r),

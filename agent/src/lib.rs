@@ -32,6 +32,7 @@ pub mod demo;
 pub mod enforce;
 pub mod evidence;
 mod handlers;
+mod hashpool;
 pub mod identify;
 pub mod proto;
 pub mod safefs;

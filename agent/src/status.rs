@@ -53,6 +53,17 @@ impl Enforcer {
             enforcement: proto::EnforcementStatus {
                 counters: self.evidence.counters.clone(),
                 last_actions: self.evidence.last_actions.0.iter().cloned().collect(),
+                unhashed: self
+                    .folders
+                    .inventory
+                    .iter()
+                    .filter_map(|(p, it)| {
+                        it.unhashed
+                            .as_ref()
+                            .map(|r| proto::UnhashedRecord { path: p.display().to_string(), reason: r.clone() })
+                    })
+                    .take(proto::UNHASHED_SHOWN)
+                    .collect(),
             },
             quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.iter().map(|m| m.size).sum() },
             pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },

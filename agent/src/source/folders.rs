@@ -36,6 +36,8 @@ pub struct Item {
     pub size: u64,
     /// An audit (or "needs confirmation") record was written for this file already.
     pub audited: bool,
+    /// Why it has no hash, when it could not be hashed (`hashpool::Unhashed`).
+    pub unhashed: Option<String>,
 }
 
 /// A scan stopped at the bound on entries per scan (it continues in a later loop turn).

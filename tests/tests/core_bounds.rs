@@ -1,0 +1,116 @@
+//! The core loop's bounds against a user who wants to stall it (issue 10, the core findings):
+//! the real embargod, embargoctl and embargo-server, real files in temp directories.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use embargo_e2e::*;
+use embargo_policy::example::WECHAT_KASPERSKY_TOML;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// How long one `embargoctl status` may take while the daemon is handling an attack.
+const STATUS_BOUND: Duration = Duration::from_secs(2);
+
+fn gone(p: &Path) -> Option<()> {
+    (!p.exists()).then_some(())
+}
+
+/// Runs `embargoctl status --json` and returns how long it took, or panics if it took longer
+/// than `bound` (the child is killed then, so a stalled daemon fails the test rather than hangs).
+fn timed_status(dev: &Device, bound: Duration) -> (Duration, serde_json::Value) {
+    let start = Instant::now();
+    let mut child = Command::new(bin("embargoctl"))
+        .arg("--socket")
+        .arg(&dev.socket)
+        .args(["status", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = eventually("embargoctl status to answer", bound, || child.try_wait().unwrap());
+    let took = start.elapsed();
+    assert!(status.code().is_some_and(|c| c <= 1), "status exit {status:?}");
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    (took, serde_json::from_slice(&out).unwrap())
+}
+
+/// Finding 6: a 1 TiB sparse file (a few KiB on disk) with the AppImage magic, under a name no
+/// rule bans (so only its hash could judge it), must not stall the loop: status answers within
+/// `STATUS_BOUND`, a banned AppImage dropped right after is quarantined within `WAIT`, the
+/// sparse file is reported as not hashed, and SIGTERM stops the daemon promptly.
+#[test]
+fn a_one_tib_sparse_appimage_does_not_stall_the_loop() {
+    let mut dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let staged = dev.staging.join("Huge-x86_64.AppImage");
+    {
+        let f = std::fs::File::create(&staged).unwrap();
+        std::io::Write::write_all(&mut &f, &appimage("huge")).unwrap();
+        f.set_len(1 << 40).unwrap();
+    }
+    let huge = dev.home.join("Downloads/Huge-x86_64.AppImage");
+    std::fs::rename(&staged, &huge).unwrap();
+    let dropped = Instant::now();
+    let banned = dev.install("Applications/WeChat-x86_64.AppImage", &appimage("wechat"));
+    eventually("the banned AppImage to be quarantined while the sparse file is handled", WAIT, || gone(&banned));
+    eprintln!("banned AppImage quarantined {:?} after the sparse file was dropped", dropped.elapsed());
+    let (took, _) = timed_status(&dev, STATUS_BOUND);
+    eprintln!("status answered in {took:?}");
+    // The sparse file is reported as not hashed (over the cap), not silently allowed.
+    let s = eventually("the sparse file reported as unhashed", WAIT, || {
+        let (_, s) = timed_status(&dev, STATUS_BOUND);
+        (s["enforcement"]["counters"]["unhashed"].as_u64() >= Some(1)).then_some(s)
+    });
+    assert_eq!(s["enforcement"]["counters"]["quarantined"], 1, "{s}");
+    let listed = &s["enforcement"]["unhashed"][0];
+    assert_eq!(listed["path"], huge.to_str().unwrap(), "{s}");
+    assert!(listed["reason"].as_str().is_some_and(|w| w.contains("over cap") && w.contains("sparse")), "{s}");
+    assert!(dev.inventory_has(&huge).is_some(), "it is in the inventory, without a verdict");
+    assert!(huge.exists(), "nothing but its hash could judge it: it stays");
+    let events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+    assert!(events.contains("\"type\":\"unhashed\""), "{events}");
+
+    // SIGTERM is honoured promptly.
+    let agent = dev.agent.as_mut().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    eventually("embargod to exit on SIGTERM", Duration::from_secs(5), || agent.0.try_wait().unwrap());
+    eprintln!("embargod exited {:?} after SIGTERM", start.elapsed());
+}
+
+/// Finding 6, with the cap raised above the sparse file so it really is read (for minutes, on a
+/// pool thread): the loop still answers and enforces, and SIGTERM does not wait for the hash.
+#[test]
+fn hashing_a_terabyte_happens_off_the_loop() {
+    let mut dev = Device::with_config(WECHAT_KASPERSKY_TOML, "1d", "\n[enforcement]\nmax_hash_bytes = 2199023255552\n");
+    let staged = dev.staging.join("Huge-x86_64.AppImage");
+    {
+        let f = std::fs::File::create(&staged).unwrap();
+        std::io::Write::write_all(&mut &f, &appimage("huge")).unwrap();
+        f.set_len(1 << 40).unwrap();
+    }
+    let huge = dev.home.join("Downloads/Huge-x86_64.AppImage");
+    std::fs::rename(&staged, &huge).unwrap();
+    let dropped = Instant::now();
+    let banned = dev.install("Applications/WeChat-x86_64.AppImage", &appimage("wechat"));
+    eventually("the banned AppImage to be quarantined while the terabyte is hashed", WAIT, || gone(&banned));
+    eprintln!("banned AppImage quarantined {:?} after the sparse file was dropped", dropped.elapsed());
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        took.push(timed_status(&dev, STATUS_BOUND).0);
+    }
+    took.sort();
+    eprintln!("status while hashing: median {:?}, max {:?}", took[took.len() / 2], took[took.len() - 1]);
+    let s = timed_status(&dev, STATUS_BOUND).1;
+    assert_eq!(s["enforcement"]["counters"]["quarantined"], 1, "{s}");
+    assert_eq!(s["enforcement"]["counters"]["unhashed"], 0, "still being hashed: {s}");
+    let agent = dev.agent.as_mut().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    eventually("embargod to exit on SIGTERM while hashing", Duration::from_secs(5), || agent.0.try_wait().unwrap());
+    eprintln!("embargod exited {:?} after SIGTERM", start.elapsed());
+}
