@@ -51,7 +51,7 @@ impl Held {
 /// What waits for a hash from the pool.
 enum Pending {
     /// A decision that needs the hash.
-    Decide { full: PathBuf, meta: safefs::Meta, app: App, since: Instant },
+    Decide { full: PathBuf, meta: safefs::Meta, stamp: crate::hashpool::Stamp, app: App, since: Instant },
     /// A file moved before it was hashed: its manifest and audit record wait for the hash.
     AfterMove { app: App, v: Verdict, m: Box<act::quarantine::Manifest>, full: PathBuf, elapsed: std::time::Duration },
 }
@@ -216,6 +216,26 @@ impl Enforcer {
         }
     }
 
+    /// A write event: what is known of the files it names is stale (their next look identifies
+    /// and hashes them again). A hash being taken meanwhile is checked against the file's
+    /// stamp when it comes back (`on_hashed`).
+    pub fn forget_written(&mut self, ev: &notify::Event) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let written = matches!(
+            ev.kind,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if !written {
+            return;
+        }
+        for p in &ev.paths {
+            if let Some(it) = self.folders.inventory.get_mut(p) {
+                it.stamp = None;
+            }
+        }
+    }
+
     /// What the sources make of one filesystem event.
     pub fn hints_of(&self, ev: &notify::Event) -> Vec<Hint> {
         if crate::source::says_nothing(ev) && !ev.need_rescan() {
@@ -327,11 +347,20 @@ impl Enforcer {
             self.evidence.counters.protected_skipped += 1;
             return;
         }
+        let stamp = match crate::hashpool::stamp(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %full.display(), error = %e, "cannot stat");
+                return;
+            }
+        };
+        // What is known of the file is reused only for the same inode, unchanged since (never
+        // a hash across a write).
         let cached = self
             .folders
             .inventory
             .get(&full)
-            .filter(|it| it.id == meta.id && it.size == meta.size)
+            .filter(|it| it.id == meta.id && it.size == meta.size && it.stamp == Some(stamp))
             .map(|it| it.app.clone());
         let kind = self.folders.roots[ri].kind;
         let app = match cached {
@@ -356,10 +385,10 @@ impl Enforcer {
         let verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
         let decision = decide::decide(&self.input(verdict.as_ref(), app.sha256.is_some(), exempt, held));
         if decision != Decision::NeedHash {
-            return self.conclude(full, file, meta, app, None, since);
+            return self.conclude(full, file, meta, stamp, app, None, since);
         }
         if let Err(why) = crate::hashpool::over_cap(&file, self.pool.cap()) {
-            return self.conclude(full, file, meta, app, Some(why), since);
+            return self.conclude(full, file, meta, stamp, app, Some(why), since);
         }
         if self.in_flight >= crate::hashpool::MAX_IN_FLIGHT {
             // The pool is busy: the path (not the open file) waits its turn.
@@ -371,7 +400,7 @@ impl Enforcer {
         let token = self.pool.submit(file);
         self.in_flight += 1;
         self.hashing.insert(full.clone(), token);
-        self.pending.insert(token, Pending::Decide { full, meta, app, since });
+        self.pending.insert(token, Pending::Decide { full, meta, stamp, app, since });
     }
 
     /// The receiving end of the hash pool's results, for the loop (once).
@@ -385,19 +414,23 @@ impl Enforcer {
         use crate::hashpool::Unhashed;
         let Some(pending) = self.pending.remove(&done.token) else { return };
         match pending {
-            Pending::Decide { full, meta, mut app, since } => {
+            Pending::Decide { full, meta, stamp, mut app, since } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 // Superseded by a newer look at the path (an event came in meanwhile).
                 if self.hashing.get(&full) == Some(&done.token) {
                     self.hashing.remove(&full);
                     match done.result {
+                        // Written to after the hash was taken: look again.
+                        Ok(_) if crate::hashpool::stamp(&done.file).ok() != Some(stamp) => {
+                            self.enforce_path(&full, since)
+                        }
                         Ok(sha) => {
                             app.sha256 = Some(sha);
-                            self.conclude(full, done.file, meta, app, None, since);
+                            self.conclude(full, done.file, meta, stamp, app, None, since);
                         }
                         // Written to while it was read: look again, from the start.
                         Err(Unhashed::Changed) => self.enforce_path(&full, since),
-                        Err(why) => self.conclude(full, done.file, meta, app, Some(why), since),
+                        Err(why) => self.conclude(full, done.file, meta, stamp, app, Some(why), since),
                     }
                 }
             }
@@ -430,6 +463,7 @@ impl Enforcer {
         full: PathBuf,
         mut file: std::fs::File,
         meta: safefs::Meta,
+        stamp: crate::hashpool::Stamp,
         mut app: App,
         unhashed: Option<crate::hashpool::Unhashed>,
         since: Instant,
@@ -465,6 +499,7 @@ impl Enforcer {
                 size: meta.size,
                 audited,
                 unhashed,
+                stamp: Some(stamp),
             },
         );
         let Some(v) = verdict else { return };

@@ -114,3 +114,37 @@ fn hashing_a_terabyte_happens_off_the_loop() {
     eventually("embargod to exit on SIGTERM while hashing", Duration::from_secs(5), || agent.0.try_wait().unwrap());
     eprintln!("embargod exited {:?} after SIGTERM", start.elapsed());
 }
+
+/// Finding 2: a banned build written with `dd conv=notrunc` over a same-size decoy the agent
+/// has already hashed must be judged by its new bytes: a sha256 rule quarantines it.
+#[test]
+fn an_in_place_overwrite_of_a_hashed_decoy_is_judged_by_its_new_hash() {
+    let banned_bytes = appimage("the banned build");
+    let decoy_bytes = appimage("a harmless decoy");
+    assert_eq!(banned_bytes.len(), decoy_bytes.len());
+    let policy = format!(
+        "[[rule]]\nid = \"banned-build\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nsha256 = [\"{}\"]\n",
+        embargo_policy::trust::sha256_hex(&banned_bytes)
+    );
+    let dev = Device::new(&policy);
+    let decoy = dev.install("Downloads/Tool-x86_64.AppImage", &decoy_bytes);
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&decoy).unwrap());
+    let entry = eventually("the decoy hashed in the inventory", WAIT, || {
+        dev.inventory_has(&decoy).filter(|e| e["app"]["sha256"].is_string())
+    });
+    assert!(entry.get("verdict").is_none(), "{entry}");
+    let staged = dev.staging.join("banned.bin");
+    std::fs::write(&staged, &banned_bytes).unwrap();
+    let out = Command::new("dd")
+        .arg(format!("if={}", staged.display()))
+        .arg(format!("of={}", decoy.display()))
+        .args(["conv=notrunc", "status=none"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&decoy).unwrap()), inode, "same inode");
+    eventually("the overwritten decoy to be quarantined by the sha256 rule", WAIT, || gone(&decoy));
+    let items = dev.quarantine_list();
+    assert_eq!(items[0]["rule"], "banned-build", "{items:?}");
+    assert_eq!(items[0]["sha256"], embargo_policy::trust::sha256_hex(&banned_bytes).as_str());
+}

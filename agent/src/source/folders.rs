@@ -38,6 +38,11 @@ pub struct Item {
     pub audited: bool,
     /// Why it has no hash, when it could not be hashed (`hashpool::Unhashed`).
     pub unhashed: Option<String>,
+    /// The size, change and modification times its identity (and hash) was taken at; `None`
+    /// once a write event named it. The identity is reused only for the same inode with the
+    /// same stamp (the change time cannot be set by users, and a write event drops it even
+    /// within one timestamp tick).
+    pub stamp: Option<crate::hashpool::Stamp>,
 }
 
 /// A scan stopped at the bound on entries per scan (it continues in a later loop turn).
