@@ -68,8 +68,9 @@ pub struct Enforcer {
     pub(crate) store: QuarantineStore,
     pub(crate) evidence: Evidence,
     pub(crate) held: Held,
-    /// Inodes an admin restored from quarantine; not acted on again under the same policy.
-    pub(crate) exempt: HashSet<FileId>,
+    /// Content (sha256) an admin restored from quarantine; not acted on again under the same
+    /// policy, across restarts (`exempt`).
+    pub(crate) exempt: crate::exempt::Exemptions,
     /// Hashing off the loop: the pool, what waits for each of its results (by token), the
     /// newest token per path (older results for a path are stale), decide-jobs in flight, and
     /// paths waiting for a free slot.
@@ -113,6 +114,7 @@ impl Enforcer {
         });
         let rules = rules_tx.borrow().clone();
         let cfg_hash_cap = cfg.max_hash_bytes;
+        let exempt = crate::exempt::Exemptions::load(&cfg.state_dir);
         Ok(Self {
             cfg,
             clock,
@@ -125,7 +127,7 @@ impl Enforcer {
             store,
             evidence,
             held: Held::default(),
-            exempt: HashSet::new(),
+            exempt,
             pool: crate::hashpool::HashPool::new(cfg_hash_cap)
                 .map_err(|e| format!("starting the hash threads: {e}"))?,
             pending: HashMap::new(),
@@ -380,9 +382,12 @@ impl Enforcer {
                 }
             },
         };
-        let exempt = self.exempt.contains(&meta.id);
+        let exempt = app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h));
         let held = self.held.files.contains(&full);
-        let verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
+        // Content an admin restored can only be recognised by its hash: a file of the same size
+        // is hashed before a verdict acts on it.
+        let lift = self.exempt.has_size(meta.size);
+        let verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash || lift));
         let decision = decide::decide(&self.input(verdict.as_ref(), app.sha256.is_some(), exempt, held));
         if decision != Decision::NeedHash {
             return self.conclude(full, file, meta, stamp, app, None, since);
@@ -470,9 +475,11 @@ impl Enforcer {
     ) {
         let Some(ri) = self.folders.root_of(&full) else { return };
         let rel = full.strip_prefix(&self.folders.roots[ri].path).map(Path::to_path_buf).unwrap_or_default();
-        let exempt = self.exempt.contains(&meta.id);
+        let exempt = app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h));
         let held = self.held.files.contains(&full);
-        let verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash && unhashed.is_none()));
+        let lift = self.exempt.has_size(meta.size);
+        let verdict =
+            self.rules.verdict(&app).map(|v| (v.to_owned(), (v.except_by_hash || lift) && unhashed.is_none()));
         let hash_known = app.sha256.is_some() || unhashed.is_some();
         let decision = decide::decide(&self.input(verdict.as_ref(), hash_known, exempt, held));
         let verdict = verdict.map(|(v, _)| v);
@@ -784,7 +791,12 @@ impl Enforcer {
             .filter(|(_, it)| {
                 let v = self.rules.verdict(&it.app).map(|v| (v.to_owned(), v.except_by_hash));
                 matches!(
-                    decide::decide(&self.input(v.as_ref(), true, self.exempt.contains(&it.id), false)),
+                    decide::decide(&self.input(
+                        v.as_ref(),
+                        true,
+                        it.app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h)),
+                        false
+                    )),
                     Decision::Act(_)
                 )
             })

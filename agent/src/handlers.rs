@@ -9,7 +9,6 @@ use tokio::sync::oneshot;
 use crate::enforce::Enforcer;
 use crate::evidence::AuditEvent;
 use crate::proto::{Request, Response};
-use crate::safefs::FileId;
 
 impl Enforcer {
     pub fn on_control(&mut self, request: Request, uid: u32, reply: oneshot::Sender<Response>) {
@@ -51,9 +50,21 @@ impl Enforcer {
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
                     self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
-                    // Restored by an admin: that inode is exempt until the policy changes (or the
-                    // agent restarts), so a restore is not undone by the next event.
-                    self.exempt.insert(FileId { dev: m.dev, ino: m.ino });
+                    // Restored by an admin: that content (not the inode: its owner can write
+                    // another build into it) is exempt until the policy changes, across
+                    // restarts, so a restore is not undone by the next event. A file quarantined
+                    // without a hash (over `max_hash_bytes`) cannot be exempted by content.
+                    if m.sha256.is_empty() {
+                        tracing::warn!(id = %m.id, "restored without a hash: not exempt, the policy still applies");
+                    } else {
+                        self.exempt.add(crate::exempt::Exemption {
+                            sha256: m.sha256.clone(),
+                            size: m.size,
+                            path: m.original_path.clone(),
+                            quarantine_id: m.id.clone(),
+                            uid,
+                        });
+                    }
                     Response::ok(m)
                 }
                 Err(e) => Response::err("failed", e.to_string()),

@@ -31,6 +31,7 @@ pub mod decide;
 pub mod demo;
 pub mod enforce;
 pub mod evidence;
+mod exempt;
 mod handlers;
 mod hashpool;
 pub mod identify;

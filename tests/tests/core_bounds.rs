@@ -142,9 +142,42 @@ fn an_in_place_overwrite_of_a_hashed_decoy_is_judged_by_its_new_hash() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&decoy).unwrap()), inode, "same inode");
     eventually("the overwritten decoy to be quarantined by the sha256 rule", WAIT, || gone(&decoy));
     let items = dev.quarantine_list();
     assert_eq!(items[0]["rule"], "banned-build", "{items:?}");
     assert_eq!(items[0]["sha256"], embargo_policy::trust::sha256_hex(&banned_bytes).as_str());
+    assert_eq!(items[0]["ino"], inode, "the same inode, written in place: {items:?}");
+}
+
+/// Finding 3: an admin's restore exempts the restored *content* (its sha256), not the inode, and
+/// the exemption survives a restart (state file); overwriting the restored inode with another
+/// banned build gets it quarantined.
+#[test]
+fn a_restore_exempts_the_content_not_the_inode() {
+    let policy = "[[rule]]\nid = \"wechat\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nname = \"*wechat*\"\n";
+    let mut dev = Device::new(policy);
+    let restored_bytes = appimage("wechat build the admin allowed");
+    let path = dev.install("Downloads/WeChat-x86_64.AppImage", &restored_bytes);
+    eventually("WeChat quarantined", WAIT, || gone(&path));
+    let id = dev.quarantine_list()[0]["id"].as_str().unwrap().to_owned();
+    let out = dev.ctl(&["quarantine", "restore", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&path).unwrap(), restored_bytes);
+    assert!(dev.state.join("exemptions.json").exists(), "exemptions are persisted");
+
+    // Across a restart the restored content stays exempt (judged with its hash, then left).
+    dev.stop_agent();
+    dev.start_agent();
+    let entry = eventually("the restored file hashed in the inventory", WAIT, || {
+        dev.inventory_has(&path).filter(|e| e["app"]["sha256"].is_string())
+    });
+    assert_eq!(entry["verdict"]["rule"], "wechat", "{entry}");
+    assert!(path.exists(), "the restored build is exempt after a restart");
+
+    // The user overwrites the restored inode with another build: not exempt.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    std::fs::write(&path, appimage("wechat build nobody allowed, longer")).unwrap();
+    eventually("the overwritten restored inode to be quarantined", WAIT, || gone(&path));
+    let items = dev.quarantine_list();
+    assert!(items.iter().any(|m| m["ino"] == inode), "the restored inode itself: {items:?}");
 }
