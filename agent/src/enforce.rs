@@ -80,6 +80,8 @@ pub struct Enforcer {
     in_flight: usize,
     backlog: VecDeque<PathBuf>,
     backlogged: HashSet<PathBuf>,
+    /// Paths dropped because the backlog was full (status shows it until it drains).
+    pub(crate) backlog_dropped: u64,
     self_exe: Option<FileId>,
     pub(crate) started: Instant,
     pub(crate) sync_tx: mpsc::Sender<crate::sync::Command>,
@@ -115,13 +117,15 @@ impl Enforcer {
         let rules = rules_tx.borrow().clone();
         let cfg_hash_cap = cfg.max_hash_bytes;
         let exempt = crate::exempt::Exemptions::load(&cfg.state_dir);
+        let mut folders = Folders::default();
+        folders.inventory.set_bound(cfg.max_inventory_entries);
         Ok(Self {
             cfg,
             clock,
             rules,
             rules_tx,
             policy,
-            folders: Folders::default(),
+            folders,
             packages: Packages::default(),
             watcher,
             store,
@@ -135,6 +139,7 @@ impl Enforcer {
             in_flight: 0,
             backlog: VecDeque::new(),
             backlogged: HashSet::new(),
+            backlog_dropped: 0,
             self_exe,
             started: Instant::now(),
             sync_tx,
@@ -395,9 +400,23 @@ impl Enforcer {
         if let Err(why) = crate::hashpool::over_cap(&file, self.pool.cap()) {
             return self.conclude(full, file, meta, stamp, app, Some(why), since);
         }
+        if stamp.size <= crate::hashpool::INLINE_DECIDE_BYTES {
+            let mut app = app;
+            return match crate::hashpool::hash_capped(&mut file, self.pool.cap()) {
+                Ok(sha) => {
+                    app.sha256 = Some(sha);
+                    self.conclude(full, file, meta, stamp, app, None, since)
+                }
+                Err(crate::hashpool::Unhashed::Changed) => {}
+                Err(why) => self.conclude(full, file, meta, stamp, app, Some(why), since),
+            };
+        }
         if self.in_flight >= crate::hashpool::MAX_IN_FLIGHT {
-            // The pool is busy: the path (not the open file) waits its turn.
-            if self.backlogged.insert(full.clone()) {
+            // The pool is busy: the path (not the open file) waits its turn, within a bound;
+            // beyond it the next scan finds the file again.
+            if self.backlog.len() >= crate::hashpool::MAX_BACKLOG {
+                self.backlog_dropped += 1;
+            } else if self.backlogged.insert(full.clone()) {
                 self.backlog.push_back(full);
             }
             return;
@@ -443,6 +462,9 @@ impl Enforcer {
                 let sha = done.result.inspect(|sha| app.sha256 = Some(sha.clone()));
                 self.finish_move(app, v, &mut m, full, elapsed, sha);
             }
+        }
+        if self.backlog.is_empty() && self.in_flight == 0 {
+            self.backlog_dropped = 0;
         }
         while self.in_flight < crate::hashpool::MAX_IN_FLIGHT {
             let Some(next) = self.backlog.pop_front() else { break };
@@ -507,6 +529,7 @@ impl Enforcer {
                 audited,
                 unhashed,
                 stamp: Some(stamp),
+                uid: meta.uid,
             },
         );
         let Some(v) = verdict else { return };

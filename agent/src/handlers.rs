@@ -20,7 +20,10 @@ impl Enforcer {
         }
         let response = match request {
             Request::Status => Response::ok(self.status()),
-            Request::Inventory => Response::ok(self.inventory()),
+            Request::Inventory { offset, limit } => Response::ok(self.inventory_page(
+                offset,
+                limit.unwrap_or(crate::proto::INVENTORY_PAGE).min(crate::proto::INVENTORY_PAGE),
+            )),
             Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
             Request::QuarantineList => Response::ok(self.store.list()),
             Request::Events { since, limit } => match crate::audit::read_entries(self.evidence.audit_path()) {

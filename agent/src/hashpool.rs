@@ -32,6 +32,14 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// Longest one file is read for its hash.
 pub const HASH_TIME_CAP: Duration = Duration::from_secs(120);
 
+/// Files at most this large are hashed right on the loop before a decision (one or two reads,
+/// like identification itself), so a flood of small files never queues.
+pub const INLINE_DECIDE_BYTES: u64 = 64 * 1024;
+
+/// Most paths waiting for a free pool slot; beyond, a path is dropped (status says how many)
+/// and picked up again by the next scan.
+pub const MAX_BACKLOG: usize = 10_000;
+
 /// Files at most this large are hashed right on the loop after a move (a few milliseconds);
 /// larger ones go to the pool.
 pub const INLINE_HASH_BYTES: u64 = 8 * 1024 * 1024;

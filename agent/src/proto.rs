@@ -18,11 +18,21 @@ pub struct Frame {
     pub request: Request,
 }
 
+/// Most inventory entries one `inventory` answer carries (the daemon never builds more at once).
+pub const INVENTORY_PAGE: usize = 1000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Inventory,
+    /// One page of the inventory: at most `limit` (≤ `INVENTORY_PAGE`) entries from `offset`;
+    /// the answer's `next` is the offset of the following page, absent on the last one.
+    Inventory {
+        #[serde(default)]
+        offset: usize,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Which rule would act on this app (the client identified it).
     Evaluate {
         app: App,

@@ -34,6 +34,13 @@ impl Enforcer {
         let mut sources = Vec::new();
         self.folders.status(&mut sources, &mut reasons);
         self.packages.status(&mut sources, &mut reasons);
+        if self.backlog_dropped > 0 {
+            reasons.push(format!(
+                "hash backlog full ({} paths): {} files wait for the next scan",
+                crate::hashpool::MAX_BACKLOG,
+                self.backlog_dropped
+            ));
+        }
         if !self.held.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.held.len()));
         }
@@ -68,6 +75,29 @@ impl Enforcer {
             quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.iter().map(|m| m.size).sum() },
             pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
         }
+    }
+
+    /// One page of the inventory (`Inventory` plus `next`, the offset of the following page).
+    /// Built from iterators over the entries, so an answer costs one page, whatever the size.
+    pub fn inventory_page(&self, offset: usize, limit: usize) -> serde_json::Value {
+        let all = self
+            .folders
+            .inventory
+            .values()
+            .map(|it| InventoryEntry { app: it.app.clone(), verdict: it.verdict.clone() })
+            .chain(self.packages.roots.iter().flat_map(|r| {
+                r.packages.values().map(|p| InventoryEntry { app: p.app.clone(), verdict: p.verdict.clone() })
+            }));
+        let mut rest = all.skip(offset);
+        let apps: Vec<InventoryEntry> = rest.by_ref().take(limit).collect();
+        let more = rest.next().is_some();
+        let n = apps.len();
+        let mut v = serde_json::to_value(Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps })
+            .unwrap_or(serde_json::Value::Null);
+        if let (true, Some(o)) = (more, v.as_object_mut()) {
+            o.insert("next".into(), (offset + n).into());
+        }
+        v
     }
 
     pub fn inventory(&self) -> Inventory {

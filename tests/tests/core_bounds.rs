@@ -181,3 +181,82 @@ fn a_restore_exempts_the_content_not_the_inode() {
     let items = dev.quarantine_list();
     assert!(items.iter().any(|m| m["ino"] == inode), "the restored inode itself: {items:?}");
 }
+
+/// Finding 8: the inventory remembers at most `max_inventory_entries` per root and per uid;
+/// status degrades naming both; a banned file arriving beyond the bound is still quarantined;
+/// `inventory` is answered page by page and lists what is remembered.
+#[test]
+fn the_inventory_is_bounded_per_root_and_uid_and_enforcement_goes_on() {
+    let dev = Device::with_config(WECHAT_KASPERSKY_TOML, "1d", "\n[enforcement]\nmax_inventory_entries = 50\n");
+    let dir = dev.staging.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..200 {
+        std::fs::write(dir.join(format!("app-{i:04}.apk")), b"").unwrap();
+    }
+    let dest = dev.home.join("Downloads/many");
+    std::fs::rename(&dir, &dest).unwrap();
+    let root = dev.home.join("Downloads");
+    let s = eventually("status degraded by the inventory bound", WAIT, || {
+        dev.status().filter(|s| {
+            let reasons = s["daemon"]["reasons"].to_string();
+            reasons.contains(&format!("inventory of {}", root.display())) && reasons.contains("inventory of uid ")
+        })
+    });
+    assert_eq!(s["daemon"]["health"], "degraded", "{s}");
+    let banned = dev.install("Downloads/WeChat-x86_64.AppImage", &appimage("wechat"));
+    eventually("a banned AppImage beyond the bound still quarantined", WAIT, || gone(&banned));
+    let out = dev.ctl(&["inventory", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let apks =
+        v["apps"].as_array().unwrap().iter().filter(|e| e["app"]["id"].as_str().unwrap().ends_with(".apk")).count();
+    assert_eq!(apks, 50, "remembered up to the bound");
+    assert!(v.get("next").is_none());
+}
+
+/// The figure for finding 8 (`EMBARGO_BENCH_INVENTORY=1`): 200,000 empty `*.apk` files under
+/// long directory names in a watched folder; prints embargod's VmHWM before and after, and the
+/// peak of one `inventory` request (VmHWM reset via /proc/PID/clear_refs).
+#[test]
+fn bench_inventory_memory_under_200k_apk_files() {
+    if std::env::var_os("EMBARGO_BENCH_INVENTORY").is_none() {
+        eprintln!("set EMBARGO_BENCH_INVENTORY=1 to run this figure");
+        return;
+    }
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let pid = dev.agent.as_ref().unwrap().0.id();
+    let hwm = || {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with("VmHWM")).unwrap().to_owned()
+    };
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with("VmRSS")).unwrap().to_owned()
+    };
+    eprintln!("before: {} {}", hwm(), rss());
+    let top = dev.staging.join("flood");
+    let long = "d".repeat(200);
+    let mut n = 0;
+    for a in 0..10 {
+        for b in 0..20 {
+            let d = top.join(format!("{long}{a}")).join(format!("{long}{b}")).join(&long);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..1000 {
+                std::fs::write(d.join(format!("{long}-{i:04}.apk")), b"").unwrap();
+                n += 1;
+            }
+        }
+    }
+    std::fs::rename(&top, dev.home.join("Downloads/flood")).unwrap();
+    let start = Instant::now();
+    eventually("the flood scanned (status degraded by the bound)", Duration::from_secs(600), || {
+        dev.status().filter(|s| s["daemon"]["reasons"].to_string().contains("inventory of"))
+    });
+    // Let the backlog of hashes drain.
+    std::thread::sleep(Duration::from_secs(5));
+    eprintln!("{n} files; after the scan ({:?}): {} {}", start.elapsed(), hwm(), rss());
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let t = Instant::now();
+    let out = dev.ctl(&["inventory", "--json"]);
+    assert!(out.status.success());
+    eprintln!("one inventory request ({} bytes, {:?}): {}", out.stdout.len(), t.elapsed(), hwm());
+}
