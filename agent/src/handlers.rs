@@ -18,22 +18,46 @@ impl Enforcer {
                 .send(Response::err("denied", "permission denied: this request changes the agent and requires root"));
             return;
         }
+        // Reads are filtered by the caller's uid: root (and the daemon's own uid) sees all, any
+        // other user their own files plus aggregate counts (issue 10, finding 14).
+        let viewer = (uid != 0 && uid != me).then_some(uid);
         let response = match request {
-            Request::Status => Response::ok(self.status()),
+            Request::Status => Response::ok(self.status_for(viewer)),
             Request::Inventory { offset, limit } => Response::ok(self.inventory_page(
                 offset,
                 limit.unwrap_or(crate::proto::INVENTORY_PAGE).min(crate::proto::INVENTORY_PAGE),
+                viewer,
             )),
             Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
-            Request::QuarantineList => Response::ok(self.store.list()),
+            Request::QuarantineList => {
+                let mut list = self.store.list();
+                if let Some(v) = viewer {
+                    list.retain(|m| m.uid == v);
+                }
+                Response::ok(list)
+            }
             Request::Events { since, limit } => match crate::audit::read_entries(self.evidence.audit_path()) {
                 Ok(entries) => {
                     let chain = crate::audit::verify(&entries);
-                    let out: Vec<_> =
-                        entries.into_iter().flatten().filter(|e| e.seq > since).take(limit.min(10_000)).collect();
-                    Response::ok(
-                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()}),
-                    )
+                    let own = self.own_quarantine_ids(viewer);
+                    let mut hidden = 0usize;
+                    let out: Vec<_> = entries
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e.seq > since)
+                        .filter(|e| {
+                            let shown = viewer.is_none() || crate::status::event_visible(&e.event, &own);
+                            hidden += usize::from(!shown);
+                            shown
+                        })
+                        .take(limit.min(10_000))
+                        .collect();
+                    let mut body =
+                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()});
+                    if viewer.is_some() {
+                        body["hidden"] = hidden.into();
+                    }
+                    Response::ok(body)
                 }
                 Err(e) => Response::err("failed", format!("{}: {e}", self.evidence.audit_path().display())),
             },

@@ -38,7 +38,7 @@ pub mod identify;
 pub mod proto;
 pub mod safefs;
 pub mod source;
-mod status;
+pub(crate) mod status;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;

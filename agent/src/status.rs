@@ -77,13 +77,38 @@ impl Enforcer {
         }
     }
 
-    /// One page of the inventory (`Inventory` plus `next`, the offset of the following page).
+    /// `status` as `viewer` may see it (`None`: root, everything): the counters and sizes are
+    /// aggregates; the last actions and unhashed files are only the viewer's own.
+    pub fn status_for(&self, viewer: Option<u32>) -> proto::Status {
+        let mut s = self.status();
+        if let Some(v) = viewer {
+            let own = self.own_quarantine_ids(Some(v));
+            s.enforcement.last_actions.retain(|a| a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
+            s.enforcement
+                .unhashed
+                .retain(|u| self.folders.inventory.get(std::path::Path::new(&u.path)).is_some_and(|it| it.uid == v));
+        }
+        s
+    }
+
+    /// The quarantine items `viewer` owns (`None`: not needed, empty).
+    pub fn own_quarantine_ids(&self, viewer: Option<u32>) -> std::collections::HashSet<String> {
+        match viewer {
+            None => Default::default(),
+            Some(v) => self.store.list().into_iter().filter(|m| m.uid == v).map(|m| m.id).collect(),
+        }
+    }
+
+    /// One page of the inventory (`Inventory` plus `next`, the offset of the following page)
+    /// as `viewer` may see it: their own files, every package (package databases are readable
+    /// by all), and `hidden`, how many folder entries of other users were left out.
     /// Built from iterators over the entries, so an answer costs one page, whatever the size.
-    pub fn inventory_page(&self, offset: usize, limit: usize) -> serde_json::Value {
+    pub fn inventory_page(&self, offset: usize, limit: usize, viewer: Option<u32>) -> serde_json::Value {
         let all = self
             .folders
             .inventory
             .values()
+            .filter(|it| viewer.is_none_or(|v| it.uid == v))
             .map(|it| InventoryEntry { app: it.app.clone(), verdict: it.verdict.clone() })
             .chain(self.packages.roots.iter().flat_map(|r| {
                 r.packages.values().map(|p| InventoryEntry { app: p.app.clone(), verdict: p.verdict.clone() })
@@ -96,6 +121,10 @@ impl Enforcer {
             .unwrap_or(serde_json::Value::Null);
         if let (true, Some(o)) = (more, v.as_object_mut()) {
             o.insert("next".into(), (offset + n).into());
+        }
+        if let (Some(viewer), Some(o)) = (viewer, v.as_object_mut()) {
+            let hidden = self.folders.inventory.len() - self.folders.inventory.of_uid(viewer);
+            o.insert("hidden".into(), hidden.into());
         }
         v
     }
@@ -111,5 +140,21 @@ impl Enforcer {
             }))
             .collect();
         Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps }
+    }
+}
+
+/// Whether an audit event may be shown to a user who is not root: events that name no file
+/// (start, policy, sync, confirmation), and file events about the user's own quarantine items.
+pub fn event_visible(event: &serde_json::Value, own: &std::collections::HashSet<String>) -> bool {
+    let ty = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    match ty {
+        "start" | "policy" | "sync-failed" | "needs-confirmation" | "confirmed" => true,
+        "action" => event
+            .get("record")
+            .and_then(|r| r.get("quarantine_id"))
+            .and_then(|i| i.as_str())
+            .is_some_and(|id| own.contains(id)),
+        "restore" | "purge" => event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id)),
+        _ => false,
     }
 }

@@ -260,3 +260,62 @@ fn bench_inventory_memory_under_200k_apk_files() {
     assert!(out.status.success());
     eprintln!("one inventory request ({} bytes, {:?}): {}", out.stdout.len(), t.elapsed(), hwm());
 }
+
+/// Finding 14: a user reads only their own items (plus aggregate counts) through `inventory`,
+/// `quarantine list`, `events` and `status`; root sees everything. The other user's files are
+/// owned by uid 1000 here (chown as root); the reader is `nobody` via setpriv.
+#[test]
+fn reads_are_filtered_by_the_callers_uid() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !need(&["setpriv"]) {
+        return;
+    }
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let secret_allowed = dev.install("Applications/Secret-Project-x86_64.AppImage", &appimage("secret"));
+    std::os::unix::fs::chown(&secret_allowed, Some(1000), Some(1000)).unwrap();
+    let mine = dev.install("Applications/Mine-x86_64.AppImage", &appimage("nobody's own"));
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    let staged = dev.staging.join("WeChat-x86_64.AppImage");
+    std::fs::write(&staged, appimage("wechat of uid 1000")).unwrap();
+    std::os::unix::fs::chown(&staged, Some(1000), Some(1000)).unwrap();
+    let banned = dev.home.join("Downloads/WeChat-x86_64.AppImage");
+    std::fs::rename(&staged, &banned).unwrap();
+    eventually("uid 1000's WeChat quarantined", WAIT, || gone(&banned));
+    // A rescan makes sure the allowed file is seen with its new owner.
+    assert!(dev.ctl(&["scan"]).status.success());
+    eventually("root sees the secret file", WAIT, || dev.inventory_has(&secret_allowed));
+    assert_eq!(dev.quarantine_list().len(), 1);
+
+    let ctl = dev.tmp.path().join("embargoctl-copy");
+    std::fs::copy(bin("embargoctl"), &ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&ctl)
+            .arg("--socket")
+            .arg(&dev.socket)
+            .args(args)
+            .output()
+            .expect("setpriv");
+        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for args in
+        [&["inventory", "--json"][..], &["quarantine", "list", "--json"], &["events", "--json"], &["status", "--json"]]
+    {
+        let out = as_nobody(args);
+        assert!(!out.contains("Secret-Project") && !out.contains("WeChat-x86_64"), "{args:?} discloses: {out}");
+    }
+    // Their own file is shown, the others counted.
+    let inv: serde_json::Value = serde_json::from_str(&as_nobody(&["inventory", "--json"])).unwrap();
+    let ids: Vec<&str> = inv["apps"].as_array().unwrap().iter().filter_map(|e| e["app"]["id"].as_str()).collect();
+    assert_eq!(ids, ["Mine-x86_64.AppImage"], "{inv}");
+    // Aggregates stay visible.
+    let s: serde_json::Value = serde_json::from_str(&as_nobody(&["status", "--json"])).unwrap();
+    assert_eq!(s["enforcement"]["counters"]["quarantined"], 1, "{s}");
+    assert_eq!(s["quarantine"]["items"], 1, "{s}");
+    // Root still sees everything.
+    let root_events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+    assert!(root_events.contains("WeChat-x86_64"));
+}

@@ -130,6 +130,11 @@ fn main() -> ExitCode {
                         let mut whole = r;
                         if let Ok(Response { result: Some(serde_json::Value::Object(o)), .. }) = &mut whole {
                             o.remove("next");
+                            // Kept out of the inventory document (its format is strict); said
+                            // on stderr instead.
+                            if let Some(n) = o.remove("hidden").and_then(|h| h.as_u64()).filter(|n| *n > 0) {
+                                eprintln!("embargoctl: {n} inventory entries of other users are not shown");
+                            }
                             o.insert("apps".into(), serde_json::Value::Array(std::mem::take(&mut apps)));
                         }
                         break whole;

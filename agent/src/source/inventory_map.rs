@@ -131,6 +131,11 @@ impl InventoryMap {
         self.map.is_empty()
     }
 
+    /// Entries remembered of files owned by `uid`.
+    pub fn of_uid(&self, uid: u32) -> usize {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
     /// Entries remembered under `root`.
     pub fn in_root(&self, root: &Path) -> usize {
         self.per_root.get(root).copied().unwrap_or(0)
