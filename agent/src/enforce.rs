@@ -80,6 +80,10 @@ pub struct Enforcer {
     in_flight: usize,
     backlog: VecDeque<PathBuf>,
     backlogged: HashSet<PathBuf>,
+    /// The quarantine store's manifests, in memory, so `status`, `quarantine list` and the
+    /// uid filter never read the whole store on the loop (issue 10, finding 11). Read once at
+    /// start; kept in step by every change the agent makes to the store.
+    pub(crate) qindex: std::collections::BTreeMap<String, act::quarantine::Manifest>,
     /// Paths dropped because the backlog was full (status shows it until it drains).
     pub(crate) backlog_dropped: u64,
     self_exe: Option<FileId>,
@@ -117,6 +121,7 @@ impl Enforcer {
         let rules = rules_tx.borrow().clone();
         let cfg_hash_cap = cfg.max_hash_bytes;
         let exempt = crate::exempt::Exemptions::load(&cfg.state_dir);
+        let qindex = store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
         let mut folders = Folders::default();
         folders.inventory.set_bound(cfg.max_inventory_entries);
         Ok(Self {
@@ -140,6 +145,7 @@ impl Enforcer {
             backlog: VecDeque::new(),
             backlogged: HashSet::new(),
             backlog_dropped: 0,
+            qindex,
             self_exe,
             started: Instant::now(),
             sync_tx,
@@ -652,6 +658,7 @@ impl Enforcer {
                 v
             }
         };
+        self.qindex.insert(m.id.clone(), m.clone());
         tracing::info!(app = %app.id, path = %full.display(), rule = %v.rule, action = %v.action, id = %m.id, "quarantined");
         self.record(
             &v.action.to_string(),
@@ -736,7 +743,13 @@ impl Enforcer {
             Decision::Audit => PackageOutcome::Audited,
             Decision::Protected(why) => PackageOutcome::Protected(why),
             Decision::Hold => PackageOutcome::Held,
-            Decision::Act(action) => act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store),
+            Decision::Act(action) => {
+                let o = act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store);
+                // It may have quarantined the package's programs (ids not returned): re-read
+                // the index (package removals are rare and never a user's doing).
+                self.qindex = self.store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
+                o
+            }
         };
         let root = &mut self.packages.roots[i];
         let removed_by = root.manager.removed_by();
@@ -875,6 +888,7 @@ impl Enforcer {
         self.refresh_roots();
         self.rescan_all(Instant::now());
         for m in self.store.purge_expired(self.clock.now()) {
+            self.qindex.remove(&m.id);
             self.evidence.emit(AuditEvent::Purge {
                 id: m.id,
                 path: m.original_path,

@@ -30,7 +30,7 @@ impl Enforcer {
             )),
             Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
             Request::QuarantineList => {
-                let mut list = self.store.list();
+                let mut list: Vec<_> = self.qindex.values().cloned().collect();
                 if let Some(v) = viewer {
                     list.retain(|m| m.uid == v);
                 }
@@ -76,6 +76,7 @@ impl Enforcer {
             }
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
+                    self.qindex.remove(&id);
                     self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
                     // Restored by an admin: that content (not the inode: its owner can write
                     // another build into it) is exempt until the policy changes, across
@@ -98,6 +99,7 @@ impl Enforcer {
             },
             Request::QuarantinePurge { id } => match self.store.purge(&id) {
                 Ok(m) => {
+                    self.qindex.remove(&id);
                     self.evidence.emit(AuditEvent::Purge {
                         id,
                         path: m.original_path.clone(),

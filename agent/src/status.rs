@@ -44,7 +44,7 @@ impl Enforcer {
         if !self.held.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.held.len()));
         }
-        let q = self.store.list();
+        let q = &self.qindex;
         proto::Status {
             schema_version: proto::STATUS_SCHEMA_VERSION,
             daemon: proto::DaemonStatus {
@@ -72,7 +72,7 @@ impl Enforcer {
                     .take(proto::UNHASHED_SHOWN)
                     .collect(),
             },
-            quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.iter().map(|m| m.size).sum() },
+            quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.values().map(|m| m.size).sum() },
             pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
         }
     }
@@ -95,7 +95,7 @@ impl Enforcer {
     pub fn own_quarantine_ids(&self, viewer: Option<u32>) -> std::collections::HashSet<String> {
         match viewer {
             None => Default::default(),
-            Some(v) => self.store.list().into_iter().filter(|m| m.uid == v).map(|m| m.id).collect(),
+            Some(v) => self.qindex.values().filter(|m| m.uid == v).map(|m| m.id.clone()).collect(),
         }
     }
 

@@ -319,3 +319,42 @@ fn reads_are_filtered_by_the_callers_uid() {
     let root_events = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
     assert!(root_events.contains("WeChat-x86_64"));
 }
+
+/// The figure for finding 11 (`EMBARGO_BENCH_QUARANTINE=N`, e.g. 20000): N banned files
+/// quarantined, then `status` timed (median, p90, max over 50 calls) while a banned AppImage is
+/// dropped; prints how long that one took to be quarantined.
+#[test]
+fn bench_status_with_a_large_quarantine_store() {
+    let Some(n) = std::env::var("EMBARGO_BENCH_QUARANTINE").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        eprintln!("set EMBARGO_BENCH_QUARANTINE=N to run this figure");
+        return;
+    };
+    let dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let dir = dev.staging.join("flood");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("WeChat-{i}.AppImage")), appimage("w")).unwrap();
+    }
+    let start = Instant::now();
+    std::fs::rename(&dir, dev.home.join("Downloads/flood")).unwrap();
+    eventually("all quarantined", Duration::from_secs(3600), || {
+        dev.status().filter(|s| s["enforcement"]["counters"]["quarantined"].as_u64() >= Some(n as u64))
+    });
+    eprintln!("{n} quarantined in {:?}", start.elapsed());
+    // status is called in a loop on another thread while a banned AppImage is dropped.
+    let mut took = std::thread::scope(|sc| {
+        let poller = sc.spawn(|| (0..50).map(|_| timed_status(&dev, Duration::from_secs(30)).0).collect::<Vec<_>>());
+        let banned = dev.install("Applications/WeChat-x86_64.AppImage", &appimage("late"));
+        let dropped = Instant::now();
+        eventually("the late one quarantined", WAIT, || gone(&banned));
+        eprintln!("a banned AppImage dropped during the status calls was gone after {:?}", dropped.elapsed());
+        poller.join().unwrap()
+    });
+    took.sort();
+    eprintln!(
+        "status with {n} items: median {:?}, p90 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() * 9 / 10],
+        took[took.len() - 1]
+    );
+}
