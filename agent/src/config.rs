@@ -62,7 +62,19 @@ struct RawEnforcement {
     /// several batches (continued in later loop turns) and shown degraded.
     #[serde(default)]
     max_files_per_scan: Option<usize>,
+    /// Largest file (logical size, so sparse files count whole) the agent reads for its sha256;
+    /// a larger one is "unhashed: over cap" (see docs/threat-model-agent.md).
+    #[serde(default)]
+    max_hash_bytes: Option<u64>,
+    /// Most inventory entries remembered per folder root and per file owner (uid); beyond,
+    /// files are enforced at each look but not remembered, and status is degraded.
+    #[serde(default)]
+    max_inventory_entries: Option<usize>,
 }
+
+/// The default `max_hash_bytes`: larger than any app we know of, small enough that hashing it
+/// on one pool thread takes seconds, not hours.
+pub const DEFAULT_MAX_HASH_BYTES: u64 = 4 << 30;
 
 /// Enforce acts; monitor turns every action into audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +136,10 @@ pub struct Config {
     pub max_actions_per_update: usize,
     /// See `RawEnforcement::max_files_per_scan` (default 200,000).
     pub max_files_per_scan: usize,
+    /// See `RawEnforcement::max_hash_bytes` (default 4 GiB).
+    pub max_hash_bytes: u64,
+    /// See `RawEnforcement::max_inventory_entries` (default 20,000).
+    pub max_inventory_entries: usize,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -293,6 +309,8 @@ impl Config {
             watches = default_watches();
         }
         let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
+        let mut max_hash_bytes = DEFAULT_MAX_HASH_BYTES;
+        let mut max_inventory_entries = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_ENTRIES;
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -310,6 +328,18 @@ impl Config {
                     return Err(at(s, "max_files_per_scan must be at least 1".into()));
                 }
                 max_files = m;
+            }
+            if let Some(m) = e.max_hash_bytes {
+                if m == 0 {
+                    return Err(at(s, "max_hash_bytes must be at least 1".into()));
+                }
+                max_hash_bytes = m;
+            }
+            if let Some(m) = e.max_inventory_entries {
+                if m == 0 {
+                    return Err(at(s, "max_inventory_entries must be at least 1".into()));
+                }
+                max_inventory_entries = m;
             }
         }
         for t in &raw.tags {
@@ -335,6 +365,8 @@ impl Config {
             retention,
             max_actions_per_update: max_actions,
             max_files_per_scan: max_files,
+            max_hash_bytes,
+            max_inventory_entries,
         })
     }
 }

@@ -41,13 +41,16 @@ const TRIM_AFTER_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The hints of one burst of filesystem events, deduplicated in order; a watch error or an
 /// overflow anywhere in the burst makes it one rescan of everything.
-fn coalesce(state: &Enforcer, events: Vec<notify::Result<notify::Event>>) -> Vec<Hint> {
+fn coalesce(state: &mut Enforcer, events: Vec<notify::Result<notify::Event>>) -> Vec<Hint> {
     let mut hints: Vec<Hint> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for res in events {
         let found = match res {
             Ok(ev) => {
                 tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "fs event");
+                // A write makes what is known of the file (its hash above all) stale at once,
+                // before any hint is acted on.
+                state.forget_written(&ev);
                 state.hints_of(&ev)
             }
             Err(e) => {
@@ -82,6 +85,8 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
     let mut trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
     tokio::pin!(shutdown);
     let (mut sync_open, mut control_open) = (true, true);
+    // Hashes come back from the pool (`hashpool`); the loop never reads a file whole.
+    let mut hashed = state.take_hash_results();
     loop {
         let ev = tokio::select! {
             // In this order: queued filesystem events before the requests that may ask about them.
@@ -99,6 +104,14 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                     Event::Fs(burst)
                 }
                 None => break,
+            },
+            done = async { hashed.as_mut().expect("guarded").recv().await }, if hashed.is_some() => match done {
+                Some(d) => {
+                    state.on_hashed(d);
+                    trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
+                    continue;
+                }
+                None => { hashed = None; continue }
             },
             report = inputs.sync.recv(), if sync_open => match report {
                 Some(r) => Event::Sync(r),
@@ -136,7 +149,7 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
         match ev {
             Event::Fs(burst) => {
                 state.evidence.counters.events += burst.len() as u64;
-                let hints = coalesce(&state, burst);
+                let hints = coalesce(&mut state, burst);
                 state.on_hints(hints, since);
             }
             Event::Sync(report) => state.on_sync(*report),

@@ -10,7 +10,8 @@
 //! - The rule set in force is published (`rules_tx`) whenever it changes, so other threads
 //!   decide with the same rules without waiting behind a rescan.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,14 @@ impl Held {
     }
 }
 
+/// What waits for a hash from the pool.
+enum Pending {
+    /// A decision that needs the hash.
+    Decide { full: PathBuf, meta: safefs::Meta, stamp: crate::hashpool::Stamp, app: App, since: Instant },
+    /// A file moved before it was hashed: its manifest and audit record wait for the hash.
+    AfterMove { app: App, v: Verdict, m: Box<act::quarantine::Manifest>, full: PathBuf, elapsed: std::time::Duration },
+}
+
 pub struct Enforcer {
     pub(crate) cfg: Config,
     pub(crate) clock: Arc<dyn crate::clock::Clock>,
@@ -59,8 +68,24 @@ pub struct Enforcer {
     pub(crate) store: QuarantineStore,
     pub(crate) evidence: Evidence,
     pub(crate) held: Held,
-    /// Inodes an admin restored from quarantine; not acted on again under the same policy.
-    pub(crate) exempt: HashSet<FileId>,
+    /// Content (sha256) an admin restored from quarantine; not acted on again under the same
+    /// policy, across restarts (`exempt`).
+    pub(crate) exempt: crate::exempt::Exemptions,
+    /// Hashing off the loop: the pool, what waits for each of its results (by token), the
+    /// newest token per path (older results for a path are stale), decide-jobs in flight, and
+    /// paths waiting for a free slot.
+    pool: crate::hashpool::HashPool,
+    pending: HashMap<u64, Pending>,
+    hashing: HashMap<PathBuf, u64>,
+    in_flight: usize,
+    backlog: VecDeque<PathBuf>,
+    backlogged: HashSet<PathBuf>,
+    /// The quarantine store's manifests, in memory, so `status`, `quarantine list` and the
+    /// uid filter never read the whole store on the loop (issue 10, finding 11). Read once at
+    /// start; kept in step by every change the agent makes to the store.
+    pub(crate) qindex: std::collections::BTreeMap<String, act::quarantine::Manifest>,
+    /// Paths dropped because the backlog was full (status shows it until it drains).
+    pub(crate) backlog_dropped: u64,
     self_exe: Option<FileId>,
     pub(crate) started: Instant,
     pub(crate) sync_tx: mpsc::Sender<crate::sync::Command>,
@@ -94,19 +119,33 @@ impl Enforcer {
             FileId { dev: m.dev(), ino: m.ino() }
         });
         let rules = rules_tx.borrow().clone();
+        let cfg_hash_cap = cfg.max_hash_bytes;
+        let exempt = crate::exempt::Exemptions::load(&cfg.state_dir);
+        let qindex = store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
+        let mut folders = Folders::default();
+        folders.inventory.set_bound(cfg.max_inventory_entries);
         Ok(Self {
             cfg,
             clock,
             rules,
             rules_tx,
             policy,
-            folders: Folders::default(),
+            folders,
             packages: Packages::default(),
             watcher,
             store,
             evidence,
             held: Held::default(),
-            exempt: HashSet::new(),
+            exempt,
+            pool: crate::hashpool::HashPool::new(cfg_hash_cap)
+                .map_err(|e| format!("starting the hash threads: {e}"))?,
+            pending: HashMap::new(),
+            hashing: HashMap::new(),
+            in_flight: 0,
+            backlog: VecDeque::new(),
+            backlogged: HashSet::new(),
+            backlog_dropped: 0,
+            qindex,
             self_exe,
             started: Instant::now(),
             sync_tx,
@@ -190,6 +229,26 @@ impl Enforcer {
         }
     }
 
+    /// A write event: what is known of the files it names is stale (their next look identifies
+    /// and hashes them again). A hash being taken meanwhile is checked against the file's
+    /// stamp when it comes back (`on_hashed`).
+    pub fn forget_written(&mut self, ev: &notify::Event) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let written = matches!(
+            ev.kind,
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if !written {
+            return;
+        }
+        for p in &ev.paths {
+            if let Some(it) = self.folders.inventory.get_mut(p) {
+                it.stamp = None;
+            }
+        }
+    }
+
     /// What the sources make of one filesystem event.
     pub fn hints_of(&self, ev: &notify::Event) -> Vec<Hint> {
         if crate::source::says_nothing(ev) && !ev.need_rescan() {
@@ -253,34 +312,42 @@ impl Enforcer {
         }
     }
 
-    /// Identifies one file beneath folder root `ri`, decides, acts, records.
+    /// The directory fd, its path and the name relative to it through which `rel` (beneath root
+    /// `ri`) is opened and moved: the root itself, or — for a path longer than one resolution
+    /// allows — its parent, opened in chunks beneath the root. `None`: the parent is gone.
+    fn base_of(&self, ri: usize, rel: &Path) -> Option<(Option<rustix::fd::OwnedFd>, PathBuf, PathBuf)> {
+        let root = &self.folders.roots[ri];
+        if crate::source::walk::is_long(rel) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let fd = crate::source::walk::open_long(
+                &root.fd,
+                parent,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            )
+            .ok()?;
+            Some((Some(fd), root.path.join(parent), PathBuf::from(rel.file_name().unwrap_or_default())))
+        } else {
+            Some((None, root.path.clone(), rel.to_path_buf()))
+        }
+    }
+
+    /// Identifies one file beneath folder root `ri` and decides; a decision that needs the hash
+    /// hands the opened file to the hash pool (the loop goes on; [`Self::on_hashed`] finishes),
+    /// anything else is concluded at once.
     pub fn enforce_file(&mut self, ri: usize, rel: PathBuf, since: Instant) {
         if rel.as_os_str().is_empty() {
             return;
         }
-        let root = &self.folders.roots[ri];
-        let full = root.path.join(&rel);
-        // A path longer than one resolution allows is reached through its parent directory,
-        // opened in chunks beneath the root; the file is then opened and moved relative to it.
-        let deep = if crate::source::walk::is_long(&rel) {
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            match crate::source::walk::open_long(
-                &root.fd,
-                parent,
-                rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
-            ) {
-                Ok(fd) => Some((fd, root.path.join(parent), PathBuf::from(rel.file_name().unwrap_or_default()))),
-                Err(_) => {
-                    self.folders.inventory.remove(&full);
-                    return;
-                }
-            }
-        } else {
-            None
+        let full = self.folders.roots[ri].path.join(&rel);
+        // A newer look at this path supersedes a hash still being taken of it.
+        self.hashing.remove(&full);
+        let Some((deep, base_path, base_rel)) = self.base_of(ri, &rel) else {
+            self.folders.inventory.remove(&full);
+            return;
         };
-        let (base_fd, base_path, base_rel) = match &deep {
-            Some((fd, p, r)) => (fd, p.clone(), r.clone()),
-            None => (&root.fd, root.path.clone(), rel.clone()),
+        let base_fd = match &deep {
+            Some(fd) => fd.as_fd(),
+            None => self.folders.roots[ri].fd.as_fd(),
         };
         let (mut file, meta) = match safefs::open_file_beneath(base_fd, &base_rel) {
             Ok(x) => x,
@@ -293,15 +360,25 @@ impl Enforcer {
             self.evidence.counters.protected_skipped += 1;
             return;
         }
+        let stamp = match crate::hashpool::stamp(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %full.display(), error = %e, "cannot stat");
+                return;
+            }
+        };
+        // What is known of the file is reused only for the same inode, unchanged since (never
+        // a hash across a write).
         let cached = self
             .folders
             .inventory
             .get(&full)
-            .filter(|it| it.id == meta.id && it.size == meta.size)
+            .filter(|it| it.id == meta.id && it.size == meta.size && it.stamp == Some(stamp))
             .map(|it| it.app.clone());
-        let mut app = match cached {
+        let kind = self.folders.roots[ri].kind;
+        let app = match cached {
             Some(app) => app,
-            None => match crate::identify::identify_unhashed(root.kind, &base_path, &base_rel, &mut file, &meta) {
+            None => match crate::identify::identify_unhashed(kind, &base_path, &base_rel, &mut file, &meta) {
                 Ok(Some(app)) => {
                     self.evidence.counters.detected += 1;
                     app
@@ -316,33 +393,149 @@ impl Enforcer {
                 }
             },
         };
-        let exempt = self.exempt.contains(&meta.id);
+        let exempt = app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h));
         let held = self.held.files.contains(&full);
-        let mut verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
-        let mut decision = decide::decide(&self.input(verdict.as_ref(), app.sha256.is_some(), exempt, held));
-        if decision == Decision::NeedHash {
-            match crate::identify::sha256_of(&mut file) {
-                Ok(h) => app.sha256 = Some(h),
-                Err(e) => {
-                    tracing::warn!(path = %full.display(), error = %e, "cannot hash");
-                    return;
+        // Content an admin restored can only be recognised by its hash: a file of the same size
+        // is hashed before a verdict acts on it.
+        let lift = self.exempt.has_size(meta.size);
+        let verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash || lift));
+        let decision = decide::decide(&self.input(verdict.as_ref(), app.sha256.is_some(), exempt, held));
+        if decision != Decision::NeedHash {
+            return self.conclude(full, file, meta, stamp, app, None, since);
+        }
+        if let Err(why) = crate::hashpool::over_cap(&file, self.pool.cap()) {
+            return self.conclude(full, file, meta, stamp, app, Some(why), since);
+        }
+        if stamp.size <= crate::hashpool::INLINE_DECIDE_BYTES {
+            let mut app = app;
+            return match crate::hashpool::hash_capped(&mut file, self.pool.cap()) {
+                Ok(sha) => {
+                    app.sha256 = Some(sha);
+                    self.conclude(full, file, meta, stamp, app, None, since)
+                }
+                Err(crate::hashpool::Unhashed::Changed) => {}
+                Err(why) => self.conclude(full, file, meta, stamp, app, Some(why), since),
+            };
+        }
+        if self.in_flight >= crate::hashpool::MAX_IN_FLIGHT {
+            // The pool is busy: the path (not the open file) waits its turn, within a bound;
+            // beyond it the next scan finds the file again.
+            if self.backlog.len() >= crate::hashpool::MAX_BACKLOG {
+                self.backlog_dropped += 1;
+            } else if self.backlogged.insert(full.clone()) {
+                self.backlog.push_back(full);
+            }
+            return;
+        }
+        let token = self.pool.submit(file);
+        self.in_flight += 1;
+        self.hashing.insert(full.clone(), token);
+        self.pending.insert(token, Pending::Decide { full, meta, stamp, app, since });
+    }
+
+    /// The receiving end of the hash pool's results, for the loop (once).
+    pub fn take_hash_results(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::hashpool::Done>> {
+        self.pool.take_results()
+    }
+
+    /// A hash (or why there is none) came back from the pool: finish what was waiting for it,
+    /// then hand the pool the next file from the backlog.
+    pub fn on_hashed(&mut self, done: crate::hashpool::Done) {
+        use crate::hashpool::Unhashed;
+        let Some(pending) = self.pending.remove(&done.token) else { return };
+        match pending {
+            Pending::Decide { full, meta, stamp, mut app, since } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                // Superseded by a newer look at the path (an event came in meanwhile).
+                if self.hashing.get(&full) == Some(&done.token) {
+                    self.hashing.remove(&full);
+                    match done.result {
+                        // Written to after the hash was taken: look again.
+                        Ok(_) if crate::hashpool::stamp(&done.file).ok() != Some(stamp) => {
+                            self.enforce_path(&full, since)
+                        }
+                        Ok(sha) => {
+                            app.sha256 = Some(sha);
+                            self.conclude(full, done.file, meta, stamp, app, None, since);
+                        }
+                        // Written to while it was read: look again, from the start.
+                        Err(Unhashed::Changed) => self.enforce_path(&full, since),
+                        Err(why) => self.conclude(full, done.file, meta, stamp, app, Some(why), since),
+                    }
                 }
             }
-            verdict = self.rules.verdict(&app).map(|v| (v.to_owned(), v.except_by_hash));
-            decision = decide::decide(&self.input(verdict.as_ref(), true, exempt, held));
+            Pending::AfterMove { mut app, v, mut m, full, elapsed } => {
+                let sha = done.result.inspect(|sha| app.sha256 = Some(sha.clone()));
+                self.finish_move(app, v, &mut m, full, elapsed, sha);
+            }
         }
+        if self.backlog.is_empty() && self.in_flight == 0 {
+            self.backlog_dropped = 0;
+        }
+        while self.in_flight < crate::hashpool::MAX_IN_FLIGHT {
+            let Some(next) = self.backlog.pop_front() else { break };
+            self.backlogged.remove(&next);
+            self.enforce_path(&next, Instant::now());
+        }
+    }
+
+    /// [`Self::enforce_file`] by full path, if it is still beneath a root.
+    fn enforce_path(&mut self, full: &Path, since: Instant) {
+        if let Some(ri) = self.folders.root_of(full) {
+            let rel = full.strip_prefix(&self.folders.roots[ri].path).map(Path::to_path_buf).unwrap_or_default();
+            self.enforce_file(ri, rel, since);
+        }
+    }
+
+    /// Decides with everything known of the file (its hash, or why there is none), records it
+    /// in the inventory and acts. Without a hash, a verdict that needs none still acts, an
+    /// `except` on sha256 cannot be shown to apply (so it lifts nothing), and a file that only a
+    /// hash could judge stays, reported as unhashed.
+    fn conclude(
+        &mut self,
+        full: PathBuf,
+        mut file: std::fs::File,
+        meta: safefs::Meta,
+        stamp: crate::hashpool::Stamp,
+        mut app: App,
+        unhashed: Option<crate::hashpool::Unhashed>,
+        since: Instant,
+    ) {
+        let Some(ri) = self.folders.root_of(&full) else { return };
+        let rel = full.strip_prefix(&self.folders.roots[ri].path).map(Path::to_path_buf).unwrap_or_default();
+        let exempt = app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h));
+        let held = self.held.files.contains(&full);
+        let lift = self.exempt.has_size(meta.size);
+        let verdict =
+            self.rules.verdict(&app).map(|v| (v.to_owned(), (v.except_by_hash || lift) && unhashed.is_none()));
+        let hash_known = app.sha256.is_some() || unhashed.is_some();
+        let decision = decide::decide(&self.input(verdict.as_ref(), hash_known, exempt, held));
         let verdict = verdict.map(|(v, _)| v);
-        let audited = self.folders.inventory.get(&full).is_some_and(|it| it.audited && it.verdict == verdict);
+        let previous = self.folders.inventory.get(&full);
+        let audited = previous.is_some_and(|it| it.audited && it.verdict == verdict);
+        let unhashed = unhashed.map(|u| u.to_string());
+        let reported = previous.is_some_and(|it| it.id == meta.id && it.unhashed.is_some() && it.unhashed == unhashed);
+        if let (Some(why), false) = (&unhashed, reported) {
+            tracing::warn!(path = %full.display(), reason = %why, "not hashed");
+            self.evidence.emit(AuditEvent::Unhashed {
+                path: full.display().to_string(),
+                size: meta.size,
+                reason: why.clone(),
+            });
+        }
         let root_path = self.folders.roots[ri].path.clone();
         self.folders.inventory.insert(
             full.clone(),
             Item {
-                root: root_path.clone(),
+                root: root_path,
                 app: app.clone(),
                 verdict: verdict.clone(),
                 id: meta.id,
                 size: meta.size,
                 audited,
+                unhashed,
+                stamp: Some(stamp),
+                uid: meta.uid,
             },
         );
         let Some(v) = verdict else { return };
@@ -362,8 +555,9 @@ impl Enforcer {
             }
             Decision::Protected(why) => recorded_once(self, "skip", &format!("protected: {why}"), Outcome::Protected),
             Decision::Act(_) => {
+                let Some((deep, base_path, base_rel)) = self.base_of(ri, &rel) else { return };
                 let base_fd = match &deep {
-                    Some((fd, _, _)) => fd,
+                    Some(fd) => fd,
                     None => &self.folders.roots[ri].fd,
                 };
                 match act::quarantine_file(
@@ -380,24 +574,32 @@ impl Enforcer {
                     Ok(mut m) => {
                         let elapsed = since.elapsed();
                         self.folders.inventory.remove(&full);
-                        let v =
-                            if app.sha256.is_none() { self.hash_after_move(&mut app, &mut file, v, &mut m) } else { v };
-                        tracing::info!(app = %app.id, path = %full.display(), rule = %v.rule, action = %v.action, id = %m.id, "quarantined");
-                        self.record(
-                            &v.action.to_string(),
-                            "quarantined",
-                            Outcome::Quarantined,
-                            &v,
-                            &app,
-                            &full,
-                            Some(m.id.clone()),
-                            elapsed,
-                        );
+                        if app.sha256.is_some() {
+                            return self.finish_move(app, v, &mut m, full, elapsed, Ok(String::new()));
+                        }
+                        // Hashed after the move, for the evidence: small files right here, larger
+                        // ones on the pool (the record is written when the hash is in).
+                        let sha = match crate::hashpool::over_cap(&file, self.pool.cap()) {
+                            Err(why) => Err(why),
+                            Ok(()) if meta.size <= crate::hashpool::INLINE_HASH_BYTES => {
+                                crate::hashpool::hash_capped(&mut file, self.pool.cap())
+                            }
+                            Ok(()) => {
+                                let token = self.pool.submit(file);
+                                self.pending
+                                    .insert(token, Pending::AfterMove { app, v, m: Box::new(m), full, elapsed });
+                                return;
+                            }
+                        };
+                        if let Ok(sha) = &sha {
+                            app.sha256 = Some(sha.clone());
+                        }
+                        self.finish_move(app, v, &mut m, full, elapsed, sha);
                     }
                     Err(e) => {
                         let elapsed = since.elapsed();
-                        if app.sha256.is_none() {
-                            app.sha256 = crate::identify::sha256_of(&mut file).ok();
+                        if app.sha256.is_none() && meta.size <= crate::hashpool::INLINE_HASH_BYTES {
+                            app.sha256 = crate::hashpool::hash_capped(&mut file, self.pool.cap()).ok();
                         }
                         tracing::warn!(app = %app.id, path = %full.display(), rule = %v.rule, error = %e, "quarantine failed");
                         self.record(
@@ -416,36 +618,58 @@ impl Enforcer {
         }
     }
 
-    /// The file was moved before it was hashed (its verdict did not depend on the hash): hash
-    /// it now through the same fd and complete the manifest. `decide::after_hash` keeps the
-    /// move's verdict unless the hash brings one at least as severe; the manifest and the audit
-    /// record name the final rule.
-    fn hash_after_move(
+    /// The file was moved; `sha` is its hash taken after the move (empty: it was known before),
+    /// or why there is none. `decide::after_hash` keeps the move's verdict unless the hash brings
+    /// one at least as severe; the manifest and the audit record name the final rule.
+    fn finish_move(
         &mut self,
-        app: &mut App,
-        file: &mut std::fs::File,
+        app: App,
         v: Verdict,
         m: &mut act::quarantine::Manifest,
-    ) -> Verdict {
-        let (v, sha) = match crate::identify::sha256_of(file) {
+        full: PathBuf,
+        elapsed: std::time::Duration,
+        sha: Result<String, crate::hashpool::Unhashed>,
+    ) {
+        let v = match sha {
+            Ok(sha) if sha.is_empty() => v,
             Ok(sha) => {
-                app.sha256 = Some(sha.clone());
-                (decide::after_hash(v, self.rules.verdict(app).map(|x| x.to_owned())), sha)
+                let v = decide::after_hash(v, self.rules.verdict(&app).map(|x| x.to_owned()));
+                let purge_after = if v.action == Action::Remove {
+                    m.purge_after.or_else(|| Some(self.clock.now().plus(self.cfg.retention)))
+                } else {
+                    None
+                };
+                if let Err(e) = self.store.complete(m, &sha, &v.rule, v.action, purge_after) {
+                    tracing::warn!(id = %m.id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
+                }
+                v
             }
-            Err(e) => {
-                tracing::warn!(id = %m.id, error = %e, "cannot hash the quarantined file; its manifest has no sha256");
-                (v, String::new())
+            Err(why) => {
+                tracing::warn!(id = %m.id, reason = %why, "the quarantined file was not hashed; its manifest has no sha256");
+                self.evidence.emit(AuditEvent::Unhashed {
+                    path: full.display().to_string(),
+                    size: m.size,
+                    reason: why.to_string(),
+                });
+                let purge_after = if v.action == Action::Remove { m.purge_after } else { None };
+                if let Err(e) = self.store.complete(m, "", &v.rule, v.action, purge_after) {
+                    tracing::warn!(id = %m.id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
+                }
+                v
             }
         };
-        let purge_after = if v.action == Action::Remove {
-            m.purge_after.or_else(|| Some(self.clock.now().plus(self.cfg.retention)))
-        } else {
-            None
-        };
-        if let Err(e) = self.store.complete(m, &sha, &v.rule, v.action, purge_after) {
-            tracing::warn!(id = %m.id, error = %e, "cannot write the quarantine manifest (recovery rebuilds it from the xattr)");
-        }
-        v
+        self.qindex.insert(m.id.clone(), m.clone());
+        tracing::info!(app = %app.id, path = %full.display(), rule = %v.rule, action = %v.action, id = %m.id, "quarantined");
+        self.record(
+            &v.action.to_string(),
+            "quarantined",
+            Outcome::Quarantined,
+            &v,
+            &app,
+            &full,
+            Some(m.id.clone()),
+            elapsed,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -519,7 +743,13 @@ impl Enforcer {
             Decision::Audit => PackageOutcome::Audited,
             Decision::Protected(why) => PackageOutcome::Protected(why),
             Decision::Hold => PackageOutcome::Held,
-            Decision::Act(action) => act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store),
+            Decision::Act(action) => {
+                let o = act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store);
+                // It may have quarantined the package's programs (ids not returned): re-read
+                // the index (package removals are rare and never a user's doing).
+                self.qindex = self.store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
+                o
+            }
         };
         let root = &mut self.packages.roots[i];
         let removed_by = root.manager.removed_by();
@@ -597,7 +827,12 @@ impl Enforcer {
             .filter(|(_, it)| {
                 let v = self.rules.verdict(&it.app).map(|v| (v.to_owned(), v.except_by_hash));
                 matches!(
-                    decide::decide(&self.input(v.as_ref(), true, self.exempt.contains(&it.id), false)),
+                    decide::decide(&self.input(
+                        v.as_ref(),
+                        true,
+                        it.app.sha256.as_deref().is_some_and(|h| self.exempt.contains(h)),
+                        false
+                    )),
                     Decision::Act(_)
                 )
             })
@@ -653,6 +888,7 @@ impl Enforcer {
         self.refresh_roots();
         self.rescan_all(Instant::now());
         for m in self.store.purge_expired(self.clock.now()) {
+            self.qindex.remove(&m.id);
             self.evidence.emit(AuditEvent::Purge {
                 id: m.id,
                 path: m.original_path,

@@ -59,6 +59,9 @@ pub enum AuditEvent {
     Action { record: ActionRecord, sha256: Option<String>, mode: String, outcome: Outcome },
     /// A scan of `root` stopped at a bound (`reason`); it continues where it stopped.
     ScanBound { root: String, entries: usize, reason: String },
+    /// A file was not hashed (`reason`: over `max_hash_bytes`, too slow, unreadable); only rules
+    /// that need no hash judged it.
+    Unhashed { path: String, size: u64, reason: String },
     /// An admin restored a quarantined file.
     Restore { id: String, path: String, uid: u32 },
     /// A quarantined file was deleted (by an admin, or at the end of its retention).
@@ -89,6 +92,7 @@ impl Sink for Counters {
                 Outcome::NeedsConfirmation => {}
             },
             AuditEvent::Restore { .. } => self.restored += 1,
+            AuditEvent::Unhashed { .. } => self.unhashed += 1,
             AuditEvent::Purge { .. } => self.purged += 1,
             _ => {}
         }

@@ -9,7 +9,6 @@ use tokio::sync::oneshot;
 use crate::enforce::Enforcer;
 use crate::evidence::AuditEvent;
 use crate::proto::{Request, Response};
-use crate::safefs::FileId;
 
 impl Enforcer {
     pub fn on_control(&mut self, request: Request, uid: u32, reply: oneshot::Sender<Response>) {
@@ -19,19 +18,46 @@ impl Enforcer {
                 .send(Response::err("denied", "permission denied: this request changes the agent and requires root"));
             return;
         }
+        // Reads are filtered by the caller's uid: root (and the daemon's own uid) sees all, any
+        // other user their own files plus aggregate counts (issue 10, finding 14).
+        let viewer = (uid != 0 && uid != me).then_some(uid);
         let response = match request {
-            Request::Status => Response::ok(self.status()),
-            Request::Inventory => Response::ok(self.inventory()),
+            Request::Status => Response::ok(self.status_for(viewer)),
+            Request::Inventory { offset, limit } => Response::ok(self.inventory_page(
+                offset,
+                limit.unwrap_or(crate::proto::INVENTORY_PAGE).min(crate::proto::INVENTORY_PAGE),
+                viewer,
+            )),
             Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
-            Request::QuarantineList => Response::ok(self.store.list()),
+            Request::QuarantineList => {
+                let mut list: Vec<_> = self.qindex.values().cloned().collect();
+                if let Some(v) = viewer {
+                    list.retain(|m| m.uid == v);
+                }
+                Response::ok(list)
+            }
             Request::Events { since, limit } => match crate::audit::read_entries(self.evidence.audit_path()) {
                 Ok(entries) => {
                     let chain = crate::audit::verify(&entries);
-                    let out: Vec<_> =
-                        entries.into_iter().flatten().filter(|e| e.seq > since).take(limit.min(10_000)).collect();
-                    Response::ok(
-                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()}),
-                    )
+                    let own = self.own_quarantine_ids(viewer);
+                    let mut hidden = 0usize;
+                    let out: Vec<_> = entries
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e.seq > since)
+                        .filter(|e| {
+                            let shown = viewer.is_none() || crate::status::event_visible(&e.event, &own);
+                            hidden += usize::from(!shown);
+                            shown
+                        })
+                        .take(limit.min(10_000))
+                        .collect();
+                    let mut body =
+                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()});
+                    if viewer.is_some() {
+                        body["hidden"] = hidden.into();
+                    }
+                    Response::ok(body)
                 }
                 Err(e) => Response::err("failed", format!("{}: {e}", self.evidence.audit_path().display())),
             },
@@ -50,16 +76,30 @@ impl Enforcer {
             }
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
+                    self.qindex.remove(&id);
                     self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
-                    // Restored by an admin: that inode is exempt until the policy changes (or the
-                    // agent restarts), so a restore is not undone by the next event.
-                    self.exempt.insert(FileId { dev: m.dev, ino: m.ino });
+                    // Restored by an admin: that content (not the inode: its owner can write
+                    // another build into it) is exempt until the policy changes, across
+                    // restarts, so a restore is not undone by the next event. A file quarantined
+                    // without a hash (over `max_hash_bytes`) cannot be exempted by content.
+                    if m.sha256.is_empty() {
+                        tracing::warn!(id = %m.id, "restored without a hash: not exempt, the policy still applies");
+                    } else {
+                        self.exempt.add(crate::exempt::Exemption {
+                            sha256: m.sha256.clone(),
+                            size: m.size,
+                            path: m.original_path.clone(),
+                            quarantine_id: m.id.clone(),
+                            uid,
+                        });
+                    }
                     Response::ok(m)
                 }
                 Err(e) => Response::err("failed", e.to_string()),
             },
             Request::QuarantinePurge { id } => match self.store.purge(&id) {
                 Ok(m) => {
+                    self.qindex.remove(&id);
                     self.evidence.emit(AuditEvent::Purge {
                         id,
                         path: m.original_path.clone(),

@@ -40,13 +40,15 @@ pub mod enforce;
 pub mod escape;
 pub mod evidence;
 pub mod exec_gate;
+mod exempt;
 mod handlers;
+mod hashpool;
 pub mod identify;
 pub mod proto;
 pub mod running;
 pub mod safefs;
 pub mod source;
-mod status;
+pub(crate) mod status;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;

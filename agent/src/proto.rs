@@ -18,11 +18,21 @@ pub struct Frame {
     pub request: Request,
 }
 
+/// Most inventory entries one `inventory` answer carries (the daemon never builds more at once).
+pub const INVENTORY_PAGE: usize = 1000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Inventory,
+    /// One page of the inventory: at most `limit` (≤ `INVENTORY_PAGE`) entries from `offset`;
+    /// the answer's `next` is the offset of the following page, absent on the last one.
+    Inventory {
+        #[serde(default)]
+        offset: usize,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Which rule would act on this app (the client identified it).
     Evaluate {
         app: App,
@@ -154,13 +164,29 @@ pub struct Counters {
     pub protected_skipped: u64,
     pub rescans: u64,
     pub events: u64,
+    /// Files no hash could be taken of (over `max_hash_bytes`, too slow, unreadable).
+    #[serde(default)]
+    pub unhashed: u64,
+}
+
+/// A file the agent did not hash, and why (status shows the most recent ones).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnhashedRecord {
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnforcementStatus {
     pub counters: Counters,
     pub last_actions: Vec<ActionRecord>,
+    /// Files in the inventory without a hash, and why (at most `UNHASHED_SHOWN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhashed: Vec<UnhashedRecord>,
 }
+
+/// Most unhashed files `status` lists (the counter counts them all).
+pub const UNHASHED_SHOWN: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuarantineStatus {

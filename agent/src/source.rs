@@ -13,6 +13,7 @@
 pub mod dpkg;
 pub mod flatpak;
 pub mod folders;
+pub mod inventory_map;
 pub mod package;
 pub mod packages;
 pub mod rpm;

@@ -34,6 +34,13 @@ impl Enforcer {
         let mut sources = Vec::new();
         self.folders.status(&mut sources, &mut reasons);
         self.packages.status(&mut sources, &mut reasons);
+        if self.backlog_dropped > 0 {
+            reasons.push(format!(
+                "hash backlog full ({} paths): {} files wait for the next scan",
+                crate::hashpool::MAX_BACKLOG,
+                self.backlog_dropped
+            ));
+        }
         if !self.held.is_empty() {
             reasons.push(format!("{} apps need confirmation (embargoctl confirm)", self.held.len()));
         }
@@ -43,7 +50,7 @@ impl Enforcer {
         if crate::act::quarantine::hardlinks_protected() == Some(false) {
             reasons.push("fs.protected_hardlinks is 0: users may hard link others' files into watched folders (such files are refused, not acted on)".into());
         }
-        let q = self.store.list();
+        let q = &self.qindex;
         proto::Status {
             schema_version: proto::STATUS_SCHEMA_VERSION,
             daemon: proto::DaemonStatus {
@@ -59,10 +66,73 @@ impl Enforcer {
             enforcement: proto::EnforcementStatus {
                 counters: self.evidence.counters.clone(),
                 last_actions: self.evidence.last_actions.0.iter().cloned().collect(),
+                unhashed: self
+                    .folders
+                    .inventory
+                    .iter()
+                    .filter_map(|(p, it)| {
+                        it.unhashed
+                            .as_ref()
+                            .map(|r| proto::UnhashedRecord { path: p.display().to_string(), reason: r.clone() })
+                    })
+                    .take(proto::UNHASHED_SHOWN)
+                    .collect(),
             },
-            quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.iter().map(|m| m.size).sum() },
+            quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.values().map(|m| m.size).sum() },
             pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
         }
+    }
+
+    /// `status` as `viewer` may see it (`None`: root, everything): the counters and sizes are
+    /// aggregates; the last actions and unhashed files are only the viewer's own.
+    pub fn status_for(&self, viewer: Option<u32>) -> proto::Status {
+        let mut s = self.status();
+        if let Some(v) = viewer {
+            let own = self.own_quarantine_ids(Some(v));
+            s.enforcement.last_actions.retain(|a| a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
+            s.enforcement
+                .unhashed
+                .retain(|u| self.folders.inventory.get(std::path::Path::new(&u.path)).is_some_and(|it| it.uid == v));
+        }
+        s
+    }
+
+    /// The quarantine items `viewer` owns (`None`: not needed, empty).
+    pub fn own_quarantine_ids(&self, viewer: Option<u32>) -> std::collections::HashSet<String> {
+        match viewer {
+            None => Default::default(),
+            Some(v) => self.qindex.values().filter(|m| m.uid == v).map(|m| m.id.clone()).collect(),
+        }
+    }
+
+    /// One page of the inventory (`Inventory` plus `next`, the offset of the following page)
+    /// as `viewer` may see it: their own files, every package (package databases are readable
+    /// by all), and `hidden`, how many folder entries of other users were left out.
+    /// Built from iterators over the entries, so an answer costs one page, whatever the size.
+    pub fn inventory_page(&self, offset: usize, limit: usize, viewer: Option<u32>) -> serde_json::Value {
+        let all = self
+            .folders
+            .inventory
+            .values()
+            .filter(|it| viewer.is_none_or(|v| it.uid == v))
+            .map(|it| InventoryEntry { app: it.app.clone(), verdict: it.verdict.clone() })
+            .chain(self.packages.roots.iter().flat_map(|r| {
+                r.packages.values().map(|p| InventoryEntry { app: p.app.clone(), verdict: p.verdict.clone() })
+            }));
+        let mut rest = all.skip(offset);
+        let apps: Vec<InventoryEntry> = rest.by_ref().take(limit).collect();
+        let more = rest.next().is_some();
+        let n = apps.len();
+        let mut v = serde_json::to_value(Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps })
+            .unwrap_or(serde_json::Value::Null);
+        if let (true, Some(o)) = (more, v.as_object_mut()) {
+            o.insert("next".into(), (offset + n).into());
+        }
+        if let (Some(viewer), Some(o)) = (viewer, v.as_object_mut()) {
+            let hidden = self.folders.inventory.len() - self.folders.inventory.of_uid(viewer);
+            o.insert("hidden".into(), hidden.into());
+        }
+        v
     }
 
     pub fn inventory(&self) -> Inventory {
@@ -76,5 +146,21 @@ impl Enforcer {
             }))
             .collect();
         Inventory { schema_version: INVENTORY_SCHEMA_VERSION, apps }
+    }
+}
+
+/// Whether an audit event may be shown to a user who is not root: events that name no file
+/// (start, policy, sync, confirmation), and file events about the user's own quarantine items.
+pub fn event_visible(event: &serde_json::Value, own: &std::collections::HashSet<String>) -> bool {
+    let ty = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    match ty {
+        "start" | "policy" | "sync-failed" | "needs-confirmation" | "confirmed" => true,
+        "action" => event
+            .get("record")
+            .and_then(|r| r.get("quarantine_id"))
+            .and_then(|i| i.as_str())
+            .is_some_and(|id| own.contains(id)),
+        "restore" | "purge" => event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id)),
+        _ => false,
     }
 }

@@ -181,7 +181,7 @@ fn systemd_analyze_accepts_the_unit() {
         "WatchdogSec=",
         "Restart=always",
         "RestartPreventExitStatus=64",
-        "OOMScoreAdjust=-1000",
+        "OOMScoreAdjust=-500",
         "NoNewPrivileges=yes",
         "MemoryDenyWriteExecute=yes",
         "CapabilityBoundingSet=",

@@ -143,7 +143,33 @@ fn main() -> ExitCode {
         Command::Scan => call(Request::Scan, Duration::from_secs(600)),
         Command::Confirm => call(Request::Confirm, Duration::from_secs(600)),
         Command::Inventory { json } => {
-            let r = call(Request::Inventory, short);
+            // Page by page (the daemon answers at most `INVENTORY_PAGE` entries at once).
+            let mut apps: Vec<serde_json::Value> = Vec::new();
+            let mut offset = 0;
+            let r = loop {
+                let r = call(Request::Inventory { offset, limit: None }, short);
+                let Ok(page) = &r else { break r };
+                let next = page.result.as_ref().and_then(|v| v.get("next")).and_then(|n| n.as_u64());
+                if let Some(list) = page.result.as_ref().and_then(|v| v.get("apps")).and_then(|a| a.as_array()) {
+                    apps.extend(list.iter().cloned());
+                }
+                match next {
+                    Some(n) if page.ok && n as usize > offset => offset = n as usize,
+                    _ => {
+                        let mut whole = r;
+                        if let Ok(Response { result: Some(serde_json::Value::Object(o)), .. }) = &mut whole {
+                            o.remove("next");
+                            // Kept out of the inventory document (its format is strict); said
+                            // on stderr instead.
+                            if let Some(n) = o.remove("hidden").and_then(|h| h.as_u64()).filter(|n| *n > 0) {
+                                eprintln!("embargoctl: {n} inventory entries of other users are not shown");
+                            }
+                            o.insert("apps".into(), serde_json::Value::Array(std::mem::take(&mut apps)));
+                        }
+                        break whole;
+                    }
+                }
+            };
             return show(r, |v| {
                 if json {
                     print_json(v, true);

@@ -36,6 +36,15 @@ pub struct Item {
     pub size: u64,
     /// An audit (or "needs confirmation") record was written for this file already.
     pub audited: bool,
+    /// Why it has no hash, when it could not be hashed (`hashpool::Unhashed`).
+    pub unhashed: Option<String>,
+    /// The size, change and modification times its identity (and hash) was taken at; `None`
+    /// once a write event named it. The identity is reused only for the same inode with the
+    /// same stamp (the change time cannot be set by users, and a write event drops it even
+    /// within one timestamp tick).
+    pub stamp: Option<crate::hashpool::Stamp>,
+    /// The file's owner (the inventory is bounded per uid).
+    pub uid: u32,
 }
 
 /// A scan stopped at the bound on entries per scan (it continues in a later loop turn).
@@ -49,7 +58,7 @@ pub struct BoundHit {
 pub struct Folders {
     pub roots: Vec<Root>,
     anchors: Vec<PathBuf>,
-    pub inventory: BTreeMap<PathBuf, Item>,
+    pub inventory: super::inventory_map::InventoryMap,
     /// Walks stopped at the bound, by root path, to continue where they stopped.
     walks: Vec<(PathBuf, Walk)>,
     /// Roots whose last pass needed more than one batch (status shows them degraded).
@@ -161,7 +170,7 @@ impl Folders {
     pub fn forget_under(&mut self, path: &Path) {
         let gone: Vec<PathBuf> = self
             .inventory
-            .range(path.to_path_buf()..)
+            .range(path.to_path_buf())
             .take_while(|(p, _)| p.starts_with(path))
             .map(|(p, _)| p.clone())
             .collect();
@@ -196,7 +205,7 @@ impl Folders {
                 let found: std::collections::HashSet<PathBuf> = files.iter().map(|f| root_path.join(f)).collect();
                 let gone: Vec<PathBuf> = self
                     .inventory
-                    .range(start.clone()..)
+                    .range(start.clone())
                     .take_while(|(p, _)| p.starts_with(&start))
                     .filter(|(p, _)| !found.contains(*p))
                     .map(|(p, _)| p.clone())
@@ -280,6 +289,7 @@ impl Source for Folders {
     }
 
     fn status(&self, out: &mut Vec<SourceStatus>, reasons: &mut Vec<String>) {
+        self.inventory.reasons(reasons);
         for (root, max) in &self.over_bound {
             let state = if self.walks.iter().any(|(r, _)| r == root) { "continuing" } else { "continued" };
             reasons.push(format!(
@@ -294,7 +304,7 @@ impl Source for Folders {
             out.push(SourceStatus {
                 kind: r.kind.to_string(),
                 path: r.path.display().to_string(),
-                apps_seen: self.inventory.values().filter(|it| it.root == r.path).count(),
+                apps_seen: self.inventory.in_root(&r.path),
                 watch: r.watch.clone(),
             });
         }
