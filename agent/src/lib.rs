@@ -18,6 +18,8 @@
 //! - `control`: the Unix-socket server (peer credentials decide what a caller may do).
 //! - `proto`: the control protocol types (the API boundary).
 //! - `demo`: the one-command demo device.
+//! - `worker`: threads that run the loop's slow jobs (package reads and removals) and send
+//!   each result back as the job owner's own message type.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
@@ -40,6 +42,7 @@ mod status;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod worker;
 
 use std::future::Future;
 

@@ -3,7 +3,8 @@
 //! that copy with the real dpkg. Only those two are ever purged: a copied real package's scripts
 //! would run against the host. Shows: the database is read (without re-reading itself forever
 //! through its own inotify events), the inventory lists a package's programs rather than every
-//! directory it ships, only the banned packages are purged, and status keeps answering.
+//! directory it ships, only the banned packages are purged, and `status` answers within 100 ms
+//! throughout the update that purges them (package reads and purges run off the core loop).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,8 +80,13 @@ fn a_copy_of_the_real_dpkg_database_purges_only_the_banned_and_status_keeps_answ
         (deb["apps_seen"].as_u64()? > 100).then_some(())
     });
     // The inventory names what identifies and acts on a package, not every shared directory.
-    let inv: serde_json::Value = serde_json::from_slice(&dev.ctl(&["inventory", "--json"]).stdout).unwrap();
+    let inv_json = dev.ctl(&["inventory", "--json"]).stdout;
+    let inv: serde_json::Value = serde_json::from_slice(&inv_json).unwrap();
     let apps = inv["apps"].as_array().unwrap();
+    // Small because a package is its name, version and programs: listing every directory a
+    // package ships made this 12 MB for ~900 packages. 1 KiB a package is ample for programs.
+    eprintln!("inventory --json: {} bytes for {} apps", inv_json.len(), apps.len());
+    assert!(inv_json.len() < apps.len() * 1024, "inventory --json is {} bytes for {} apps", inv_json.len(), apps.len());
     let ours = apps.iter().find(|e| e["app"]["id"] == names[0]).unwrap().clone();
     // The host's own dpkg is listed with its programs, not its directories and data files.
     let dpkg = apps.iter().find(|e| e["app"]["id"] == "dpkg" && e["app"]["kind"] == "deb").unwrap();
@@ -99,22 +105,32 @@ fn a_copy_of_the_real_dpkg_database_purges_only_the_banned_and_status_keeps_answ
     let syncer = std::thread::spawn(move || {
         Command::new(bin("embargoctl")).args(["--socket", socket.to_str().unwrap(), "sync"]).output().unwrap()
     });
-    let mut worst = Duration::ZERO;
+    // Each `embargoctl status` is timed around the whole call (process start, connect, answer),
+    // polled back to back from the update until both packages are gone, then 20 more.
+    let mut times = Vec::new();
     let deadline = Instant::now() + WAIT;
     while names.iter().any(|n| !dpkg_status(&root, n).is_empty()) {
         assert!(Instant::now() < deadline, "not purged in time");
         let t = Instant::now();
         assert!(dev.status().is_some(), "status answered");
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
+    let during = times.len();
     for _ in 0..20 {
         let t = Instant::now();
         assert!(dev.status().is_some());
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
     assert!(syncer.join().unwrap().status.success());
-    // Not yet within the 100 ms target: package reads and dpkg runs still happen on the core
-    // loop (moving them to a worker is the next step). The figure is printed, not asserted.
-    eprintln!("slowest status during and after the purge: {worst:?}");
+    times.sort();
+    let worst = *times.last().unwrap();
+    eprintln!(
+        "status during and after the purge: {} calls ({during} during), median {:?}, slowest {worst:?}",
+        times.len(),
+        times[times.len() / 2]
+    );
+    // Package reads and `dpkg --purge` run on the package worker, so the loop answers at once.
+    // The bound covers starting the (debug) embargoctl process as well.
+    assert!(worst <= Duration::from_millis(100), "status took {worst:?} during a purge (bound 100 ms)");
     assert!(dpkg_status(&root, "dpkg").ends_with(" installed"), "copied packages untouched");
 }
