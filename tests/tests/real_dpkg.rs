@@ -5,6 +5,8 @@
 //! through its own inotify events), the inventory lists a package's programs rather than every
 //! directory it ships, only the banned packages are purged, and `status` answers within 100 ms
 //! throughout the update that purges them (package reads and purges run off the core loop).
+//! (On the test machine, the code before the package worker also met the bound here — see
+//! BENCHMARKS.md — so this guards the bound rather than telling the two apart.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,33 +101,47 @@ fn a_copy_of_the_real_dpkg_database_purges_only_the_banned_and_status_keeps_answ
     );
     let paths: Vec<&str> = ours["app"]["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert_eq!(paths, [root.join("usr/bin").join(names[0]).to_str().unwrap()], "{ours}");
-    // The update purging both: status answers throughout.
+    // The update purging both: status answers throughout. A poller asks `embargoctl status`
+    // back to back, each call timed around the whole process run, from before the update until
+    // both packages are gone and 20 calls more; the purge is watched on this thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (socket, stop) = (dev.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut times = Vec::new();
+            let mut after_stop = 0;
+            while after_stop < 20 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    after_stop += 1;
+                }
+                let t = Instant::now();
+                let out = Command::new(bin("embargoctl"))
+                    .args(["--socket", socket.to_str().unwrap(), "status", "--json"])
+                    .output()
+                    .unwrap();
+                let took = t.elapsed();
+                assert!(out.status.code() != Some(3), "status unanswered");
+                times.push(took);
+            }
+            times
+        })
+    };
     dev.publish(V2);
     let socket = dev.socket.clone();
     let syncer = std::thread::spawn(move || {
         Command::new(bin("embargoctl")).args(["--socket", socket.to_str().unwrap(), "sync"]).output().unwrap()
     });
-    // Each `embargoctl status` is timed around the whole call (process start, connect, answer),
-    // polled back to back from the update until both packages are gone, then 20 more.
-    let mut times = Vec::new();
     let deadline = Instant::now() + WAIT;
     while names.iter().any(|n| !dpkg_status(&root, n).is_empty()) {
         assert!(Instant::now() < deadline, "not purged in time");
-        let t = Instant::now();
-        assert!(dev.status().is_some(), "status answered");
-        times.push(t.elapsed());
     }
-    let during = times.len();
-    for _ in 0..20 {
-        let t = Instant::now();
-        assert!(dev.status().is_some());
-        times.push(t.elapsed());
-    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut times = poller.join().unwrap();
     assert!(syncer.join().unwrap().status.success());
     times.sort();
     let worst = *times.last().unwrap();
     eprintln!(
-        "status during and after the purge: {} calls ({during} during), median {:?}, slowest {worst:?}",
+        "status during and after the purge: {} calls, median {:?}, slowest {worst:?}",
         times.len(),
         times[times.len() / 2]
     );
