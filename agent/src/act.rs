@@ -5,6 +5,7 @@
 pub mod process;
 pub mod quarantine;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use embargo_policy::app::App;
@@ -13,7 +14,7 @@ use embargo_policy::metadata::Time;
 use embargo_policy::rules::Action;
 
 use crate::safefs::{self, Meta};
-use crate::source::package::Removal;
+use crate::source::package::{Package, PackageManager, Removal};
 use crate::source::packages::{PackageOutcome, PackageRoot};
 use quarantine::{Manifest, QuarantineError, QuarantineStore};
 
@@ -50,12 +51,12 @@ pub fn quarantine_file(
 }
 
 /// Files of the package that are executables (what runs), as paths relative to the root.
-fn executables(root: &PackageRoot, app: &App) -> Vec<PathBuf> {
+fn executables(root_path: &Path, root_fd: &OwnedFd, app: &App) -> Vec<PathBuf> {
     app.paths
         .iter()
-        .filter_map(|p| Path::new(p).strip_prefix(&root.root).ok().map(Path::to_path_buf))
+        .filter_map(|p| Path::new(p).strip_prefix(root_path).ok().map(Path::to_path_buf))
         .filter(|rel| {
-            safefs::open_beneath(&root.fd, rel, rustix::fs::OFlags::PATH)
+            safefs::open_beneath(root_fd, rel, rustix::fs::OFlags::PATH)
                 .and_then(|fd| safefs::meta(&fd))
                 .is_ok_and(|m| m.is_file && m.mode & 0o111 != 0)
         })
@@ -63,10 +64,10 @@ fn executables(root: &PackageRoot, app: &App) -> Vec<PathBuf> {
 }
 
 /// Kills processes running any executable of the package.
-fn stop_package_processes(root: &PackageRoot, app: &App) -> Vec<i32> {
+fn stop_package_processes(root_path: &Path, root_fd: &OwnedFd, app: &App) -> Vec<i32> {
     let mut killed = Vec::new();
-    for rel in executables(root, app) {
-        if let Ok(fd) = safefs::open_beneath(&root.fd, &rel, rustix::fs::OFlags::PATH) {
+    for rel in executables(root_path, root_fd, app) {
+        if let Ok(fd) = safefs::open_beneath(root_fd, &rel, rustix::fs::OFlags::PATH) {
             if let Ok(m) = safefs::meta(&fd) {
                 killed.extend(process::kill_processes_running(m.id));
             }
@@ -78,7 +79,7 @@ fn stop_package_processes(root: &PackageRoot, app: &App) -> Vec<i32> {
 /// Quarantines the package's executables (reversible; the package database is untouched).
 fn quarantine_executables(root: &PackageRoot, app: &App, v: &Verdict, store: &QuarantineStore) -> usize {
     let mut n = 0;
-    for rel in executables(root, app) {
+    for rel in executables(&root.root, &root.fd, app) {
         let Ok((mut file, meta)) = safefs::open_file_beneath(&root.fd, &rel) else { continue };
         let sha = crate::identify::sha256_of(&mut file).unwrap_or_default();
         let req = quarantine::Request {
@@ -104,10 +105,50 @@ fn quarantine_executables(root: &PackageRoot, app: &App, v: &Verdict, store: &Qu
     n
 }
 
-/// Acts on one package whose decision is `Act(action)`: `remove` stops its processes and removes
-/// it through its package manager (when that would take other packages along, its executables
-/// are quarantined instead and an admin is needed); `quarantine` quarantines its executables.
-/// Files of managed packages are never deleted by path.
+/// What the package worker runs for a package whose decision is `Act(Remove)`: stops its
+/// processes and removes it through its package manager (dry run first, lock retries: the
+/// manager's `remove`). Runs off the core loop: a package manager's run costs what the device's
+/// database costs (dpkg loads every file list), and waiting for it must not stall the loop.
+/// Everything it needs is passed in owned (the root's fd is a duplicate).
+pub fn remove_package(
+    manager: &'static dyn PackageManager,
+    root_path: &Path,
+    root_fd: &OwnedFd,
+    app: &App,
+    package: &Package,
+) -> Result<Removal, String> {
+    stop_package_processes(root_path, root_fd, app);
+    manager.remove(root_path, package, false)
+}
+
+/// What a removal's result means for the package, back on the loop: a removal that would take
+/// other packages along is not done; the package's executables are quarantined instead and an
+/// admin is needed.
+pub fn conclude_removal(
+    root: &PackageRoot,
+    name: &str,
+    result: Result<Removal, String>,
+    v: &Verdict,
+    store: &QuarantineStore,
+) -> PackageOutcome {
+    match result {
+        Ok(Removal::Purged) => PackageOutcome::Removed,
+        Ok(Removal::Busy) => PackageOutcome::WaitingForLock,
+        Ok(Removal::Protected(why)) => PackageOutcome::Protected(why),
+        Ok(Removal::NeedsAdmin(why)) => {
+            let moved = root.packages.get(name).map_or(0, |item| quarantine_executables(root, &item.app, v, store));
+            PackageOutcome::NeedsAdmin(format!(
+                "other packages depend on {name} ({why}); executables quarantined: {moved}"
+            ))
+        }
+        Err(e) => PackageOutcome::Failed(e),
+    }
+}
+
+/// Acts on one package whose decision is `Act(action)` for the actions that need no package
+/// manager run: `quarantine` stops its processes and quarantines its executables (`remove` goes
+/// through the package worker: [`remove_package`], then [`conclude_removal`]). Files of managed
+/// packages are never deleted by path.
 pub fn act_on_package(
     root: &PackageRoot,
     name: &str,
@@ -119,23 +160,9 @@ pub fn act_on_package(
     let app = &item.app;
     match action {
         Action::Audit => PackageOutcome::Audited,
-        Action::Remove => {
-            stop_package_processes(root, app);
-            match root.manager.remove(&root.root, &item.installed.package, false) {
-                Ok(Removal::Purged) => PackageOutcome::Removed,
-                Ok(Removal::Busy) => PackageOutcome::WaitingForLock,
-                Ok(Removal::Protected(why)) => PackageOutcome::Protected(why),
-                Ok(Removal::NeedsAdmin(why)) => {
-                    let moved = quarantine_executables(root, app, v, store);
-                    PackageOutcome::NeedsAdmin(format!(
-                        "other packages depend on {name} ({why}); executables quarantined: {moved}"
-                    ))
-                }
-                Err(e) => PackageOutcome::Failed(e),
-            }
-        }
+        Action::Remove => PackageOutcome::Failed("a removal runs on the package worker".into()),
         Action::Quarantine => {
-            stop_package_processes(root, app);
+            stop_package_processes(&root.root, &root.fd, app);
             let moved = quarantine_executables(root, app, v, store);
             PackageOutcome::NeedsAdmin(format!(
                 "quarantine of a managed package: executables quarantined ({moved}); remove it with the package manager"

@@ -23,6 +23,8 @@ pub enum Event {
     Fs(Vec<notify::Result<notify::Event>>),
     Sync(Box<crate::sync::Report>),
     Control(Call),
+    /// A package read or removal done on the package worker (`worker`), off this loop.
+    Packages(crate::source::packages::Done),
 }
 
 /// The receiving ends of every producer.
@@ -87,6 +89,8 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
     let (mut sync_open, mut control_open) = (true, true);
     // Hashes come back from the pool (`hashpool`); the loop never reads a file whole.
     let mut hashed = state.take_hash_results();
+    // Package reads and removals come back from their worker thread.
+    let mut packages_done = state.take_package_results();
     loop {
         let ev = tokio::select! {
             // In this order: queued filesystem events before the requests that may ask about them.
@@ -112,6 +116,10 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                     continue;
                 }
                 None => { hashed = None; continue }
+            },
+            done = async { packages_done.as_mut().expect("guarded").recv().await }, if packages_done.is_some() => match done {
+                Some(d) => Event::Packages(d),
+                None => { packages_done = None; continue }
             },
             report = inputs.sync.recv(), if sync_open => match report {
                 Some(r) => Event::Sync(r),
@@ -154,6 +162,7 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
             }
             Event::Sync(report) => state.on_sync(*report),
             Event::Control(Call { request, uid, reply }) => state.on_control(request, uid, reply),
+            Event::Packages(done) => state.on_packages(done),
         }
         trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
     }

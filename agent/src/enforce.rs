@@ -28,7 +28,7 @@ use crate::evidence::{AuditEvent, Evidence, Outcome};
 use crate::proto::{self, ActionRecord, Response};
 use crate::safefs::{self, FileId};
 use crate::source::folders::{BoundHit, Folders, Item};
-use crate::source::packages::{PackageOutcome, Packages};
+use crate::source::packages::{self, PackageOutcome, Packages};
 use crate::source::{Hint, Source as _};
 
 /// Apps a policy update over the action cap holds back until `embargoctl confirm`.
@@ -94,6 +94,13 @@ pub struct Enforcer {
     /// When to retry removals that wait for a package-manager lock (no timer otherwise).
     pub(crate) retry_at: Option<tokio::time::Instant>,
     retry_attempts: u32,
+    /// Package reads and removals run here, off the loop; results come back through
+    /// `package_results` (taken by the loop, which wraps them in its `Event`).
+    package_worker: crate::worker::Worker<packages::Done>,
+    package_results: Option<mpsc::UnboundedReceiver<packages::Done>>,
+    /// A policy update waiting for package reads in flight, so that its action cap counts the
+    /// packages as they are now (set at the time of the update).
+    pending_update: Option<Instant>,
 }
 
 impl Enforcer {
@@ -124,6 +131,9 @@ impl Enforcer {
         let qindex = store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
         let mut folders = Folders::default();
         folders.inventory.set_bound(cfg.max_inventory_entries);
+        // One thread: reads and removals of packages run in the order the loop submits them.
+        let (package_worker, package_results) = crate::worker::Worker::spawn("embargo-packages", 1)
+            .map_err(|e| format!("starting the package worker: {e}"))?;
         Ok(Self {
             cfg,
             clock,
@@ -152,6 +162,9 @@ impl Enforcer {
             sync_waiters: Vec::new(),
             retry_at: None,
             retry_attempts: 0,
+            package_worker,
+            package_results: Some(package_results),
+            pending_update: None,
         })
     }
 
@@ -187,8 +200,13 @@ impl Enforcer {
                     tracing::warn!(path = %dir.display(), error = %e, "cannot watch the package database");
                 }
             }
-            self.scan_packages(i, Instant::now());
+            self.read_packages(i);
         }
+    }
+
+    /// The receiving end of the package worker's results (taken once, by the loop).
+    pub fn take_package_results(&mut self) -> Option<mpsc::UnboundedReceiver<packages::Done>> {
+        self.package_results.take()
     }
 
     /// Handles the hints of one loop turn (already coalesced: one rescan for any number of
@@ -202,7 +220,7 @@ impl Enforcer {
             self.rescan_all(since);
             let dbs: Vec<usize> = (0..self.packages.roots.len()).collect();
             for i in dbs {
-                self.scan_packages(i, since);
+                self.read_packages(i);
             }
             return;
         }
@@ -210,7 +228,7 @@ impl Enforcer {
             match h {
                 Hint::RescanAll => {}
                 Hint::RefreshRoots => self.refresh_roots(),
-                Hint::Database(i) => self.scan_packages(i, since),
+                Hint::Database(i) => self.read_packages(i),
                 Hint::Gone(path) => self.folders.forget_under(&path),
                 Hint::Path(path) => match std::fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => self.scan_path(&path, since),
@@ -723,18 +741,67 @@ impl Enforcer {
         Some((v, d))
     }
 
-    /// Re-reads one package root and acts on what the policy bans there.
-    fn scan_packages(&mut self, i: usize, since: Instant) {
-        let todo = self.packages.roots[i].read(&self.rules);
-        if self.packages.waiting() == 0 {
-            self.retry_attempts = 0;
+    /// Has package root `i` re-read on the package worker (at most one read per root queued or
+    /// running; changes that come in meanwhile cost one more read).
+    fn read_packages(&mut self, i: usize) {
+        let r = &mut self.packages.roots[i];
+        if r.reading {
+            r.reread = true;
+            return;
         }
-        for name in todo {
-            self.enforce_package(i, &name, since);
+        r.reading = true;
+        r.reread = false;
+        let rules = self.rules.clone();
+        self.package_worker.submit(self.packages.roots[i].read_job(i, rules.clone()), move |why| {
+            packages::Done::Read { root: i, rules, result: Err(format!("the read panicked: {why}")) }
+        });
+    }
+
+    /// A result from the package worker: a read is taken in and what it bans decided (unless a
+    /// policy update waits for it: then the update decides everything at once); a removal's
+    /// result is concluded and recorded.
+    pub fn on_packages(&mut self, done: packages::Done) {
+        match done {
+            packages::Done::Read { root: i, rules, result } => {
+                let r = &mut self.packages.roots[i];
+                r.reading = false;
+                r.read_once = true;
+                let todo = match result {
+                    Ok(read) => r.apply_read(read, &rules, &self.rules),
+                    Err(e) => {
+                        tracing::warn!(root = %r.root.display(), error = %e, "cannot read the package database");
+                        Vec::new()
+                    }
+                };
+                if self.packages.waiting() == 0 {
+                    self.retry_attempts = 0;
+                }
+                if self.pending_update.is_some() {
+                    if !self.packages.roots.iter().any(|r| r.reading) {
+                        self.finish_update();
+                    }
+                } else {
+                    let since = Instant::now();
+                    for name in todo {
+                        self.enforce_package(i, &name, since);
+                    }
+                }
+                if self.packages.roots[i].reread {
+                    self.read_packages(i);
+                }
+            }
+            packages::Done::Removed { root: i, name, result, verdict, since } => {
+                let outcome = act::conclude_removal(&self.packages.roots[i], &name, result, &verdict, &self.store);
+                // The fallback may have quarantined the package's programs (ids not returned):
+                // re-read the index (package removals are rare and never a user's doing).
+                self.qindex = self.store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
+                self.conclude_package(i, &name, &verdict, outcome, Some(PackageOutcome::Removing), since);
+            }
         }
     }
 
-    /// Decides, acts and records for one package whose verdict needs acting on.
+    /// Decides for one package whose verdict needs acting on; acts (a removal: hands it to the
+    /// package worker, concluded in [`Self::on_packages`]) and records.
     fn enforce_package(&mut self, i: usize, name: &str, since: Instant) {
         let Some((v, decision)) = self.package_decision(i, name) else { return };
         let previous = self.packages.roots[i].packages.get(name).and_then(|p| p.outcome.clone());
@@ -743,6 +810,23 @@ impl Enforcer {
             Decision::Audit => PackageOutcome::Audited,
             Decision::Protected(why) => PackageOutcome::Protected(why),
             Decision::Hold => PackageOutcome::Held,
+            Decision::Act(Action::Remove) => match self.packages.roots[i].remove_job(i, name, v.clone(), since) {
+                Some(job) => {
+                    if let Some(item) = self.packages.roots[i].packages.get_mut(name) {
+                        item.outcome = Some(PackageOutcome::Removing);
+                    }
+                    let (n, verdict) = (name.to_owned(), v.clone());
+                    self.package_worker.submit(job, move |why| packages::Done::Removed {
+                        root: i,
+                        name: n,
+                        result: Err(format!("the removal panicked: {why}")),
+                        verdict,
+                        since,
+                    });
+                    return;
+                }
+                None => PackageOutcome::Failed("cannot hand the removal to the package worker".into()),
+            },
             Decision::Act(action) => {
                 let o = act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store);
                 // It may have quarantined the package's programs (ids not returned): re-read
@@ -751,6 +835,19 @@ impl Enforcer {
                 o
             }
         };
+        self.conclude_package(i, name, &v, outcome, previous, since);
+    }
+
+    /// Stores what became of a package and records it.
+    fn conclude_package(
+        &mut self,
+        i: usize,
+        name: &str,
+        v: &Verdict,
+        outcome: PackageOutcome,
+        previous: Option<PackageOutcome>,
+        since: Instant,
+    ) {
         let root = &mut self.packages.roots[i];
         let removed_by = root.manager.removed_by();
         let path = root.db_dir();
@@ -778,15 +875,17 @@ impl Enforcer {
                 }
                 (v.action.to_string(), "needs confirmation".to_owned(), Outcome::NeedsConfirmation)
             }
+            PackageOutcome::Removing => return,
             PackageOutcome::Protected(why) => ("skip".to_owned(), format!("protected: {why}"), Outcome::Protected),
             PackageOutcome::Failed(e) => ("remove".to_owned(), format!("failed: {e}"), Outcome::Failed),
         };
         self.evidence.counters.detected += 1;
         tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
-        self.record(&action, &result, counted, &v, &app, &path, None, since.elapsed());
+        self.record(&action, &result, counted, v, &app, &path, None, since.elapsed());
     }
 
-    /// Retries removals that waited for a package manager's lock.
+    /// Retries removals that waited for a package manager's lock (re-read first: the
+    /// transaction that held the lock may have changed them).
     pub fn retry_packages(&mut self) {
         self.retry_at = None;
         if self.packages.waiting() == 0 {
@@ -794,7 +893,7 @@ impl Enforcer {
         }
         for i in 0..self.packages.roots.len() {
             if self.packages.roots[i].waiting() > 0 {
-                self.scan_packages(i, Instant::now());
+                self.read_packages(i);
             }
         }
     }
@@ -807,11 +906,23 @@ impl Enforcer {
         self.rules_tx.send_replace(self.rules.clone());
         self.exempt.clear();
         self.held = Held::default();
-        let since = Instant::now();
-        // Packages first read (no acting yet), so the count covers them.
+        self.pending_update = Some(Instant::now());
+        // The count must cover the packages as they are: a read in flight is waited for (its
+        // result finishes the update, `on_packages`); otherwise the packages read last are
+        // current (every database change is read).
+        if !self.packages.roots.iter().any(|r| r.reading) {
+            self.finish_update();
+        }
+    }
+
+    /// The policy update proper: match the packages read and the files known against the new
+    /// rules, count what it would act on against the cap, and act (or hold everything).
+    fn finish_update(&mut self) {
+        let Some(since) = self.pending_update.take() else { return };
+        // Packages first matched (no acting yet), so the count covers them.
         let mut pkg_todo = Vec::new();
         for i in 0..self.packages.roots.len() {
-            for name in self.packages.roots[i].read(&self.rules) {
+            for name in self.packages.roots[i].rematch(&self.rules) {
                 pkg_todo.push((i, name));
             }
         }

@@ -23,6 +23,8 @@
 //! - `android`: APK identity (manifest, signer) and packages.xml (ABX and text); reads only.
 //! - `exec_gate`: the fanotify exec gate (banned files fail to execute); `running`: the sweep that
 //!   stops banned running processes.
+//! - `worker`: threads that run the loop's slow jobs (package reads and removals) and send
+//!   each result back as the job owner's own message type.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
 #![deny(unsafe_code)]
 
@@ -52,6 +54,7 @@ pub(crate) mod status;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod worker;
 
 use std::future::Future;
 

@@ -8,14 +8,16 @@
 //! root. This module reads; removal is the act layer's (`act::remove_package`), and whether to
 //! remove is `decide`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 use embargo_policy::app::App;
 use embargo_policy::matcher::{RuleSet, Verdict};
 
-use super::package::{InstalledPackage, PackageManager};
+use super::package::{InstalledPackage, Package, PackageManager, Removal};
 use super::{Hint, Source};
 use crate::proto::SourceStatus;
 use crate::safefs;
@@ -33,7 +35,24 @@ pub enum PackageOutcome {
     Protected(String),
     /// Held back by a policy update over the action cap.
     Held,
+    /// Decided; its removal is running on the package worker.
+    Removing,
     Failed(String),
+}
+
+/// One package as the worker read it.
+pub struct ReadPackage {
+    pub installed: InstalledPackage,
+    pub app: App,
+    pub verdict: Option<Verdict>,
+}
+
+/// What the package worker sends back to the core loop (the loop wraps it in its `Event`).
+pub enum Done {
+    /// A re-read of root `root`, matched against `rules`.
+    Read { root: usize, rules: Arc<RuleSet>, result: Result<Vec<ReadPackage>, String> },
+    /// A removal of package `name` of root `root` (decided at `since`) ran.
+    Removed { root: usize, name: String, result: Result<Removal, String>, verdict: Verdict, since: Instant },
 }
 
 pub struct PackageItem {
@@ -49,6 +68,12 @@ pub struct PackageRoot {
     pub root: PathBuf,
     pub fd: OwnedFd,
     pub packages: BTreeMap<String, PackageItem>,
+    /// A read is on the worker; `reread`: another change came in meanwhile (one more read
+    /// follows, however many changes). At most one read per root is queued or running.
+    pub reading: bool,
+    pub reread: bool,
+    /// Whether a read has completed since the root was opened.
+    pub read_once: bool,
 }
 
 impl PackageRoot {
@@ -57,7 +82,15 @@ impl PackageRoot {
         if !manager.has_database(root) {
             return Err(std::io::Error::other(format!("{} has no {} database", root.display(), manager.kind())));
         }
-        Ok(Self { manager, root: root.to_path_buf(), fd, packages: BTreeMap::new() })
+        Ok(Self {
+            manager,
+            root: root.to_path_buf(),
+            fd,
+            packages: BTreeMap::new(),
+            reading: false,
+            reread: false,
+            read_once: false,
+        })
     }
 
     /// The database directory (shown in status).
@@ -65,37 +98,104 @@ impl PackageRoot {
         self.manager.db_dir(&self.root)
     }
 
-    /// Re-reads the installed packages and their verdicts. Returns the names whose verdict
-    /// needs deciding (new, changed, held or waiting).
-    pub fn read(&mut self, rules: &RuleSet) -> Vec<String> {
-        // Packages whose name, version and architecture did not change keep their file lists.
-        let known = |p: &super::package::Package| {
-            self.packages.get(&p.name).filter(|o| o.installed.package == *p).map(|o| o.installed.files.clone())
-        };
-        let installed = match self.manager.installed_since(&self.root, &known) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(root = %self.root.display(), error = %e, "cannot read the package database");
-                return Vec::new();
-            }
-        };
+    /// The job that re-reads the installed packages and matches them against `rules`, for the
+    /// package worker: the status file and the file lists of packages that changed are read
+    /// there, never on the loop. Packages whose name, version and architecture did not change
+    /// keep their file lists (a snapshot of them goes with the job).
+    pub fn read_job(&self, index: usize, rules: Arc<RuleSet>) -> impl FnOnce() -> Done + Send + 'static {
+        let manager = self.manager;
+        let root = self.root.clone();
+        let known: HashMap<String, (Package, Vec<String>)> = self
+            .packages
+            .iter()
+            .map(|(n, o)| (n.clone(), (o.installed.package.clone(), o.installed.files.clone())))
+            .collect();
+        move || {
+            let lookup = |p: &Package| known.get(&p.name).filter(|(k, _)| k == p).map(|(_, f)| f.clone());
+            let result = manager
+                .installed_since(&root, &lookup)
+                .map(|installed| {
+                    installed
+                        .into_iter()
+                        .map(|p| {
+                            let app = manager.app(&root, &p);
+                            let verdict = rules.verdict(&app).map(|v| v.to_owned());
+                            ReadPackage { installed: p, app, verdict }
+                        })
+                        .collect()
+                })
+                .map_err(|e| e.to_string());
+            Done::Read { root: index, rules, result }
+        }
+    }
+
+    /// Takes in what the worker read (matched against `read_with`; re-matched here if the
+    /// rules in force changed meanwhile). Returns the names whose verdict needs deciding (new,
+    /// changed, held or waiting).
+    pub fn apply_read(
+        &mut self,
+        read: Vec<ReadPackage>,
+        read_with: &Arc<RuleSet>,
+        rules: &Arc<RuleSet>,
+    ) -> Vec<String> {
+        let stale = !Arc::ptr_eq(read_with, rules);
         let mut next = BTreeMap::new();
-        let mut todo = Vec::new();
-        for p in installed {
-            let app = self.manager.app(&self.root, &p);
-            let old = self.packages.remove(&p.package.name);
-            let verdict = rules.verdict(&app).map(|v| v.to_owned());
-            let outcome =
-                old.filter(|o| o.installed.package == p.package && o.verdict == verdict).and_then(|o| o.outcome);
-            if verdict.is_some()
-                && matches!(outcome, None | Some(PackageOutcome::WaitingForLock | PackageOutcome::Held))
-            {
-                todo.push(p.package.name.clone());
-            }
-            next.insert(p.package.name.clone(), PackageItem { installed: p, app, verdict, outcome });
+        for ReadPackage { installed, app, verdict } in read {
+            let verdict = if stale { rules.verdict(&app).map(|v| v.to_owned()) } else { verdict };
+            let old = self.packages.remove(&installed.package.name);
+            // A removal in flight stays in flight whatever the read says; its result decides.
+            let outcome = old.and_then(|o| match o.outcome {
+                Some(PackageOutcome::Removing) => Some(PackageOutcome::Removing),
+                out => out.filter(|_| o.installed.package == installed.package && o.verdict == verdict),
+            });
+            next.insert(installed.package.name.clone(), PackageItem { installed, app, verdict, outcome });
         }
         self.packages = next;
-        todo
+        self.todo()
+    }
+
+    /// Matches the packages already read against new `rules` (no database read: the list is
+    /// as current as the last change the database watch reported). Returns the names to decide.
+    pub fn rematch(&mut self, rules: &RuleSet) -> Vec<String> {
+        for item in self.packages.values_mut() {
+            let verdict = rules.verdict(&item.app).map(|v| v.to_owned());
+            if verdict != item.verdict && item.outcome != Some(PackageOutcome::Removing) {
+                item.outcome = None;
+            }
+            item.verdict = verdict;
+        }
+        self.todo()
+    }
+
+    /// The packages whose verdict needs deciding.
+    fn todo(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .filter(|(_, p)| {
+                p.verdict.is_some()
+                    && matches!(p.outcome, None | Some(PackageOutcome::WaitingForLock | PackageOutcome::Held))
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The job that removes package `name` (decided on the loop) for the package worker.
+    pub fn remove_job(
+        &self,
+        index: usize,
+        name: &str,
+        verdict: Verdict,
+        since: Instant,
+    ) -> Option<impl FnOnce() -> Done + Send + 'static> {
+        let item = self.packages.get(name)?;
+        let manager = self.manager;
+        let root = self.root.clone();
+        let fd = self.fd.try_clone().ok()?;
+        let (app, package, name) = (item.app.clone(), item.installed.package.clone(), name.to_owned());
+        Some(move || {
+            let result = crate::act::remove_package(manager, &root, &fd, &app, &package);
+            Done::Removed { root: index, name, result, verdict, since }
+        })
     }
 
     pub fn waiting(&self) -> usize {
