@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `config`: the TOML config, validated once (errors name file:line; exit 64).
+//! - `config_doc`: the documentation of every config key (agent.toml(5) is generated from it).
 //! - `daemon`: the core loop and all enforcement state (one closed `Event` enum).
 //! - `sync`: the task that keeps the signed policy current (owns `TrustedState`).
 //! - `identify`: what an opened file is (AppImage, desktop entry, plain file).
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod config_doc;
 pub mod control;
 pub mod daemon;
 pub mod demo;

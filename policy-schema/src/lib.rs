@@ -15,10 +15,12 @@
 //! - `repo`: repository operations of the admin tool (init, rotate-root, sign, timestamp).
 //! - `example`: the example WeChat/Kaspersky policy.
 //! - `cli`: the command-line contract of every binary (usage errors exit 64).
+//! - `cli_spec`: the hidden `--dump-cli-spec` the package's man pages and completions come from.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
+pub mod cli_spec;
 pub mod dsse;
 pub mod example;
 pub mod fsutil;
