@@ -237,14 +237,18 @@ fn help_of(bin: &Path, path: &[String]) -> Help {
             continue;
         }
         let Some(item) = line.strip_prefix("  ") else { continue };
+        // Continuation lines of a wrapped description are indented further than items.
+        let continued = item.starts_with(' ');
         // The item is everything before the two spaces that start its description.
         let item = item.trim_start().split("  ").next().unwrap_or("");
         if item.is_empty() || heading.starts_with("Usage") {
             continue;
         }
         if heading == "Commands" {
-            help.subcommands.push(item.split([' ', ',']).next().unwrap().to_owned());
-        } else {
+            if !continued {
+                help.subcommands.push(item.split([' ', ',']).next().unwrap().to_owned());
+            }
+        } else if item.starts_with(['-', '<', '[']) {
             for word in item.split([' ', ',', '=', '[', ']']).filter(|w| !w.is_empty()) {
                 let word = word.trim_end_matches("...");
                 if word.starts_with('-') || word.starts_with('<') {

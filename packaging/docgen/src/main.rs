@@ -396,7 +396,11 @@ fn subcommands<'a>(cmd: &'a Command, prefix: &str, out: &mut Vec<(String, &'a Co
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let full = format!("{prefix} {}", sub.get_name());
         out.push((full.clone(), sub));
-        subcommands(sub, &full, out);
+        // clap's `help` subcommand holds a copy of every sibling (for `help <command>`): not
+        // commands of their own.
+        if sub.get_name() != "help" {
+            subcommands(sub, &full, out);
+        }
     }
 }
 
