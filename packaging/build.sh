@@ -13,12 +13,14 @@ cd "$(dirname "$0")/.."
 
 rev="${EMBARGO_DEB_REVISION:-1}"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
-export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
-date="$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)"
+epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
+date="$(date -u -d "@$epoch" +%F)"
 
 # The generator is built with the binaries (one feature resolution: the shipped binaries are the
-# same as without it) and is not packaged.
+# same as without it) and is not packaged. SOURCE_DATE_EPOCH is exported only after the build:
+# build scripts that watch it would otherwise rebuild at every commit.
 cargo build --release --locked -p embargo-agent -p embargo-policy -p embargo-server -p embargo-docgen --bins
+export SOURCE_DATE_EPOCH="$epoch"
 release="${CARGO_TARGET_DIR:-target}/release"
 dist="$release/dist"
 rm -rf "$dist"
