@@ -17,7 +17,7 @@ for f in "${debs[@]}" "${rpms[@]}"; do
 done
 
 echo "== lintian ${debs[*]}"
-lintian --fail-on error,warning --display-info --show-overrides "${debs[@]}"
+lintian --fail-on error,warning --display-info "${debs[@]}"
 
 echo "== rpmlint ${rpms[*]}"
 rpmlint --strict -c packaging/rpm/rpmlint.toml "${rpms[@]}"
