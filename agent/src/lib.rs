@@ -2,6 +2,7 @@
 //!
 //! Layout (this file is the composition root: it builds the parts and starts the tasks):
 //! - `config`: the TOML config, validated once (errors name file:line; exit 64).
+//! - `config_doc`: the documentation of every config key (agent.toml(5) is generated from it).
 //! - `daemon`: the core loop (one closed `Event` enum wrapping each producer's own message).
 //! - `enforce`: the state the loop owns and its pipeline (source → decide → act → evidence),
 //!   the policy update with the action cap; `handlers`, `status`: control and sync answers.
@@ -34,6 +35,7 @@ pub mod artifact;
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod config_doc;
 pub mod control;
 pub mod daemon;
 pub mod decide;

@@ -19,11 +19,13 @@
 //! - `example`: the example WeChat/Kaspersky policy.
 //! - `export`: `embargo-policy export`, the signed policy in MDM and peer-tool formats.
 //! - `cli`: the command-line contract of every binary (usage errors exit 64).
+//! - `cli_spec`: the hidden `--dump-cli-spec` the package's man pages and completions come from.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod authoring;
 pub mod cli;
+pub mod cli_spec;
 pub mod dsse;
 pub mod example;
 pub mod export;

@@ -388,6 +388,6 @@ mod tests {
         assert!(batches > 2, "{batches} batches");
         assert_eq!(files.len(), 10, "every file listed once: {files:?}");
         assert!(f.inventory.get(&kept).is_some(), "a file still there is kept");
-        assert!(!f.inventory.get(&gone).is_some(), "a file that vanished is forgotten");
+        assert!(f.inventory.get(&gone).is_none(), "a file that vanished is forgotten");
     }
 }

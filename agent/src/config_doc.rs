@@ -1,0 +1,369 @@
+//! The documentation of every `agent.toml` key: the one source the packaged `agent.toml(5)` man
+//! page is generated from (`packaging/docgen`), checked against the parser in [`crate::config`]
+//! by the tests below (every key the parser accepts is documented, every documented key parses,
+//! every documented default is what the parser uses when the key is absent).
+
+/// One table of the file (the top level has `header: ""`).
+#[derive(Debug)]
+pub struct Section {
+    /// TOML header as written in the file: `""`, `"[policy]"`, `"[[watch]]"`.
+    pub header: &'static str,
+    /// Key path used in the tests' probe files: `""` for the top level, else the table name.
+    pub table: &'static str,
+    /// Whether the table may appear several times (`[[watch]]`).
+    pub array: bool,
+    pub required: bool,
+    pub doc: &'static str,
+    pub keys: &'static [Key],
+}
+
+/// One key.
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    /// The value's type as the man page names it.
+    pub kind: &'static str,
+    pub required: bool,
+    /// Keys of the same table that must be set with this one.
+    pub requires: &'static [&'static str],
+    /// The value used when the key is absent, as TOML (`None`: absent means "not set").
+    pub default: Option<&'static str>,
+    /// A valid value, as TOML (the tests parse it).
+    pub example: &'static str,
+    pub doc: &'static str,
+}
+
+pub const SECTIONS: &[Section] = &[
+    Section {
+        header: "",
+        table: "",
+        array: false,
+        required: true,
+        doc: "Keys at the top of the file, before any table.",
+        keys: &[
+            Key {
+                name: "mode",
+                kind: "string",
+                required: false,
+                requires: &[],
+                default: Some("\"enforce\""),
+                example: "\"monitor\"",
+                doc: "\"enforce\" acts on banned apps (quarantine, removal through the package manager); \"monitor\" \
+                      only records in the audit log what enforcement would have done.",
+            },
+            Key {
+                name: "state_dir",
+                kind: "path",
+                required: false,
+                requires: &[],
+                default: Some("\"/var/lib/embargo\""),
+                example: "\"/var/lib/embargo-test\"",
+                doc: "Trusted policy metadata, the quarantine store and the hash-chained audit log. Root only \
+                      (mode 0700); kept on package removal, deleted on purge.",
+            },
+            Key {
+                name: "socket",
+                kind: "path",
+                required: false,
+                requires: &[],
+                default: Some("\"/run/embargo/embargod.sock\""),
+                example: "\"/run/embargo-test/embargod.sock\"",
+                doc: "The control socket embargoctl talks to. Any local user may read the status; changing \
+                      anything (sync, scan, confirm, quarantine restore/purge) needs root.",
+            },
+            Key {
+                name: "tags",
+                kind: "array of strings",
+                required: false,
+                requires: &[],
+                default: Some("[]"),
+                example: "[\"laptop\", \"finance\"]",
+                doc: "Device tags. Rules that carry tags apply only to devices with at least one of them; \
+                      rules without tags apply everywhere. Each tag is 1 to 64 characters.",
+            },
+        ],
+    },
+    Section {
+        header: "[policy]",
+        table: "policy",
+        array: false,
+        required: true,
+        doc: "Where the signed policy comes from and how it is trusted.",
+        keys: &[
+            Key {
+                name: "repository",
+                kind: "string (URL)",
+                required: true,
+                requires: &[],
+                default: None,
+                example: "\"file:///usr/share/embargo/seed-repo/\"",
+                doc: "The fleet's policy repository: an https:// URL (served by embargo-server or any static \
+                      web server; a trailing / is added) or file:///dir for devices without a network.",
+            },
+            Key {
+                name: "root",
+                kind: "path",
+                required: true,
+                requires: &[],
+                default: None,
+                example: "\"/etc/embargo/root.json\"",
+                doc: "The trust anchor: root metadata (root/1.json or a newer root/N.json) of the fleet's \
+                      repository. Anything not signed under it is refused; without it embargod does not start \
+                      (exit status 64).",
+            },
+            Key {
+                name: "ca",
+                kind: "path",
+                required: false,
+                requires: &[],
+                default: None,
+                example: "\"/etc/embargo/ca.pem\"",
+                doc: "Trust only this CA (PEM) for the repository's TLS certificate. Without it the system's \
+                      CA bundle is used.",
+            },
+            Key {
+                name: "client_cert",
+                kind: "path",
+                required: false,
+                requires: &["client_key"],
+                default: None,
+                example: "\"/etc/embargo/device.pem\"",
+                doc: "Device certificate (PEM) for mutual TLS. Set together with client_key, or neither.",
+            },
+            Key {
+                name: "client_key",
+                kind: "path",
+                required: false,
+                requires: &["client_cert"],
+                default: None,
+                example: "\"/etc/embargo/device.key\"",
+                doc: "Private key (PEM) of client_cert. Set together with client_cert, or neither.",
+            },
+            Key {
+                name: "interval",
+                kind: "duration",
+                required: false,
+                requires: &[],
+                default: Some("\"15m\""),
+                example: "\"1h 30m\"",
+                doc: "How often the repository is polled, with \u{b1}20% jitter; failed attempts back off \
+                      with jitter. At least 1s. Durations are written like \"90s\", \"15m\", \"1h 30m\", \"2d\".",
+            },
+        ],
+    },
+    Section {
+        header: "[[watch]]",
+        table: "watch",
+        array: true,
+        required: false,
+        doc: "Where apps get installed; one table per kind of source. Without any [[watch]] table the \
+              defaults apply: appimage in /home/*/Applications, /home/*/Downloads and /opt; desktop in \
+              /usr/share/applications, /usr/local/share/applications and /home/*/.local/share/applications.",
+        keys: &[
+            Key {
+                name: "kind",
+                kind: "string",
+                required: true,
+                requires: &[],
+                default: None,
+                example: "\"desktop\"",
+                doc: "The source: appimage, desktop (desktop entries), file (any file, by hash), deb, rpm, \
+                      flatpak or snap. deb, rpm, flatpak and snap paths are package-manager roots, read \
+                      through their package database and acted on through their package manager.",
+            },
+            Key {
+                name: "paths",
+                kind: "array of strings",
+                required: true,
+                requires: &[],
+                default: None,
+                example: "[\"/home/*/Applications\", \"/opt\"]",
+                doc: "Absolute path patterns, at least one, without \"..\". A * component matches any \
+                      directory name (/home/*/Applications) and picks up directories that appear later. \
+                      System directories (/, /usr, /etc, /boot, ...) are refused as install folders.",
+            },
+        ],
+    },
+    Section {
+        header: "[enforcement]",
+        table: "enforcement",
+        array: false,
+        required: false,
+        doc: "Limits on what enforcement does.",
+        keys: &[
+            Key {
+                name: "retention",
+                kind: "duration",
+                required: false,
+                requires: &[],
+                default: Some("\"30d\""),
+                example: "\"7d\"",
+                doc: "Quarantined files of remove rules (unmanaged apps) are purged after this long.",
+            },
+            Key {
+                name: "max_actions_per_update",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("100"),
+                example: "5",
+                doc: "A policy update that would act on more apps than this acts on none of them until an \
+                      administrator runs \"embargoctl confirm\" (a guard against a mistaken policy). At least 1.",
+            },
+            Key {
+                name: "max_files_per_scan",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("200000"),
+                example: "50000",
+                doc: "Most directory entries one scan of a watched folder looks at in one loop turn. A scan \
+                      that reaches it degrades status (naming the folder), writes a scan-bound audit event, \
+                      and continues where it stopped in the next turns. At least 1.",
+            },
+            Key {
+                name: "max_hash_bytes",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("4294967296"),
+                example: "1073741824",
+                doc: "Largest file, in bytes of logical size (a sparse file counts whole), whose SHA-256 the \
+                      agent takes. A larger file that only a hash rule could judge is reported \"unhashed: over \
+                      cap\" in status and the audit log; verdicts that need no hash still act. At least 1.",
+            },
+            Key {
+                name: "max_inventory_entries",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("20000"),
+                example: "5000",
+                doc: "Most inventory entries remembered per watched folder and per file owner. Beyond it, files \
+                      are still enforced each time they are seen but not remembered, and status is degraded \
+                      naming the folder or user. At least 1.",
+            },
+        ],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+    use crate::Config;
+
+    const MINIMAL: &str =
+        "[policy]\nrepository = \"https://policy.example.invalid/\"\nroot = \"/etc/embargo/root.json\"\n";
+
+    /// The file MINIMAL with `key = value` added to `table` (an existing or a new table).
+    fn with_key(section: &Section, key: &str, value: &str) -> String {
+        match section.table {
+            "" => format!("{key} = {value}\n{MINIMAL}"),
+            // [policy] is in MINIMAL already: set the key there (replacing it if present).
+            "policy" => {
+                let kept: String =
+                    MINIMAL.lines().filter(|l| !l.starts_with(&format!("{key} ="))).map(|l| format!("{l}\n")).collect();
+                kept.replace("[policy]\n", &format!("[policy]\n{key} = {value}\n"))
+            }
+            _ => {
+                // A table's required keys are filled in so the probe fails on `key` only.
+                let mut s = format!("{MINIMAL}{}\n{key} = {value}\n", section.header);
+                for k in section.keys.iter().filter(|k| k.required && k.name != key) {
+                    s.push_str(&format!("{} = {}\n", k.name, k.example));
+                }
+                s
+            }
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/embargo/agent.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// Every key the parser accepts, from serde's "unknown field `x`, expected one of ..." error.
+    fn accepted_keys(section: &Section) -> BTreeSet<String> {
+        let err = parse(&with_key(section, "zz_not_a_key", "1")).expect_err("an unknown key is refused");
+        let (_, expected) = err.split_once("expected").unwrap_or_else(|| panic!("{}: {err}", section.header));
+        expected.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn every_key_the_parser_accepts_is_documented_and_no_other() {
+        for section in SECTIONS {
+            let documented: BTreeSet<String> = section.keys.iter().map(|k| k.name.to_owned()).collect();
+            let mut accepted = accepted_keys(section);
+            if section.table.is_empty() {
+                // The tables are documented as sections of their own.
+                for s in SECTIONS.iter().filter(|s| !s.table.is_empty()) {
+                    assert!(accepted.remove(s.table), "the parser has no table {:?}", s.header);
+                }
+            }
+            assert_eq!(accepted, documented, "keys of {:?}: accepted by the parser vs documented", section.header);
+        }
+    }
+
+    #[test]
+    fn every_documented_example_parses() {
+        for section in SECTIONS {
+            for key in section.keys {
+                let mut text = with_key(section, key.name, key.example);
+                for partner in key.requires {
+                    let p = section.keys.iter().find(|k| k.name == *partner).expect("a documented partner key");
+                    text = text.replace(
+                        &format!("{} = {}\n", key.name, key.example),
+                        &format!("{} = {}\n{} = {}\n", key.name, key.example, p.name, p.example),
+                    );
+                }
+                parse(&text).unwrap_or_else(|e| panic!("{} {}: {e}\n{text}", section.header, key.name));
+            }
+        }
+    }
+
+    #[test]
+    fn every_documented_default_is_the_parsers_default() {
+        let base = format!("{:?}", parse(MINIMAL).unwrap());
+        for section in SECTIONS.iter().filter(|s| !s.array) {
+            for key in section.keys {
+                if let Some(default) = key.default {
+                    let text = with_key(section, key.name, default);
+                    let explicit = format!("{:?}", parse(&text).unwrap());
+                    assert_eq!(
+                        explicit, base,
+                        "{} {} = {default} is not what an absent key means",
+                        section.header, key.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_watch_docs_name_every_kind_and_every_default_path() {
+        let watch = SECTIONS.iter().find(|s| s.table == "watch").unwrap();
+        let kind = watch.keys.iter().find(|k| k.name == "kind").unwrap();
+        for k in embargo_policy::app::Kind::ALL.iter().filter(|k| crate::config::is_watch_kind(**k)) {
+            assert!(kind.doc.contains(k.as_str()), "the kind doc lacks {k:?}");
+        }
+        for w in crate::config::default_watches() {
+            for p in &w.patterns {
+                let p = p.to_str().unwrap();
+                assert!(watch.doc.contains(p), "the [[watch]] doc lacks the default {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn required_keys_are_required() {
+        for section in SECTIONS.iter().filter(|s| s.table == "policy") {
+            for key in section.keys.iter().filter(|k| k.required) {
+                let without: String =
+                    MINIMAL.lines().filter(|l| !l.starts_with(key.name)).map(|l| format!("{l}\n")).collect();
+                let err = parse(&without).expect_err(key.name);
+                assert!(err.contains(key.name), "{err}");
+            }
+        }
+    }
+}
