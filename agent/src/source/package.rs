@@ -13,7 +13,7 @@ use embargo_policy::app::{App, Kind, Scope};
 
 /// Every package manager this build knows. A new one is one line here.
 pub static MANAGERS: &[&dyn PackageManager] =
-    &[&super::dpkg::Dpkg, &super::rpm::Rpm, &super::flatpak::Flatpak, &super::snap::Snap];
+    &[&super::dpkg::Dpkg, &super::rpm::Rpm, &super::flatpak::Flatpak, &super::snap::Snap, &super::android::Android];
 
 /// The manager that produces apps of `kind`, if one does.
 pub fn manager_for(kind: Kind) -> Option<&'static dyn PackageManager> {
@@ -207,7 +207,7 @@ mod tests {
         kinds.sort();
         kinds.dedup();
         assert_eq!(kinds.len(), n, "two managers claim one kind");
-        for k in [Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap] {
+        for k in [Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap, Kind::Android] {
             assert!(manager_for(k).is_some(), "{k} has no manager");
         }
         assert!(manager_for(Kind::Appimage).is_none());
