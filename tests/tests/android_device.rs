@@ -13,7 +13,7 @@
 //! `PackageManagerShellCommand` usage (docs/android.md, "PackageManager (what is done)").
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use embargo_agent::android::{self, abx::AbxWriter, xml::Value};
@@ -55,11 +55,13 @@ fn calls(log: &Path) -> Vec<Vec<String>> {
     text.split_terminator("--\n").map(|c| c.lines().map(str::to_owned).collect()).collect()
 }
 
-#[test]
-fn the_agent_uninstalls_a_banned_app_through_cmd_and_leaves_system_and_allowed_apps() {
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("device");
-    let after = work.path().join("after");
+/// The simulated device tree with `installed` in its packages.xml, and the stand-in `cmd`
+/// (uninstall: renames a prepared packages.xml without the package into place and deletes its
+/// code directory; install-abandon: deletes the staging directory). Returns the tree, the
+/// stand-in's log and a PATH with the stand-in first.
+fn device_tree(work: &Path, installed: &[Pkg]) -> (PathBuf, PathBuf, String) {
+    let tree = work.join("device");
+    let after = work.join("after");
     std::fs::create_dir_all(tree.join("data/system")).unwrap();
     std::fs::create_dir_all(&after).unwrap();
     for (_, code, _, _) in [ALLOWED, BANNED] {
@@ -68,19 +70,24 @@ fn the_agent_uninstalls_a_banned_app_through_cmd_and_leaves_system_and_allowed_a
         // Not read by the package source (identity comes from packages.xml).
         std::fs::write(dir.join("base.apk"), b"PK\x05\x06").unwrap();
     }
-    std::fs::write(tree.join("data/system/packages.xml"), packages_abx(&[SYSTEM, ALLOWED, BANNED])).unwrap();
+    std::fs::write(tree.join("data/system/packages.xml"), packages_abx(installed)).unwrap();
     // What packages.xml is after each uninstall the stand-in may be asked for.
     std::fs::write(after.join(format!("{}.xml", BANNED.0)), packages_abx(&[SYSTEM, ALLOWED])).unwrap();
     std::fs::write(after.join(format!("{}.xml", ALLOWED.0)), packages_abx(&[SYSTEM, BANNED])).unwrap();
 
-    let bin_dir = work.path().join("bin");
+    let bin_dir = work.join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
-    let log = work.path().join("cmd.log");
+    let log = work.join("cmd.log");
     let script = format!(
         r#"#!/bin/sh
 # Stand-in for Android's cmd (see the test file's header): records the argv, applies the change.
 {{ for a in "$@"; do printf '%s\n' "$a"; done; echo --; }} >> '{log}'
 tree='{tree}'
+if [ "$1" = package ] && [ "$2" = install-abandon ] && [ $# -eq 3 ] && [ -d "$tree/data/app/vmdl$3.tmp" ]; then
+  rm -rf "$tree/data/app/vmdl$3.tmp"
+  echo Success
+  exit 0
+fi
 if [ "$1" = package ] && [ "$2" = uninstall ] && [ "$3" = --user ] && [ "$4" = all ] && [ $# -eq 5 ]; then
   new='{after}'/"$5".xml
   [ -f "$new" ] || {{ echo "Failure [DELETE_FAILED_INTERNAL_ERROR]"; exit 1; }}
@@ -101,16 +108,29 @@ exit 1
     // The stand-in comes first on embargod's PATH.
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
 
-    // Every Tencent package is banned: the system one must be left alone all the same.
-    let policy = "expires = \"30d\"\n[[rule]]\nid = \"tencent\"\naction = \"remove\"\n\
-                  [[rule.match]]\nkind = \"android\"\nid = \"com.tencent.*\"\n";
-    let extra = format!("\n[[watch]]\nkind = \"android\"\npaths = [\"{}\"]\n", tree.display());
-    // Started without the android root, then restarted with it and the stand-in on PATH (the
-    // first agent has no android root, so it never looks for `cmd`).
-    let mut dev = Device::new(policy);
-    dev.agent_env = vec![("PATH".into(), path)];
-    dev.reconfigure(|text| text + &extra);
+    (tree, log, path)
+}
 
+const POLICY: &str = "expires = \"30d\"\n[[rule]]\nid = \"tencent\"\naction = \"remove\"\n\
+                      [[rule.match]]\nkind = \"android\"\nid = \"com.tencent.*\"\n";
+
+/// A device whose agent watches `tree` as an android root with `path` as its PATH. Started
+/// without the android root, then restarted with it and the stand-in on PATH (the first agent
+/// has no android root, so it never looks for `cmd`).
+fn device(tree: &Path, path: String) -> Device {
+    let mut dev = Device::new(POLICY);
+    dev.agent_env = vec![("PATH".into(), path)];
+    let extra = format!("\n[[watch]]\nkind = \"android\"\npaths = [\"{}\"]\n", tree.display());
+    dev.reconfigure(|text| text + &extra);
+    dev
+}
+
+#[test]
+fn the_agent_uninstalls_a_banned_app_through_cmd_and_leaves_system_and_allowed_apps() {
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED, BANNED]);
+    // Every Tencent package is banned: the system one must be left alone all the same.
+    let dev = device(&tree, path);
     let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         eventually("the banned app uninstalled", WAIT, || {
             (installed_names(&tree) == [SYSTEM.0, ALLOWED.0].map(str::to_owned)).then_some(())
@@ -130,4 +150,49 @@ exit 1
     // users) then exactly one positional, the package (a second would name a split).
     assert_eq!(calls(&log), vec![vec!["package", "uninstall", "--user", "all", BANNED.0]]);
     assert_eq!(calls(&log)[0], android::cmd::uninstall(BANNED.0));
+}
+
+#[test]
+fn a_banned_apk_staged_for_install_gets_its_session_abandoned() {
+    if !need(&["aapt"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED]);
+    let dev = device(&tree, path);
+    eventually("the agent to see two apps", WAIT, || {
+        dev.status()?["sources"].as_array()?.iter().any(|s| s["kind"] == "android" && s["apps_seen"] == 2).then_some(())
+    });
+    // A WeChat APK built by aapt (unsigned: the id rule needs only the manifest), staged the
+    // way PackageInstaller stages a session: `data/app/vmdl<SESSION>.tmp/base.apk`. The
+    // directory is renamed into place whole so the test does not depend on when the agent's
+    // watch on the new directory starts.
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("AndroidManifest.xml"),
+        "<manifest xmlns:android=\"http://schemas.android.com/apk/res/android\" package=\"com.tencent.mm\">\n  <application/>\n</manifest>\n",
+    )
+    .unwrap();
+    let session = work.path().join("vmdl1234567.tmp");
+    std::fs::create_dir_all(&session).unwrap();
+    let out = std::process::Command::new("aapt")
+        .args(["package", "-f", "-M"])
+        .arg(src.join("AndroidManifest.xml"))
+        .arg("-F")
+        .arg(session.join("base.apk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "aapt: {}", String::from_utf8_lossy(&out.stderr));
+    let staged = tree.join("data/app/vmdl1234567.tmp");
+    std::fs::rename(&session, &staged).unwrap();
+    eventually("the staged session abandoned", WAIT, || gone_dir(&staged));
+    // AOSP `install-abandon` (alias `install-destroy`): the session id, nothing else.
+    assert_eq!(calls(&log), vec![vec!["package", "install-abandon", "1234567"]]);
+    assert_eq!(calls(&log)[0], android::cmd::install_abandon(1_234_567));
+    assert_eq!(installed_names(&tree), [SYSTEM.0, ALLOWED.0].map(str::to_owned), "nothing uninstalled");
+}
+
+fn gone_dir(p: &Path) -> Option<()> {
+    (!p.exists()).then_some(())
 }

@@ -110,6 +110,12 @@ pub trait PackageManager: Sync {
     fn watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
         vec![self.db_dir(root)]
     }
+    /// Directories that come and go (Android's install staging directories), watched
+    /// non-recursively when a database change arrives (watching one already watched is a no-op).
+    fn transient_watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
+        let _ = root;
+        Vec::new()
+    }
     /// Whether a filesystem event on `path` means the database changed (and not, say, our own
     /// lock file being opened).
     fn is_db_change(&self, root: &Path, path: &Path) -> bool;
