@@ -278,7 +278,7 @@ impl Config {
                 return Err(at(
                     w.get_ref().kind.span().start,
                     format!(
-                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm, flatpak, snap)"
+                        "watch kind {kind_text:?} is not built yet (this build watches appimage, desktop, file, deb, rpm, flatpak, snap, android)"
                     ),
                 ));
             }
@@ -407,7 +407,7 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             (GOOD.replace("interval = \"15m\"", "interval = \"15m\"\ncolour = \"red\""), 12, "colour"),
             (GOOD.replace("mode = \"enforce\"", "mode = \"block\""), 2, "block"),
             (GOOD.replace("https://policy", "http://policy"), 8, "https:// or file://"),
-            (GOOD.replace("kind = \"appimage\"", "kind = \"android\""), 14, "not built yet"),
+            (GOOD.replace("kind = \"appimage\"", "kind = \"ios\""), 14, "not built yet"),
             (GOOD.replace("\"/opt\"", "\"/usr\""), 15, "protected"),
             (GOOD.replace("interval = \"15m\"", "interval = \"soon\""), 11, "interval"),
         ] {

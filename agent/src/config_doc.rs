@@ -168,8 +168,10 @@ pub const SECTIONS: &[Section] = &[
                 default: None,
                 example: "\"desktop\"",
                 doc: "The source: appimage, desktop (desktop entries), file (any file, by hash), deb, rpm, \
-                      flatpak or snap. deb, rpm, flatpak and snap paths are package-manager roots, read \
-                      through their package database and acted on through their package manager.",
+                      flatpak, snap or android. deb, rpm, flatpak, snap and android paths are package-manager \
+                      roots, read through their package database and acted on through their package manager \
+                      (android: the device root, `/` on a device; packages.xml is read and apps are removed \
+                      with `cmd package uninstall`).",
             },
             Key {
                 name: "paths",

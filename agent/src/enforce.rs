@@ -228,7 +228,17 @@ impl Enforcer {
             match h {
                 Hint::RescanAll => {}
                 Hint::RefreshRoots => self.refresh_roots(),
-                Hint::Database(i) => self.read_packages(i),
+                Hint::Database(i) => {
+                    if let Some(r) = self.packages.roots.get(i) {
+                        use notify::Watcher as _;
+                        for dir in r.manager.transient_watch_dirs(&r.root) {
+                            if let Err(e) = self.watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                                tracing::debug!(path = %dir.display(), error = %e, "cannot watch");
+                            }
+                        }
+                    }
+                    self.read_packages(i)
+                }
                 Hint::Gone(path) => self.folders.forget_under(&path),
                 Hint::Path(path) => match std::fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => self.scan_path(&path, since),

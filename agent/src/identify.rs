@@ -191,8 +191,8 @@ pub fn identify_unhashed(
 /// Installer artifacts as they sit in download folders, identified without running them:
 /// `.deb` (control: Package, Version, Maintainer) and `.rpm` (header: NAME, EPOCH:VERSION-RELEASE,
 /// VENDOR), both read in-process with bounded sizes (`artifact`; by file name when they cannot be
-/// read), `.flatpakref` (Name), `.apk` (by hash until APK
-/// parsing lands). `.AppImage` files are handled as AppImages.
+/// read), `.flatpakref` (Name), `.apk` (package name, version code and
+/// signers: `android::identify_apk`; by file name when it cannot be read). `.AppImage` files are handled as AppImages.
 fn installer_artifact(file_name: &str, file: &mut std::fs::File) -> std::io::Result<Option<App>> {
     let lower = file_name.to_ascii_lowercase();
     let stem = |ext: &str| file_name[..file_name.len() - ext.len()].to_owned();
@@ -243,9 +243,23 @@ fn installer_artifact(file_name: &str, file: &mut std::fs::File) -> std::io::Res
         a.name = Some(name);
         a
     } else if lower.ends_with(".apk") {
-        let mut a = App::new(Kind::Android, file_name.to_owned());
-        a.name = Some(stem(".apk"));
-        a
+        // The package name, version code and signer certificates, read with positioned reads
+        // from the opened fd (never the whole file). An APK that does not parse keeps the
+        // file-name identity, so a sha256 rule still matches it.
+        match crate::android::identify_apk(file) {
+            Ok(id) => {
+                let mut a = crate::android::apk_app(&id, "");
+                // The caller puts the full path first; `apk_app`'s placeholder is dropped.
+                a.paths.clear();
+                a
+            }
+            Err(e) => {
+                tracing::info!(file = ?file_name, "not read as an APK: {e}");
+                let mut a = App::new(Kind::Android, file_name.to_owned());
+                a.name = Some(stem(".apk"));
+                a
+            }
+        }
     } else {
         return Ok(None);
     };

@@ -10,6 +10,7 @@
 //! A new package manager (Android's) is one file implementing `PackageManager` plus one line in
 //! `package::MANAGERS`; a new kind of source (an exec gate) implements [`Source`].
 
+pub mod android;
 pub mod dpkg;
 pub mod flatpak;
 pub mod folders;

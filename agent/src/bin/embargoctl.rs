@@ -217,6 +217,12 @@ fn main() -> ExitCode {
                         app.name.as_deref().unwrap_or(""),
                         app.sha256.as_deref().unwrap_or("-")
                     );
+                    if let Some(v) = &app.version {
+                        println!("  version {}", escape(v));
+                    }
+                    for s in &app.signers {
+                        println!("  signer {}", escape(s));
+                    }
                     match v.as_array().and_then(|a| a.first()) {
                         None => println!("allowed: no rule applies"),
                         Some(top) => println!(

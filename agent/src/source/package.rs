@@ -13,7 +13,7 @@ use embargo_policy::app::{App, Kind, Scope};
 
 /// Every package manager this build knows. A new one is one line here.
 pub static MANAGERS: &[&dyn PackageManager] =
-    &[&super::dpkg::Dpkg, &super::rpm::Rpm, &super::flatpak::Flatpak, &super::snap::Snap];
+    &[&super::dpkg::Dpkg, &super::rpm::Rpm, &super::flatpak::Flatpak, &super::snap::Snap, &super::android::Android];
 
 /// The manager that produces apps of `kind`, if one does.
 pub fn manager_for(kind: Kind) -> Option<&'static dyn PackageManager> {
@@ -109,6 +109,12 @@ pub trait PackageManager: Sync {
     /// The directories to watch, non-recursively, for database changes.
     fn watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
         vec![self.db_dir(root)]
+    }
+    /// Directories that come and go (Android's install staging directories), watched
+    /// non-recursively when a database change arrives (watching one already watched is a no-op).
+    fn transient_watch_dirs(&self, root: &Path) -> Vec<PathBuf> {
+        let _ = root;
+        Vec::new()
     }
     /// Whether a filesystem event on `path` means the database changed (and not, say, our own
     /// lock file being opened).
@@ -207,7 +213,7 @@ mod tests {
         kinds.sort();
         kinds.dedup();
         assert_eq!(kinds.len(), n, "two managers claim one kind");
-        for k in [Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap] {
+        for k in [Kind::Deb, Kind::Rpm, Kind::Flatpak, Kind::Snap, Kind::Android] {
             assert!(manager_for(k).is_some(), "{k} has no manager");
         }
         assert!(manager_for(Kind::Appimage).is_none());
