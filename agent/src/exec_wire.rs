@@ -1,0 +1,242 @@
+//! The exec gate and the running-process sweep, wired into the daemon (`[exec]` in agent.toml).
+//!
+//! `lib.rs::run_with_clock` calls [`start`] when `[exec] enabled = true`: the gate
+//! (`exec_gate::ExecGate`) decides with a `subscribe()`d receiver of the published rule set, and
+//! a small task turns its `GateEvent`s, and the reports of the sweep (`running::sweep`, run on a
+//! blocking thread at start-up and after every change of the published rule set), into
+//! `AuditEvent`s that it sends to the core loop, which feeds them to the evidence sinks.
+//! The gate itself is owned by the `Enforcer` (its counters go into `status`); dropping the
+//! enforcer at shutdown stops the gate and flushes its marks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use embargo_policy::matcher::RuleSet;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, Mode};
+use crate::evidence::AuditEvent;
+use crate::exec_gate::{
+    judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, Protected,
+    SpareReason,
+};
+use crate::running::{StopReason, SweepReport};
+
+/// What must never be denied or killed, as absolute paths: the agent's own executable, the
+/// programs of the package managers and of every package the package sources call protected
+/// (dpkg: Essential, Priority: required, the package managers, the agent), each also under its
+/// canonical name (a merged /usr lists `/bin/sh`, the kernel names `/usr/bin/sh`).
+/// Read once at start-up; only the host's dpkg database is read (rpm, flatpak and snap
+/// protections are not in this set yet: docs/exec-gate.md).
+pub fn protected_paths() -> HashSet<PathBuf> {
+    let mut set = HashSet::new();
+    let mut add = |p: PathBuf| {
+        if let Ok(c) = std::fs::canonicalize(&p) {
+            set.insert(c);
+        }
+        set.insert(p);
+    };
+    if let Ok(me) = std::env::current_exe() {
+        add(me);
+    }
+    // Package managers by their usual paths, whether or not their package is known.
+    for name in ["dpkg", "apt", "apt-get", "rpm", "dnf", "yum", "zypper", "flatpak", "snap", "snapd", "embargod"] {
+        for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib/snapd"] {
+            add(Path::new(dir).join(name));
+        }
+    }
+    let root = Path::new("/");
+    if let Ok(pkgs) = crate::source::dpkg::installed(root) {
+        for p in pkgs.iter().filter(|p| crate::source::dpkg::protected(p).is_some()) {
+            for f in crate::source::package::executables_of(crate::source::dpkg::files(root, p)) {
+                add(PathBuf::from(f));
+            }
+        }
+    }
+    set
+}
+
+/// The gate's configuration from `[exec]` and the agent's mode.
+pub fn gate_config(cfg: &Config) -> GateConfig {
+    GateConfig {
+        mode: if cfg.mode == Mode::Monitor { GateMode::Monitor } else { GateMode::Enforce },
+        on_timeout: cfg.exec.on_timeout,
+        deadline: cfg.exec.deadline,
+        scope: match &cfg.exec.mounts {
+            Some(dirs) => MarkScope::Under(dirs.clone()),
+            None => MarkScope::AllFilesystems,
+        },
+        exempt_children: true,
+        pass_through: crate::exec_gate::dynamic_loaders(),
+        ..GateConfig::default()
+    }
+}
+
+/// Arms the gate and starts the task that turns its events and the sweeps' reports into audit
+/// events on `evidence`. Must be called inside the tokio runtime.
+pub fn start(
+    cfg: &Config,
+    rules: &watch::Sender<Arc<RuleSet>>,
+    evidence: mpsc::Sender<AuditEvent>,
+) -> Result<(ExecGate, tokio::task::JoinHandle<()>), GateError> {
+    let set = Arc::new(protected_paths());
+    tracing::info!(paths = set.len(), "exec gate: protected executables");
+    let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
+    let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
+    let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
+    let mode = gate_config(cfg).mode;
+    let max_kills = cfg.max_actions_per_update;
+    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, mode, max_kills, evidence));
+    Ok((gate, task))
+}
+
+/// Relays gate events to the core loop, and (in its own task, so a long sweep never holds up
+/// the gate's evidence) runs the sweep at start-up and after every rule-set change.
+async fn relay(
+    mut gate_rx: mpsc::Receiver<GateEvent>,
+    rules: watch::Receiver<Arc<RuleSet>>,
+    protected: Arc<Protected>,
+    mode: GateMode,
+    max_kills: usize,
+    evidence: mpsc::Sender<AuditEvent>,
+) {
+    let sweeper = tokio::spawn(sweeps(rules, protected, mode, max_kills, evidence.clone()));
+    while let Some(ev) = gate_rx.recv().await {
+        if let Some(a) = audit_of(ev) {
+            if evidence.send(a).await.is_err() {
+                break;
+            }
+        }
+    }
+    sweeper.abort();
+}
+
+/// One sweep at start-up and one after each change of the published rule set (changes during a
+/// sweep are coalesced into one more sweep), each on a blocking thread.
+async fn sweeps(
+    mut rules: watch::Receiver<Arc<RuleSet>>,
+    protected: Arc<Protected>,
+    mode: GateMode,
+    max_kills: usize,
+    evidence: mpsc::Sender<AuditEvent>,
+) {
+    // The start-up sweep: the value in force counts as changed.
+    rules.mark_changed();
+    while rules.changed().await.is_ok() {
+        let current = rules.borrow_and_update().clone();
+        let p = protected.clone();
+        let report =
+            tokio::task::spawn_blocking(move || crate::running::sweep(&current, &judge_exec, &*p, mode, max_kills))
+                .await;
+        match report {
+            Ok(r) => {
+                tracing::info!(scanned = r.scanned, stopped = r.stopped.len(), "running-process sweep done");
+                for a in sweep_events(r) {
+                    if evidence.send(a).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::error!("the running-process sweep panicked: {e}"),
+        }
+    }
+}
+
+fn answer(a: Answer) -> String {
+    match a {
+        Answer::Allow => "allow".into(),
+        Answer::Deny => "deny".into(),
+    }
+}
+
+fn exec_fields(e: ExecInfo) -> (i32, Option<u32>, String) {
+    (e.pid, e.uid, e.path.display().to_string())
+}
+
+/// The audit event of one gate event (`None`: logged only).
+pub fn audit_of(ev: GateEvent) -> Option<AuditEvent> {
+    Some(match ev {
+        GateEvent::Denied { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "denied".into() }
+        }
+        GateEvent::WouldDeny { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "would-deny (monitor)".into() }
+        }
+        GateEvent::Spared { exec, rule, reason } => {
+            let (pid, uid, path) = exec_fields(exec);
+            let result = match reason {
+                SpareReason::Protected => "allowed: protected",
+                SpareReason::AgentChild => "allowed: the agent's child",
+            };
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: result.into() }
+        }
+        GateEvent::Audited { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "allowed: audit rule".into() }
+        }
+        GateEvent::Deadline { exec, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout { pid, uid, path, answer: answer(a), reason: "deadline".into() }
+        }
+        GateEvent::QueueFull { exec, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout { pid, uid, path, answer: answer(a), reason: "queue full".into() }
+        }
+        GateEvent::Failed { exec, error, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout {
+                pid,
+                uid,
+                path,
+                answer: answer(a),
+                reason: format!("identification failed: {error}"),
+            }
+        }
+        GateEvent::Marked { mount_point, fstype, per_mount } => {
+            tracing::info!(mount = %mount_point.display(), fstype, per_mount, "exec gate: marked");
+            return None;
+        }
+        GateEvent::MarkFailed { mount_point, error } => {
+            tracing::warn!(mount = %mount_point.display(), error, "exec gate: cannot mark; execs there are not gated");
+            return None;
+        }
+        GateEvent::Overflow => {
+            tracing::warn!("exec gate: the kernel dropped events (their execs were allowed)");
+            return None;
+        }
+    })
+}
+
+/// The audit events of one sweep: one `process-killed` per process stopped (or, in monitor mode,
+/// past the cap or when the kill failed, that would have been: `killed: false` with the reason).
+pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
+    for e in &r.errors {
+        tracing::warn!(error = %e, "running-process sweep");
+    }
+    for (pid, exe, why) in &r.spared {
+        tracing::info!(pid, exe = %exe.display(), why, "running-process sweep: protected, not stopped");
+    }
+    if r.capped > 0 {
+        tracing::warn!(capped = r.capped, "running-process sweep: kills past max_actions_per_update not done");
+    }
+    r.stopped
+        .into_iter()
+        .map(|s| AuditEvent::ProcessKilled {
+            pid: s.pid,
+            uid: s.uid,
+            exe: s.exe.display().to_string(),
+            rule: s.rule,
+            reason: match s.reason {
+                StopReason::Exe => "banned executable".into(),
+                StopReason::AppImageMount { runtime_pid, appimage, .. } => {
+                    format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
+                }
+            },
+            killed: s.killed,
+            note: s.note,
+        })
+        .collect()
+}
