@@ -240,3 +240,77 @@ pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::running::Stopped;
+
+    fn exec() -> ExecInfo {
+        ExecInfo { pid: 42, uid: Some(1000), path: PathBuf::from("/tmp/x") }
+    }
+
+    #[test]
+    fn gate_events_become_audit_events_naming_rule_and_answer() {
+        let json = |e: Option<AuditEvent>| serde_json::to_value(e.expect("an audit event")).unwrap();
+        let d = json(audit_of(GateEvent::Denied { exec: exec(), rule: "r1".into() }));
+        assert_eq!(
+            (d["type"].as_str(), d["rule"].as_str(), d["result"].as_str()),
+            (Some("exec-denied"), Some("r1"), Some("denied"))
+        );
+        assert_eq!((d["pid"].as_i64(), d["uid"].as_u64(), d["path"].as_str()), (Some(42), Some(1000), Some("/tmp/x")));
+        let w = json(audit_of(GateEvent::WouldDeny { exec: exec(), rule: "r1".into() }));
+        assert_eq!(w["result"], "would-deny (monitor)");
+        let t = json(audit_of(GateEvent::Deadline { exec: exec(), answer: Answer::Deny }));
+        assert_eq!(
+            (t["type"].as_str(), t["answer"].as_str(), t["reason"].as_str()),
+            (Some("exec-timeout"), Some("deny"), Some("deadline"))
+        );
+        assert!(audit_of(GateEvent::Overflow).is_none());
+    }
+
+    #[test]
+    fn sweep_reports_become_process_killed_events_and_count() {
+        let stopped = |killed| Stopped {
+            pid: 7,
+            uid: Some(0),
+            exe: PathBuf::from("/tmp/app"),
+            rule: "r2".into(),
+            reason: StopReason::Exe,
+            killed,
+            note: (!killed).then(|| "monitor mode".into()),
+        };
+        let r = SweepReport { scanned: 3, stopped: vec![stopped(true), stopped(false)], ..Default::default() };
+        let evs = sweep_events(r);
+        assert_eq!(evs.len(), 2);
+        let mut counters = crate::proto::Counters::default();
+        for e in &evs {
+            crate::evidence::Sink::record(&mut counters, e);
+        }
+        assert_eq!(counters.processes_killed, 1, "only a sent SIGKILL counts");
+        let v = serde_json::to_value(&evs[1]).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["rule"].as_str(), v["killed"].as_bool()),
+            (Some("process-killed"), Some("r2"), Some(false))
+        );
+        assert_eq!(v["note"], "monitor mode");
+    }
+
+    #[test]
+    fn the_gate_config_follows_exec_and_mode() {
+        let text = "mode = \"monitor\"\n[policy]\nrepository = \"https://p.invalid/\"\nroot = \"/r.json\"\n[exec]\nenabled = true\non_timeout = \"deny\"\nmounts = [\"/media\"]\n";
+        let cfg = Config::parse(Path::new("/etc/embargo/agent.toml"), text).unwrap();
+        let g = gate_config(&cfg);
+        assert_eq!(g.mode, GateMode::Monitor);
+        assert_eq!(g.on_timeout, crate::exec_gate::OnTimeout::Deny);
+        assert_eq!(g.scope, MarkScope::Under(vec![PathBuf::from("/media")]));
+        assert!(g.exempt_children);
+    }
+
+    #[test]
+    fn the_agent_itself_is_protected() {
+        let set = protected_paths();
+        let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+        assert!(set.contains(&me));
+    }
+}

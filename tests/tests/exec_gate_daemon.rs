@@ -152,7 +152,17 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
     let s = d.status().unwrap();
     assert!(s["exec_gate"]["denied"].as_u64() >= Some(1), "{s}");
     assert!(s["enforcement"]["counters"]["exec_denied"].as_u64() >= Some(1), "{s}");
+    assert!(s["schema_version"].is_u64(), "{s}");
+    let human = String::from_utf8_lossy(&d.ctl(&["status"]).stdout).into_owned();
+    assert!(human.contains("exec gate    denied "), "{human}");
 
+    // The sweeps before the update have finished (start-up with the persisted, empty rule set,
+    // then the first synced policy), so the time measured below is the update's sweep alone.
+    eventually("the sweeps before the update to finish", Duration::from_secs(120), || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .ok()
+            .filter(|l| l.matches("running-process sweep done").count() >= 2)
+    });
     // A process running before the policy that bans it.
     let mut running = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start the sleeper"));
     std::thread::sleep(Duration::from_millis(10));
@@ -163,7 +173,7 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
     let synced = std::time::Instant::now();
     let out = d.ctl(&["sync"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(st) = running.0.try_wait().unwrap() {
             break st;
@@ -179,6 +189,9 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
     // The sweep judges every running executable (hashing each, as the set has hash rules), so
     // on this shared machine it takes seconds; reported, not asserted.
     eprintln!("sync to kill: {:?}", synced.elapsed());
+    if std::env::var_os("EMBARGO_GATE_DEBUG").is_some() {
+        eprintln!("{}", std::fs::read_to_string(d.tmp.path().join("embargod.log")).unwrap_or_default());
+    }
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status:?}");
     let killed = eventually("a process-killed audit entry naming the rule", Duration::from_secs(10), || {
