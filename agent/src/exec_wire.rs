@@ -123,12 +123,15 @@ async fn sweeps(
 ) {
     // The start-up sweep: the value in force counts as changed.
     rules.mark_changed();
+    let hashes = Arc::new(SweepHashes::default());
     while rules.changed().await.is_ok() {
         let current = rules.borrow_and_update().clone();
-        let p = protected.clone();
-        let report =
-            tokio::task::spawn_blocking(move || crate::running::sweep(&current, &judge_exec, &*p, mode, max_kills))
-                .await;
+        let (p, h) = (protected.clone(), hashes.clone());
+        let report = tokio::task::spawn_blocking(move || {
+            let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
+            crate::running::sweep(&current, &judge, &*p, mode, max_kills)
+        })
+        .await;
         match report {
             Ok(r) => {
                 tracing::info!(scanned = r.scanned, stopped = r.stopped.len(), "running-process sweep done");
@@ -140,6 +143,66 @@ async fn sweeps(
             }
             Err(e) => tracing::error!("the running-process sweep panicked: {e}"),
         }
+    }
+}
+
+/// Most hashes the sweeps remember; when full the memory is emptied.
+const SWEEP_HASHES: usize = 4096;
+
+/// The size, modification and change time of a file: a remembered hash is used only while these
+/// are unchanged.
+type Stamp = (u64, i64, i64, i64, i64);
+
+/// The sha256 of executables the sweeps hashed, kept across sweeps so a sweep after a policy
+/// update does not read every running executable whole again. An entry is used only for the same
+/// (device, inode) with the same size, modification and change time; a file changed in the last
+/// 100 ms is not remembered (a write in the same timestamp tick could hide behind it).
+#[derive(Default)]
+struct SweepHashes {
+    map: std::sync::Mutex<std::collections::HashMap<(u64, u64), (Stamp, String)>>,
+}
+
+impl SweepHashes {
+    /// [`judge_exec`] with remembered hashes (with the hash always known, the verdict is the one
+    /// `judge_exec` reaches: a hash only confirms or strengthens a verdict).
+    fn judge(
+        &self,
+        rules: &RuleSet,
+        file: &mut std::fs::File,
+        path: &Path,
+    ) -> std::io::Result<crate::exec_gate::Judgement> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !rules.has_sha256_matchers() {
+            return judge_exec(rules, file, path);
+        }
+        let m = file.metadata()?;
+        let stamp: Stamp = (m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        let key = (m.dev(), m.ino());
+        let known = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|(s, _)| *s == stamp).cloned();
+        let sha = match known {
+            Some((_, sha)) => sha,
+            None => {
+                let sha = crate::identify::sha256_of(file)?;
+                let changed = std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32);
+                let settled = changed.elapsed().is_ok_and(|age| age > std::time::Duration::from_millis(100));
+                if settled {
+                    let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+                    if map.len() >= SWEEP_HASHES {
+                        map.clear();
+                    }
+                    map.insert(key, (stamp, sha.clone()));
+                }
+                sha
+            }
+        };
+        let mut app = crate::exec_gate::exec_app(file, path)?;
+        app.sha256 = Some(sha);
+        Ok(match rules.verdict(&app).map(|v| (v.rule.to_owned(), v.action)) {
+            None => crate::exec_gate::Judgement::Allow,
+            Some((rule, embargo_policy::rules::Action::Audit)) => crate::exec_gate::Judgement::Audit { rule },
+            Some((rule, _)) => crate::exec_gate::Judgement::Deny { rule },
+        })
     }
 }
 
@@ -305,6 +368,34 @@ mod tests {
         assert_eq!(g.on_timeout, crate::exec_gate::OnTimeout::Deny);
         assert_eq!(g.scope, MarkScope::Under(vec![PathBuf::from("/media")]));
         assert!(g.exempt_children);
+    }
+
+    #[test]
+    fn remembered_hashes_are_used_only_for_an_unchanged_file() {
+        use crate::exec_gate::Judgement;
+        use embargo_policy::matcher::RuleSet;
+        use embargo_policy::rules::{Action, Matcher, Rule};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tool");
+        std::fs::write(&path, b"first").unwrap();
+        let rule = |bytes: &[u8]| Rule {
+            id: "by-hash".into(),
+            description: String::new(),
+            action: Action::Quarantine,
+            matchers: vec![Matcher { sha256: vec![embargo_policy::trust::sha256_hex(bytes)], ..Default::default() }],
+            except: vec![],
+            tags: vec![],
+        };
+        let first = RuleSet::compile(vec![rule(b"first")], &[]);
+        let second = RuleSet::compile(vec![rule(b"second")], &[]);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let h = SweepHashes::default();
+        let judge = |r: &RuleSet| h.judge(r, &mut std::fs::File::open(&path).unwrap(), &path).unwrap();
+        assert_eq!(judge(&first), Judgement::Deny { rule: "by-hash".into() });
+        assert_eq!(h.map.lock().unwrap().len(), 1, "a settled file's hash is remembered");
+        assert_eq!(judge(&second), Judgement::Allow);
+        std::fs::write(&path, b"second").unwrap();
+        assert_eq!(judge(&second), Judgement::Deny { rule: "by-hash".into() }, "a rewritten file is hashed again");
     }
 
     #[test]
