@@ -25,6 +25,21 @@ struct RawConfig {
     watch: Vec<toml::Spanned<RawWatch>>,
     #[serde(default)]
     enforcement: Option<toml::Spanned<RawEnforcement>>,
+    #[serde(default)]
+    exec: Option<toml::Spanned<RawExec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    on_timeout: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    deadline: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    mounts: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +90,31 @@ struct RawEnforcement {
 /// The default `max_hash_bytes`: larger than any app we know of, small enough that hashing it
 /// on one pool thread takes seconds, not hours.
 pub const DEFAULT_MAX_HASH_BYTES: u64 = 4 << 30;
+
+/// The `[exec]` section: the fanotify exec gate and the running-process sweep
+/// (docs/exec-gate.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Whether the gate and the sweep run (default false: the gate needs CAP_SYS_ADMIN).
+    pub enabled: bool,
+    /// What an exec gets when the gate cannot decide in time.
+    pub on_timeout: crate::exec_gate::OnTimeout,
+    /// How long an exec may wait for a verdict (default 1 s).
+    pub deadline: Duration,
+    /// Only mounts at or beneath these directories are gated (`None`: every local filesystem).
+    pub mounts: Option<Vec<PathBuf>>,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            on_timeout: crate::exec_gate::OnTimeout::Allow,
+            deadline: Duration::from_secs(1),
+            mounts: None,
+        }
+    }
+}
 
 /// Enforce acts; monitor turns every action into audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +180,8 @@ pub struct Config {
     pub max_hash_bytes: u64,
     /// See `RawEnforcement::max_inventory_entries` (default 20,000).
     pub max_inventory_entries: usize,
+    /// The `[exec]` section (exec gate and running-process sweep).
+    pub exec: ExecConfig,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -342,6 +384,50 @@ impl Config {
                 max_inventory_entries = m;
             }
         }
+        let mut exec = ExecConfig::default();
+        if let Some(e) = &raw.exec {
+            let e = e.get_ref();
+            exec.enabled = e.enabled.unwrap_or(false);
+            if let Some(t) = &e.on_timeout {
+                exec.on_timeout = match t.get_ref().as_str() {
+                    "allow" => crate::exec_gate::OnTimeout::Allow,
+                    "deny" => crate::exec_gate::OnTimeout::Deny,
+                    other => {
+                        return Err(at(t.span().start, format!("on_timeout {other:?} is not \"allow\" or \"deny\"")))
+                    }
+                };
+            }
+            if let Some(d) = &e.deadline {
+                exec.deadline = duration(d, "deadline", Duration::from_millis(1))?;
+                if exec.deadline > Duration::from_secs(60) {
+                    return Err(at(
+                        d.span().start,
+                        "deadline must be at most 60s (every exec may wait that long)".into(),
+                    ));
+                }
+            }
+            if let Some(ms) = &e.mounts {
+                let (ms, s) = (ms.get_ref(), ms.span().start);
+                if ms.is_empty() {
+                    return Err(at(
+                        s,
+                        "mounts must name at least one directory (leave it out to gate every filesystem)".into(),
+                    ));
+                }
+                let mut dirs = Vec::new();
+                for m in ms {
+                    let pb = PathBuf::from(m.get_ref());
+                    if !pb.is_absolute() || pb.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                        return Err(at(
+                            m.span().start,
+                            format!("exec mount {:?} must be absolute, without `..`", m.get_ref()),
+                        ));
+                    }
+                    dirs.push(pb.components().collect());
+                }
+                exec.mounts = Some(dirs);
+            }
+        }
         for t in &raw.tags {
             if t.is_empty() || t.len() > 64 {
                 return Err(at(0, format!("tag {t:?} must be 1..=64 characters")));
@@ -367,6 +453,7 @@ impl Config {
             max_files_per_scan: max_files,
             max_hash_bytes,
             max_inventory_entries,
+            exec,
         })
     }
 }
@@ -415,6 +502,32 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             assert_eq!(err.location.map(|l| l.0), Some(line), "{err}");
             assert!(err.to_string().starts_with(&format!("agent.toml:{line}:")), "{err}");
             assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_exec_section_parses_and_bad_values_name_the_key() {
+        let c = Config::parse(Path::new("agent.toml"), GOOD).unwrap();
+        assert_eq!(c.exec, ExecConfig::default());
+        let on = format!(
+            "{GOOD}\n[exec]\nenabled = true\non_timeout = \"deny\"\ndeadline = \"250ms\"\nmounts = [\"/media/usb/\"]\n"
+        );
+        let c = Config::parse(Path::new("agent.toml"), &on).unwrap();
+        assert!(c.exec.enabled);
+        assert_eq!(c.exec.on_timeout, crate::exec_gate::OnTimeout::Deny);
+        assert_eq!(c.exec.deadline, Duration::from_millis(250));
+        assert_eq!(c.exec.mounts, Some(vec![PathBuf::from("/media/usb")]));
+        for (bad, needle) in [
+            ("on_timeout = \"maybe\"", "on_timeout"),
+            ("deadline = \"2m\"", "deadline"),
+            ("deadline = \"soon\"", "deadline"),
+            ("mounts = []", "mounts"),
+            ("mounts = [\"tmp\"]", "absolute"),
+            ("colour = 1", "colour"),
+        ] {
+            let err = Config::parse(Path::new("agent.toml"), &format!("{GOOD}\n[exec]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{bad}: {err}");
+            assert_eq!(err.location.map(|l| l.0), Some(18), "{bad}: {err}");
         }
     }
 }

@@ -247,6 +247,59 @@ pub const SECTIONS: &[Section] = &[
             },
         ],
     },
+    Section {
+        header: "[exec]",
+        table: "exec",
+        array: false,
+        required: false,
+        doc: "The exec gate (fanotify FAN_OPEN_EXEC_PERM): banned files fail to execute with EPERM \
+              wherever they are, and banned processes already running are stopped at start-up and after \
+              every policy update. Needs CAP_SYS_ADMIN and fanotify; see docs/exec-gate.md.",
+        keys: &[
+            Key {
+                name: "enabled",
+                kind: "boolean",
+                required: false,
+                requires: &[],
+                default: Some("false"),
+                example: "true",
+                doc: "Whether the gate and the running-process sweep run. In monitor mode the gate only \
+                      records what it would deny and the sweep only records what it would stop.",
+            },
+            Key {
+                name: "on_timeout",
+                kind: "string",
+                required: false,
+                requires: &[],
+                default: Some("\"allow\""),
+                example: "\"deny\"",
+                doc: "What an exec gets when the gate cannot decide within the deadline, its queue is full \
+                      or identification fails: \"allow\" or \"deny\" (like fapolicyd's failure actions). \
+                      Each such answer is recorded (exec-timeout audit event).",
+            },
+            Key {
+                name: "deadline",
+                kind: "duration",
+                required: false,
+                requires: &[],
+                default: Some("\"1s\""),
+                example: "\"250ms\"",
+                doc: "Longest an exec waits for the gate's verdict before on_timeout applies. At least 1ms, \
+                      at most 60s.",
+            },
+            Key {
+                name: "mounts",
+                kind: "array of paths",
+                required: false,
+                requires: &[],
+                default: None,
+                example: "[\"/media\", \"/tmp\"]",
+                doc: "Gate only mounts whose mount point is one of these directories or beneath one \
+                      (including mounts made later). Absent: every local filesystem that can hold \
+                      executables (pseudo filesystems and noexec mounts are skipped).",
+            },
+        ],
+    },
 ];
 
 #[cfg(test)]

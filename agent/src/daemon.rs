@@ -25,6 +25,8 @@ pub enum Event {
     Control(Call),
     /// A package read or removal done on the package worker (`worker`), off this loop.
     Packages(crate::source::packages::Done),
+    /// Evidence from the exec gate and the running-process sweep (`exec_wire`).
+    Evidence(crate::evidence::AuditEvent),
 }
 
 /// The receiving ends of every producer.
@@ -32,6 +34,8 @@ pub struct Inputs {
     pub fs: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     pub sync: mpsc::UnboundedReceiver<Box<crate::sync::Report>>,
     pub control: mpsc::Receiver<Call>,
+    /// Audit events from the exec gate's relay task (`None` when `[exec]` is off).
+    pub evidence: Option<mpsc::Receiver<crate::evidence::AuditEvent>>,
 }
 
 /// Most filesystem events handled in one loop turn (the rest wait for the next turn, so a flood
@@ -121,6 +125,10 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                 Some(d) => Event::Packages(d),
                 None => { packages_done = None; continue }
             },
+            ev = async { inputs.evidence.as_mut().expect("guarded").recv().await }, if inputs.evidence.is_some() => match ev {
+                Some(e) => Event::Evidence(e),
+                None => { inputs.evidence = None; continue }
+            },
             report = inputs.sync.recv(), if sync_open => match report {
                 Some(r) => Event::Sync(r),
                 None => { sync_open = false; continue }
@@ -163,6 +171,7 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
             Event::Sync(report) => state.on_sync(*report),
             Event::Control(Call { request, uid, reply }) => state.on_control(request, uid, reply),
             Event::Packages(done) => state.on_packages(done),
+            Event::Evidence(e) => state.evidence.emit(e),
         }
         trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
     }

@@ -67,6 +67,9 @@ pub struct Enforcer {
     watcher: notify::RecommendedWatcher,
     pub(crate) store: QuarantineStore,
     pub(crate) evidence: Evidence,
+    /// The exec gate, when `[exec] enabled` (its counters go into `status`; dropping the
+    /// enforcer stops it).
+    pub(crate) exec_gate: Option<crate::exec_gate::ExecGate>,
     pub(crate) held: Held,
     /// Content (sha256) an admin restored from quarantine; not acted on again under the same
     /// policy, across restarts (`exempt`).
@@ -145,6 +148,7 @@ impl Enforcer {
             watcher,
             store,
             evidence,
+            exec_gate: None,
             held: Held::default(),
             exempt,
             pool: crate::hashpool::HashPool::new(cfg_hash_cap)

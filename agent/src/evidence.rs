@@ -64,6 +64,24 @@ pub enum AuditEvent {
     Unhashed { path: String, size: u64, reason: String },
     /// An admin restored a quarantined file.
     Restore { id: String, path: String, uid: u32 },
+    /// The exec gate judged an exec banned (`result`: "denied", "would-deny (monitor)", or why it
+    /// was allowed anyway: protected, the agent's child, an audit rule).
+    ExecDenied { pid: i32, uid: Option<u32>, path: String, rule: String, result: String },
+    /// The exec gate could not decide in time (`reason`: deadline, queue full, identification
+    /// failed) and answered `answer` (`[exec] on_timeout`).
+    ExecTimeout { pid: i32, uid: Option<u32>, path: String, answer: String, reason: String },
+    /// The running-process sweep stopped a banned process (`killed: false`: monitor mode, past the
+    /// action cap, or the kill failed; `note` says which).
+    ProcessKilled {
+        pid: i32,
+        uid: Option<u32>,
+        exe: String,
+        rule: String,
+        reason: String,
+        killed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     /// A quarantined file was deleted (by an admin, or at the end of its retention).
     Purge {
         id: String,
@@ -94,6 +112,8 @@ impl Sink for Counters {
             AuditEvent::Restore { .. } => self.restored += 1,
             AuditEvent::Unhashed { .. } => self.unhashed += 1,
             AuditEvent::Purge { .. } => self.purged += 1,
+            AuditEvent::ExecDenied { result, .. } if result == "denied" => self.exec_denied += 1,
+            AuditEvent::ProcessKilled { killed: true, .. } => self.processes_killed += 1,
             _ => {}
         }
     }

@@ -22,6 +22,8 @@
 //! - `proto`: the control protocol types (the API boundary).
 //! - `demo`: the one-command demo device.
 //! - `android`: APK identity (manifest, signer) and packages.xml (ABX and text); reads only.
+//! - `exec_wire`: `[exec]` wired in: the gate started on the published rule set, its events and
+//!   the running-process sweeps (start-up, every rule-set change) relayed as audit events.
 //! - `exec_gate`: the fanotify exec gate (banned files fail to execute); `running`: the sweep that
 //!   stops banned running processes.
 //! - `worker`: threads that run the loop's slow jobs (package reads and removals) and send
@@ -44,6 +46,7 @@ pub mod enforce;
 pub mod escape;
 pub mod evidence;
 pub mod exec_gate;
+pub mod exec_wire;
 mod exempt;
 mod handlers;
 mod hashpool;
@@ -170,13 +173,28 @@ pub async fn run_with_clock(
     let status = sync::policy_status(&cfg, &state, &proto::PolicyStatus::default(), clock.now());
     let listener = control::bind(&cfg.socket)
         .map_err(|e| AgentError::Runtime(format!("control socket {}: {e}", cfg.socket.display())))?;
-    let enforcer =
+    // The exec gate decides on its own threads with a subscribed receiver; its evidence comes
+    // back to the core loop through `exec_ev_rx`. A gate that cannot start (no fanotify, no
+    // CAP_SYS_ADMIN) is an error: an admin who enabled it must not believe execs are gated.
+    let (exec_gate, exec_relay, exec_ev_rx) = if cfg.exec.enabled {
+        let (tx, rx) = mpsc::channel(1024);
+        let (gate, relay) = exec_wire::start(&cfg, &rules, tx)
+            .map_err(|e| AgentError::Runtime(format!("[exec] enabled but the exec gate cannot start: {e}")))?;
+        (Some(gate), Some(relay), Some(rx))
+    } else {
+        (None, None, None)
+    };
+    let mut enforcer =
         enforce::Enforcer::new(cfg.clone(), clock.clone(), rules, status, store, evidence, fs_tx, sync_cmd_tx)
             .map_err(AgentError::Runtime)?;
+    enforcer.exec_gate = exec_gate;
     let control = tokio::spawn(control::serve(listener, call_tx));
     let syncer = tokio::spawn(sync::run(cfg.clone(), clock, state, transport, sync_cmd_rx, report_tx));
-    let inputs = daemon::Inputs { fs: fs_rx, sync: report_rx, control: call_rx };
+    let inputs = daemon::Inputs { fs: fs_rx, sync: report_rx, control: call_rx, evidence: exec_ev_rx };
     daemon::run(enforcer, inputs, shutdown).await;
+    if let Some(r) = exec_relay {
+        r.abort();
+    }
     control.abort();
     syncer.abort();
     let _ = std::fs::remove_file(&cfg.socket);

@@ -167,6 +167,32 @@ pub struct Counters {
     /// Files no hash could be taken of (over `max_hash_bytes`, too slow, unreadable).
     #[serde(default)]
     pub unhashed: u64,
+    /// Execs the exec gate denied.
+    #[serde(default)]
+    pub exec_denied: u64,
+    /// Banned processes the running-process sweep killed.
+    #[serde(default)]
+    pub processes_killed: u64,
+}
+
+/// The exec gate's counters (`exec_gate::GateStats`), in `status` when `[exec] enabled`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct ExecGateStatus {
+    pub events: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_resets: u64,
+    pub deadline: u64,
+    pub queue_full: u64,
+    pub errors: u64,
+    pub spared: u64,
+    pub overflows: u64,
+    pub hashed: u64,
+    pub events_dropped: u64,
+    pub marks: u64,
+    pub policy_updates: u64,
 }
 
 /// A file the agent did not hash, and why (status shows the most recent ones).
@@ -211,4 +237,7 @@ pub struct Status {
     pub enforcement: EnforcementStatus,
     pub quarantine: QuarantineStatus,
     pub pending: PendingStatus,
+    /// The exec gate's counters; absent when `[exec]` is not enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_gate: Option<ExecGateStatus>,
 }

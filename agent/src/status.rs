@@ -80,6 +80,26 @@ impl Enforcer {
             },
             quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.values().map(|m| m.size).sum() },
             pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
+            exec_gate: self.exec_gate.as_ref().map(|g| {
+                let s = g.stats();
+                proto::ExecGateStatus {
+                    events: s.events,
+                    allowed: s.allowed,
+                    denied: s.denied,
+                    cache_hits: s.cache_hits,
+                    cache_misses: s.cache_misses,
+                    cache_resets: s.cache_resets,
+                    deadline: s.deadline,
+                    queue_full: s.queue_full,
+                    errors: s.errors,
+                    spared: s.spared,
+                    overflows: s.overflows,
+                    hashed: s.hashed,
+                    events_dropped: s.events_dropped,
+                    marks: s.marks,
+                    policy_updates: s.policy_updates,
+                }
+            }),
         }
     }
 

@@ -396,4 +396,10 @@ fn print_status(s: &Status) {
         "quarantine   {} items, {} bytes · pending confirmation {} · pending reports {}",
         s.quarantine.items, s.quarantine.bytes, s.pending.needs_confirmation, s.pending.reports
     );
+    if let Some(g) = &s.exec_gate {
+        println!(
+            "exec gate    denied {} · allowed {} · cache hits {} · deadline {} · queue full {} · spared {} · marks {} · processes killed {}",
+            g.denied, g.allowed, g.cache_hits, g.deadline, g.queue_full, g.spared, g.marks, c.processes_killed
+        );
+    }
 }

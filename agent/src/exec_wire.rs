@@ -1,0 +1,407 @@
+//! The exec gate and the running-process sweep, wired into the daemon (`[exec]` in agent.toml).
+//!
+//! `lib.rs::run_with_clock` calls [`start`] when `[exec] enabled = true`: the gate
+//! (`exec_gate::ExecGate`) decides with a `subscribe()`d receiver of the published rule set, and
+//! a small task turns its `GateEvent`s, and the reports of the sweep (`running::sweep`, run on a
+//! blocking thread at start-up and after every change of the published rule set), into
+//! `AuditEvent`s that it sends to the core loop, which feeds them to the evidence sinks.
+//! The gate itself is owned by the `Enforcer` (its counters go into `status`); dropping the
+//! enforcer at shutdown stops the gate and flushes its marks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use embargo_policy::matcher::RuleSet;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, Mode};
+use crate::evidence::AuditEvent;
+use crate::exec_gate::{
+    judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, Protected,
+    SpareReason,
+};
+use crate::running::{StopReason, SweepReport};
+
+/// What must never be denied or killed, as absolute paths: the agent's own executable, the
+/// programs of the package managers and of every package the package sources call protected
+/// (dpkg: Essential, Priority: required, the package managers, the agent), each also under its
+/// canonical name (a merged /usr lists `/bin/sh`, the kernel names `/usr/bin/sh`).
+/// Read once at start-up; only the host's dpkg database is read (rpm, flatpak and snap
+/// protections are not in this set yet: docs/exec-gate.md).
+pub fn protected_paths() -> HashSet<PathBuf> {
+    let mut set = HashSet::new();
+    let mut add = |p: PathBuf| {
+        if let Ok(c) = std::fs::canonicalize(&p) {
+            set.insert(c);
+        }
+        set.insert(p);
+    };
+    if let Ok(me) = std::env::current_exe() {
+        add(me);
+    }
+    // Package managers by their usual paths, whether or not their package is known.
+    for name in ["dpkg", "apt", "apt-get", "rpm", "dnf", "yum", "zypper", "flatpak", "snap", "snapd", "embargod"] {
+        for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib/snapd"] {
+            add(Path::new(dir).join(name));
+        }
+    }
+    let root = Path::new("/");
+    if let Ok(pkgs) = crate::source::dpkg::installed(root) {
+        for p in pkgs.iter().filter(|p| crate::source::dpkg::protected(p).is_some()) {
+            for f in crate::source::package::executables_of(crate::source::dpkg::files(root, p)) {
+                add(PathBuf::from(f));
+            }
+        }
+    }
+    set
+}
+
+/// The gate's configuration from `[exec]` and the agent's mode.
+pub fn gate_config(cfg: &Config) -> GateConfig {
+    GateConfig {
+        mode: if cfg.mode == Mode::Monitor { GateMode::Monitor } else { GateMode::Enforce },
+        on_timeout: cfg.exec.on_timeout,
+        deadline: cfg.exec.deadline,
+        scope: match &cfg.exec.mounts {
+            Some(dirs) => MarkScope::Under(dirs.clone()),
+            None => MarkScope::AllFilesystems,
+        },
+        exempt_children: true,
+        pass_through: crate::exec_gate::dynamic_loaders(),
+        ..GateConfig::default()
+    }
+}
+
+/// Arms the gate and starts the task that turns its events and the sweeps' reports into audit
+/// events on `evidence`. Must be called inside the tokio runtime.
+pub fn start(
+    cfg: &Config,
+    rules: &watch::Sender<Arc<RuleSet>>,
+    evidence: mpsc::Sender<AuditEvent>,
+) -> Result<(ExecGate, tokio::task::JoinHandle<()>), GateError> {
+    let set = Arc::new(protected_paths());
+    tracing::info!(paths = set.len(), "exec gate: protected executables");
+    let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
+    let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
+    let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
+    let mode = gate_config(cfg).mode;
+    let max_kills = cfg.max_actions_per_update;
+    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, mode, max_kills, evidence));
+    Ok((gate, task))
+}
+
+/// Relays gate events to the core loop, and (in its own task, so a long sweep never holds up
+/// the gate's evidence) runs the sweep at start-up and after every rule-set change.
+async fn relay(
+    mut gate_rx: mpsc::Receiver<GateEvent>,
+    rules: watch::Receiver<Arc<RuleSet>>,
+    protected: Arc<Protected>,
+    mode: GateMode,
+    max_kills: usize,
+    evidence: mpsc::Sender<AuditEvent>,
+) {
+    let sweeper = tokio::spawn(sweeps(rules, protected, mode, max_kills, evidence.clone()));
+    while let Some(ev) = gate_rx.recv().await {
+        if let Some(a) = audit_of(ev) {
+            if evidence.send(a).await.is_err() {
+                break;
+            }
+        }
+    }
+    sweeper.abort();
+}
+
+/// One sweep at start-up and one after each change of the published rule set (changes during a
+/// sweep are coalesced into one more sweep), each on a blocking thread.
+async fn sweeps(
+    mut rules: watch::Receiver<Arc<RuleSet>>,
+    protected: Arc<Protected>,
+    mode: GateMode,
+    max_kills: usize,
+    evidence: mpsc::Sender<AuditEvent>,
+) {
+    // The start-up sweep: the value in force counts as changed.
+    rules.mark_changed();
+    let hashes = Arc::new(SweepHashes::default());
+    while rules.changed().await.is_ok() {
+        let current = rules.borrow_and_update().clone();
+        let (p, h) = (protected.clone(), hashes.clone());
+        let report = tokio::task::spawn_blocking(move || {
+            let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
+            crate::running::sweep(&current, &judge, &*p, mode, max_kills)
+        })
+        .await;
+        match report {
+            Ok(r) => {
+                tracing::info!(scanned = r.scanned, stopped = r.stopped.len(), "running-process sweep done");
+                for a in sweep_events(r) {
+                    if evidence.send(a).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::error!("the running-process sweep panicked: {e}"),
+        }
+    }
+}
+
+/// Most hashes the sweeps remember; when full the memory is emptied.
+const SWEEP_HASHES: usize = 4096;
+
+/// The size, modification and change time of a file: a remembered hash is used only while these
+/// are unchanged.
+type Stamp = (u64, i64, i64, i64, i64);
+
+/// The sha256 of executables the sweeps hashed, kept across sweeps so a sweep after a policy
+/// update does not read every running executable whole again. An entry is used only for the same
+/// (device, inode) with the same size, modification and change time; a file changed in the last
+/// 100 ms is not remembered (a write in the same timestamp tick could hide behind it).
+#[derive(Default)]
+struct SweepHashes {
+    map: std::sync::Mutex<std::collections::HashMap<(u64, u64), (Stamp, String)>>,
+}
+
+impl SweepHashes {
+    /// [`judge_exec`] with remembered hashes (with the hash always known, the verdict is the one
+    /// `judge_exec` reaches: a hash only confirms or strengthens a verdict).
+    fn judge(
+        &self,
+        rules: &RuleSet,
+        file: &mut std::fs::File,
+        path: &Path,
+    ) -> std::io::Result<crate::exec_gate::Judgement> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !rules.has_sha256_matchers() {
+            return judge_exec(rules, file, path);
+        }
+        let m = file.metadata()?;
+        let stamp: Stamp = (m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+        let key = (m.dev(), m.ino());
+        let known = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|(s, _)| *s == stamp).cloned();
+        let sha = match known {
+            Some((_, sha)) => sha,
+            None => {
+                let sha = crate::identify::sha256_of(file)?;
+                let changed = std::time::SystemTime::UNIX_EPOCH
+                    + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().clamp(0, 999_999_999) as u32);
+                let settled = changed.elapsed().is_ok_and(|age| age > std::time::Duration::from_millis(100));
+                if settled {
+                    let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+                    if map.len() >= SWEEP_HASHES {
+                        map.clear();
+                    }
+                    map.insert(key, (stamp, sha.clone()));
+                }
+                sha
+            }
+        };
+        let mut app = crate::exec_gate::exec_app(file, path)?;
+        app.sha256 = Some(sha);
+        Ok(match rules.verdict(&app).map(|v| (v.rule.to_owned(), v.action)) {
+            None => crate::exec_gate::Judgement::Allow,
+            Some((rule, embargo_policy::rules::Action::Audit)) => crate::exec_gate::Judgement::Audit { rule },
+            Some((rule, _)) => crate::exec_gate::Judgement::Deny { rule },
+        })
+    }
+}
+
+fn answer(a: Answer) -> String {
+    match a {
+        Answer::Allow => "allow".into(),
+        Answer::Deny => "deny".into(),
+    }
+}
+
+fn exec_fields(e: ExecInfo) -> (i32, Option<u32>, String) {
+    (e.pid, e.uid, e.path.display().to_string())
+}
+
+/// The audit event of one gate event (`None`: logged only).
+pub fn audit_of(ev: GateEvent) -> Option<AuditEvent> {
+    Some(match ev {
+        GateEvent::Denied { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "denied".into() }
+        }
+        GateEvent::WouldDeny { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "would-deny (monitor)".into() }
+        }
+        GateEvent::Spared { exec, rule, reason } => {
+            let (pid, uid, path) = exec_fields(exec);
+            let result = match reason {
+                SpareReason::Protected => "allowed: protected",
+                SpareReason::AgentChild => "allowed: the agent's child",
+            };
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: result.into() }
+        }
+        GateEvent::Audited { exec, rule } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecDenied { pid, uid, path, rule, result: "allowed: audit rule".into() }
+        }
+        GateEvent::Deadline { exec, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout { pid, uid, path, answer: answer(a), reason: "deadline".into() }
+        }
+        GateEvent::QueueFull { exec, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout { pid, uid, path, answer: answer(a), reason: "queue full".into() }
+        }
+        GateEvent::Failed { exec, error, answer: a } => {
+            let (pid, uid, path) = exec_fields(exec);
+            AuditEvent::ExecTimeout {
+                pid,
+                uid,
+                path,
+                answer: answer(a),
+                reason: format!("identification failed: {error}"),
+            }
+        }
+        GateEvent::Marked { mount_point, fstype, per_mount } => {
+            tracing::info!(mount = %mount_point.display(), fstype, per_mount, "exec gate: marked");
+            return None;
+        }
+        GateEvent::MarkFailed { mount_point, error } => {
+            tracing::warn!(mount = %mount_point.display(), error, "exec gate: cannot mark; execs there are not gated");
+            return None;
+        }
+        GateEvent::Overflow => {
+            tracing::warn!("exec gate: the kernel dropped events (their execs were allowed)");
+            return None;
+        }
+    })
+}
+
+/// The audit events of one sweep: one `process-killed` per process stopped (or, in monitor mode,
+/// past the cap or when the kill failed, that would have been: `killed: false` with the reason).
+pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
+    for e in &r.errors {
+        tracing::warn!(error = %e, "running-process sweep");
+    }
+    for (pid, exe, why) in &r.spared {
+        tracing::info!(pid, exe = %exe.display(), why, "running-process sweep: protected, not stopped");
+    }
+    if r.capped > 0 {
+        tracing::warn!(capped = r.capped, "running-process sweep: kills past max_actions_per_update not done");
+    }
+    r.stopped
+        .into_iter()
+        .map(|s| AuditEvent::ProcessKilled {
+            pid: s.pid,
+            uid: s.uid,
+            exe: s.exe.display().to_string(),
+            rule: s.rule,
+            reason: match s.reason {
+                StopReason::Exe => "banned executable".into(),
+                StopReason::AppImageMount { runtime_pid, appimage, .. } => {
+                    format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
+                }
+            },
+            killed: s.killed,
+            note: s.note,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::running::Stopped;
+
+    fn exec() -> ExecInfo {
+        ExecInfo { pid: 42, uid: Some(1000), path: PathBuf::from("/tmp/x") }
+    }
+
+    #[test]
+    fn gate_events_become_audit_events_naming_rule_and_answer() {
+        let json = |e: Option<AuditEvent>| serde_json::to_value(e.expect("an audit event")).unwrap();
+        let d = json(audit_of(GateEvent::Denied { exec: exec(), rule: "r1".into() }));
+        assert_eq!(
+            (d["type"].as_str(), d["rule"].as_str(), d["result"].as_str()),
+            (Some("exec-denied"), Some("r1"), Some("denied"))
+        );
+        assert_eq!((d["pid"].as_i64(), d["uid"].as_u64(), d["path"].as_str()), (Some(42), Some(1000), Some("/tmp/x")));
+        let w = json(audit_of(GateEvent::WouldDeny { exec: exec(), rule: "r1".into() }));
+        assert_eq!(w["result"], "would-deny (monitor)");
+        let t = json(audit_of(GateEvent::Deadline { exec: exec(), answer: Answer::Deny }));
+        assert_eq!(
+            (t["type"].as_str(), t["answer"].as_str(), t["reason"].as_str()),
+            (Some("exec-timeout"), Some("deny"), Some("deadline"))
+        );
+        assert!(audit_of(GateEvent::Overflow).is_none());
+    }
+
+    #[test]
+    fn sweep_reports_become_process_killed_events_and_count() {
+        let stopped = |killed| Stopped {
+            pid: 7,
+            uid: Some(0),
+            exe: PathBuf::from("/tmp/app"),
+            rule: "r2".into(),
+            reason: StopReason::Exe,
+            killed,
+            note: (!killed).then(|| "monitor mode".into()),
+        };
+        let r = SweepReport { scanned: 3, stopped: vec![stopped(true), stopped(false)], ..Default::default() };
+        let evs = sweep_events(r);
+        assert_eq!(evs.len(), 2);
+        let mut counters = crate::proto::Counters::default();
+        for e in &evs {
+            crate::evidence::Sink::record(&mut counters, e);
+        }
+        assert_eq!(counters.processes_killed, 1, "only a sent SIGKILL counts");
+        let v = serde_json::to_value(&evs[1]).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["rule"].as_str(), v["killed"].as_bool()),
+            (Some("process-killed"), Some("r2"), Some(false))
+        );
+        assert_eq!(v["note"], "monitor mode");
+    }
+
+    #[test]
+    fn the_gate_config_follows_exec_and_mode() {
+        let text = "mode = \"monitor\"\n[policy]\nrepository = \"https://p.invalid/\"\nroot = \"/r.json\"\n[exec]\nenabled = true\non_timeout = \"deny\"\nmounts = [\"/media\"]\n";
+        let cfg = Config::parse(Path::new("/etc/embargo/agent.toml"), text).unwrap();
+        let g = gate_config(&cfg);
+        assert_eq!(g.mode, GateMode::Monitor);
+        assert_eq!(g.on_timeout, crate::exec_gate::OnTimeout::Deny);
+        assert_eq!(g.scope, MarkScope::Under(vec![PathBuf::from("/media")]));
+        assert!(g.exempt_children);
+    }
+
+    #[test]
+    fn remembered_hashes_are_used_only_for_an_unchanged_file() {
+        use crate::exec_gate::Judgement;
+        use embargo_policy::matcher::RuleSet;
+        use embargo_policy::rules::{Action, Matcher, Rule};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tool");
+        std::fs::write(&path, b"first").unwrap();
+        let rule = |bytes: &[u8]| Rule {
+            id: "by-hash".into(),
+            description: String::new(),
+            action: Action::Quarantine,
+            matchers: vec![Matcher { sha256: vec![embargo_policy::trust::sha256_hex(bytes)], ..Default::default() }],
+            except: vec![],
+            tags: vec![],
+        };
+        let first = RuleSet::compile(vec![rule(b"first")], &[]);
+        let second = RuleSet::compile(vec![rule(b"second")], &[]);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let h = SweepHashes::default();
+        let judge = |r: &RuleSet| h.judge(r, &mut std::fs::File::open(&path).unwrap(), &path).unwrap();
+        assert_eq!(judge(&first), Judgement::Deny { rule: "by-hash".into() });
+        assert_eq!(h.map.lock().unwrap().len(), 1, "a settled file's hash is remembered");
+        assert_eq!(judge(&second), Judgement::Allow);
+        std::fs::write(&path, b"second").unwrap();
+        assert_eq!(judge(&second), Judgement::Deny { rule: "by-hash".into() }, "a rewritten file is hashed again");
+    }
+
+    #[test]
+    fn the_agent_itself_is_protected() {
+        let set = protected_paths();
+        let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+        assert!(set.contains(&me));
+    }
+}
