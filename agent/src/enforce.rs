@@ -67,6 +67,8 @@ pub struct Enforcer {
     watcher: notify::RecommendedWatcher,
     pub(crate) store: QuarantineStore,
     pub(crate) evidence: Evidence,
+    /// The fleet reporter's state (pending reports, last accepted), when `[report]` is set.
+    pub reports: Option<Arc<std::sync::Mutex<crate::report::Shared>>>,
     pub(crate) held: Held,
     /// Content (sha256) an admin restored from quarantine; not acted on again under the same
     /// policy, across restarts (`exempt`).
@@ -145,6 +147,7 @@ impl Enforcer {
             watcher,
             store,
             evidence,
+            reports: None,
             held: Held::default(),
             exempt,
             pool: crate::hashpool::HashPool::new(cfg_hash_cap)

@@ -390,4 +390,17 @@ fn print_status(s: &Status) {
         "quarantine   {} items, {} bytes · pending confirmation {} · pending reports {}",
         s.quarantine.items, s.quarantine.bytes, s.pending.needs_confirmation, s.pending.reports
     );
+    if let Some(r) = &s.pending.report {
+        let accepted = match (r.last_accepted, r.last_accepted_at) {
+            (Some(seq), Some(at)) => format!("seq {seq} at {}", embargo_policy::metadata::Time(at)),
+            _ => "never".into(),
+        };
+        println!(
+            "reports      pending {}{} · last accepted {accepted} · dropped {}{}",
+            r.pending,
+            r.oldest_pending.map(|s| format!(" (oldest seq {s})")).unwrap_or_default(),
+            r.dropped,
+            r.last_error.as_ref().map(|e| format!(" · last error: {e}")).unwrap_or_default()
+        );
+    }
 }
