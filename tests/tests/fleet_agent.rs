@@ -134,7 +134,7 @@ fn the_agent_reports_a_quarantine_and_spools_while_the_server_is_down() {
     let last_seq: u64 = pending.last().unwrap().trim_end_matches(".json").parse().unwrap();
 
     // The server returns on the same address: every spooled report arrives and the spool empties.
-    let _server = start_fleet_server(&dev, port, &devices.pem, &db);
+    let server = start_fleet_server(&dev, port, &devices.pem, &db);
     eventually_or(&log, &db, "the spool to drain", Duration::from_secs(90), || spooled(&dev).is_empty().then_some(()));
     let stored: u64 = sql(&db, "SELECT last_sequence FROM devices WHERE device = 'laptop-7'").parse().unwrap();
     assert!(stored >= last_seq, "the server's last sequence {stored} is below the spooled {last_seq}");
@@ -147,4 +147,31 @@ fn the_agent_reports_a_quarantine_and_spools_while_the_server_is_down() {
     }
     let s = dev.status().unwrap();
     assert!(s["pending"]["report"]["last_accepted"].as_u64().unwrap() >= last_seq, "{s}");
+
+    // kill -9 between spool and send: with the server down, a report is spooled (fsynced), the
+    // agent is killed (SIGKILL), the server returns, and the restarted agent sends it.
+    drop(server);
+    let p = dev.install("Downloads/WeChat-killed.AppImage", &appimage("wechat"));
+    eventually("enforcement while the server is down", Duration::from_secs(20), || (!p.exists()).then_some(()));
+    // The quarantine's report is on disk (its event names the file) before the kill.
+    eventually("the report to be spooled", Duration::from_secs(20), || {
+        spooled(&dev)
+            .iter()
+            .any(|n| {
+                std::fs::read_to_string(dev.state.join("reports").join(n)).is_ok_and(|t| t.contains("WeChat-killed"))
+            })
+            .then_some(())
+    });
+    let after_kill = spooled(&dev);
+    dev.stop_agent(); // Child::kill: SIGKILL.
+    assert_eq!(spooled(&dev), after_kill, "the spool changed across kill -9");
+    let _server = start_fleet_server(&dev, port, &devices.pem, &db);
+    dev.start_agent();
+    eventually_or(&log, &db, "the spool to drain after kill -9", Duration::from_secs(90), || {
+        spooled(&dev).is_empty().then_some(())
+    });
+    let apps = sql(&db, "SELECT apps FROM device_rules WHERE device = 'laptop-7' AND rule = 'wechat'");
+    assert!(apps.contains(p.to_str().unwrap()), "{apps}");
+    let actions = sql(&db, "SELECT count(*) FROM events WHERE device = 'laptop-7' AND kind = 'action'");
+    assert_eq!(actions, "5", "{}", sql(&db, "SELECT seq, detail FROM events WHERE device = 'laptop-7'"));
 }
