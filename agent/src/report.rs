@@ -267,15 +267,7 @@ impl Reporter {
         // the two never reuses a sequence.
         embargo_policy::fsutil::write_atomic(&self.spool, "next", (next + 1).to_string().as_bytes(), 0o600)?;
         let mut gap = None;
-        let mut files = self.spooled();
-        let mut dropped = Vec::new();
-        let mut bytes: u64 = files.iter().map(|f| f.1).sum();
-        while files.len() >= SPOOL_FILES || (bytes > SPOOL_BYTES && !files.is_empty()) {
-            let (seq, size) = files.remove(0);
-            let _ = std::fs::remove_file(self.spool.join(name(seq)));
-            bytes -= size;
-            dropped.push(seq);
-        }
+        let dropped = make_room(&self.spool);
         let report = {
             let mut s = self.shared.lock().map_err(|_| std::io::Error::other("report state poisoned"))?;
             if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
@@ -445,6 +437,24 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
     Duration::from_secs_f64(rand::thread_rng().gen_range(1.0..=ceiling.as_secs_f64().max(1.0)))
 }
 
+/// Deletes the oldest spooled reports until one more fits the bound (fewer than
+/// [`SPOOL_FILES`] files and at most [`SPOOL_BYTES`] bytes); returns the dropped sequences.
+fn make_room(dir: &Path) -> Vec<u64> {
+    let mut files = spooled(dir);
+    let mut dropped = Vec::new();
+    let mut bytes: u64 = files.iter().map(|f| f.1).sum();
+    while files.len() >= SPOOL_FILES || (bytes > SPOOL_BYTES && !files.is_empty()) {
+        let (seq, size) = files.remove(0);
+        let _ = std::fs::remove_file(dir.join(name(seq)));
+        bytes -= size;
+        dropped.push(seq);
+    }
+    if !dropped.is_empty() {
+        let _ = embargo_policy::fsutil::sync_dir(dir);
+    }
+    dropped
+}
+
 fn name(seq: u64) -> String {
     format!("{seq:020}.json")
 }
@@ -476,4 +486,34 @@ fn spooled(dir: &Path) -> Vec<(u64, u64)> {
 /// Status of the spool read from disk (for a status request when no reporter runs).
 pub fn read_status(shared: &Mutex<Shared>) -> ReportStatus {
     shared.lock().map(|s| s.status.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spool_drops_the_oldest_at_its_bounds_and_keeps_the_sequence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for seq in 1..=SPOOL_FILES as u64 {
+            std::fs::write(dir.join(name(seq)), b"{}").unwrap();
+        }
+        std::fs::write(dir.join("next"), (SPOOL_FILES as u64 + 1).to_string()).unwrap();
+        std::fs::write(dir.join("not-a-report"), b"x").unwrap();
+        // Full by count: the oldest one goes.
+        assert_eq!(make_room(dir), vec![1]);
+        assert_eq!(spooled(dir).len(), SPOOL_FILES - 1);
+        assert_eq!(read_next(dir), SPOOL_FILES as u64 + 1);
+        // Over the byte bound: the oldest go until the rest fits.
+        let big = vec![b' '; (SPOOL_BYTES / 2) as usize + 1];
+        std::fs::write(dir.join(name(100)), &big).unwrap();
+        std::fs::write(dir.join(name(101)), &big).unwrap();
+        let dropped = make_room(dir);
+        assert_eq!(dropped.first(), Some(&2));
+        assert_eq!(dropped.last(), Some(&100), "{dropped:?}");
+        assert_eq!(spooled(dir).iter().map(|f| f.0).collect::<Vec<_>>(), vec![101]);
+        // The next sequence never goes back, whatever the spool holds.
+        assert_eq!(read_next(dir), 102);
+    }
 }
