@@ -150,9 +150,16 @@ pub async fn run_with_clock(
         None => None,
         Some(url) => {
             let policy = state.policy().map(|p| (p.version, p.sha256.clone()));
-            let (r, sink) =
-                report::Reporter::new(&cfg, url, clock.clone(), state.root().fleet.clone(), policy, audit_seq)
-                    .map_err(|e| AgentError::Config(format!("{}: [report]: {e}", cfg.path.display())))?;
+            let (r, sink) = report::Reporter::new(
+                &cfg,
+                url,
+                clock.clone(),
+                state.root().fleet.clone(),
+                policy,
+                audit_seq,
+                &store.list(),
+            )
+            .map_err(|e| AgentError::Config(format!("{}: [report]: {e}", cfg.path.display())))?;
             evidence.add_sink(Box::new(sink));
             Some(r)
         }

@@ -139,6 +139,16 @@ impl Sink for ReportSink {
                 }
                 ("policy", None, format!("policy {version:?} in force"))
             }
+            AuditEvent::Purge { path, .. } => {
+                // The quarantined copy is deleted: the app is gone from the device for good.
+                for (k, a) in s.apps.iter_mut() {
+                    if &k.3 == path && a.state == wire::AppStatus::Quarantined {
+                        a.state = wire::AppStatus::Removed;
+                        a.since = now;
+                    }
+                }
+                ("purge", None, format!("purged {path}"))
+            }
             AuditEvent::Restore { path, .. } => {
                 // A restored app is on the device again; the next scan reports its verdict.
                 s.apps.retain(|k, _| &k.3 != path);
@@ -207,6 +217,7 @@ impl Reporter {
         fleet: String,
         policy: Option<(u64, String)>,
         audit_seq: u64,
+        quarantined: &[crate::act::quarantine::Manifest],
     ) -> Result<(Self, ReportSink), String> {
         let mut opts = embargo_policy::https::HttpsOptions::new(format!("{url}/"));
         if let Some(ca) = &cfg.ca {
@@ -236,6 +247,22 @@ impl Reporter {
             dirty: true,
             ..Shared::default()
         }));
+        // Apps quarantined before this start are still reported as quarantined (the sink only
+        // sees events from now on), within the same per-rule and rule bounds.
+        if let Ok(mut s) = shared.lock() {
+            for m in quarantined {
+                let key = (clip(&m.rule), clip(&m.app_kind), clip(&m.app_id), clip(&m.original_path));
+                let per_rule = s.apps.keys().filter(|k| k.0 == key.0).count();
+                let rules = s.apps.keys().map(|k| &k.0).collect::<std::collections::BTreeSet<_>>().len();
+                if per_rule < limits::MAX_APPS && rules < limits::MAX_RULES {
+                    let at = m.quarantined_at.0;
+                    s.apps.insert(
+                        key,
+                        App { state: wire::AppStatus::Quarantined, found_at: at, since: at, detail: None },
+                    );
+                }
+            }
+        }
         let wake = Arc::new(tokio::sync::Notify::new());
         let sink = ReportSink { shared: shared.clone(), wake: wake.clone(), now: clock.clone() };
         let mode = match cfg.mode {
