@@ -543,4 +543,49 @@ mod tests {
         // The next sequence never goes back, whatever the spool holds.
         assert_eq!(read_next(dir), 102);
     }
+
+    #[test]
+    fn the_sink_tracks_app_states_and_numbers_events_like_the_audit_log() {
+        let shared = Arc::new(Mutex::new(Shared { audit_seq: 41, ..Shared::default() }));
+        let mut sink = ReportSink {
+            shared: shared.clone(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            now: Arc::new(crate::clock::SystemClock),
+        };
+        let record = crate::proto::ActionRecord {
+            time: "t".into(),
+            action: "quarantine".into(),
+            result: "quarantined".into(),
+            rule: "wechat".into(),
+            strength: "strong".into(),
+            app_kind: "appimage".into(),
+            app_id: "wechat".into(),
+            path: "/home/a/WeChat.AppImage".into(),
+            quarantine_id: Some("q1".into()),
+            micros: 1,
+        };
+        sink.record(&AuditEvent::Action {
+            record,
+            sha256: None,
+            mode: "enforce".into(),
+            outcome: Outcome::Quarantined,
+        });
+        {
+            let s = shared.lock().unwrap();
+            let app = s.apps.values().next().unwrap();
+            assert_eq!(app.state, wire::AppStatus::Quarantined);
+            assert_eq!(s.events[0].seq, 42);
+            assert_eq!(s.events[0].rule.as_deref(), Some("wechat"));
+            assert!(s.dirty);
+        }
+        sink.record(&AuditEvent::Purge {
+            id: "q1".into(),
+            path: "/home/a/WeChat.AppImage".into(),
+            uid: None,
+            reason: Some("retention".into()),
+        });
+        let s = shared.lock().unwrap();
+        assert_eq!(s.apps.values().next().unwrap().state, wire::AppStatus::Removed);
+        assert_eq!(s.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![42, 43]);
+    }
 }
