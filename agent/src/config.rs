@@ -27,6 +27,15 @@ struct RawConfig {
     enforcement: Option<toml::Spanned<RawEnforcement>>,
     #[serde(default)]
     exec: Option<toml::Spanned<RawExec>>,
+    report: Option<RawReport>,
+}
+
+/// `[report]`: where compliance reports go (the fleet server), separate from the repository,
+/// which may be a CDN or `file://`. The HTTPS client is `[policy]`'s (ca, client certificate).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    url: toml::Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +191,9 @@ pub struct Config {
     pub max_inventory_entries: usize,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
+    /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
+    /// agent does not report.
+    pub report_url: Option<String>,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/embargo/agent.toml";
@@ -428,6 +440,17 @@ impl Config {
                 exec.mounts = Some(dirs);
             }
         }
+        let report_url = match &raw.report {
+            None => None,
+            Some(r) => {
+                let u = r.url.get_ref();
+                let rest = u.strip_prefix("https://").unwrap_or("");
+                if rest.is_empty() || rest.starts_with('/') || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(at(r.url.span().start, format!("report url {u:?} must be https://host[/path]")));
+                }
+                Some(u.trim_end_matches('/').to_owned())
+            }
+        };
         for t in &raw.tags {
             if t.is_empty() || t.len() > 64 {
                 return Err(at(0, format!("tag {t:?} must be 1..=64 characters")));
@@ -454,6 +477,7 @@ impl Config {
             max_hash_bytes,
             max_inventory_entries,
             exec,
+            report_url,
         })
     }
 }
@@ -528,6 +552,18 @@ paths = ["/home/*/Applications", "/home/*/Downloads", "/opt"]
             let err = Config::parse(Path::new("agent.toml"), &format!("{GOOD}\n[exec]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains(needle), "{bad}: {err}");
             assert_eq!(err.location.map(|l| l.0), Some(18), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn report_url_is_https_and_optional() {
+        let p = Path::new("/etc/embargo/agent.toml");
+        assert_eq!(Config::parse(p, GOOD).unwrap().report_url, None);
+        let c = Config::parse(p, &format!("{GOOD}\n[report]\nurl = \"https://fleet.example.org/\"\n")).unwrap();
+        assert_eq!(c.report_url.as_deref(), Some("https://fleet.example.org"));
+        for bad in ["http://fleet.example.org", "https://", "file:///x"] {
+            let e = Config::parse(p, &format!("{GOOD}\n[report]\nurl = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(e.contains("report url") && e.contains("agent.toml:"), "{e}");
         }
     }
 }

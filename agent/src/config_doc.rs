@@ -300,6 +300,26 @@ pub const SECTIONS: &[Section] = &[
             },
         ],
     },
+    Section {
+        header: "[report]",
+        table: "report",
+        array: false,
+        required: false,
+        doc: "Compliance reports to the fleet server (embargo-server). Without this table the agent \
+              does not report. Reports use [policy]'s ca, client_cert and client_key: the client \
+              certificate is the device's identity.",
+        keys: &[Key {
+            name: "url",
+            kind: "string",
+            required: true,
+            requires: &[],
+            default: None,
+            example: "\"https://fleet.example.org\"",
+            doc: "Base https:// URL of the fleet server; reports are POSTed to <url>/v1/reports. Separate \
+                  from the repository, which may be a CDN or file://. Reports are spooled under state_dir \
+                  first (at most 64 reports or 4 MiB; beyond, the oldest are dropped and counted).",
+        }],
+    },
 ];
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub struct Enforcer {
     /// The exec gate, when `[exec] enabled` (its counters go into `status`; dropping the
     /// enforcer stops it).
     pub(crate) exec_gate: Option<crate::exec_gate::ExecGate>,
+    /// The fleet reporter's state (pending reports, last accepted), when `[report]` is set.
+    pub reports: Option<Arc<std::sync::Mutex<crate::report::Shared>>>,
     pub(crate) held: Held,
     /// Content (sha256) an admin restored from quarantine; not acted on again under the same
     /// policy, across restarts (`exempt`).
@@ -149,6 +151,7 @@ impl Enforcer {
             store,
             evidence,
             exec_gate: None,
+            reports: None,
             held: Held::default(),
             exempt,
             pool: crate::hashpool::HashPool::new(cfg_hash_cap)

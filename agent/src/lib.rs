@@ -52,6 +52,7 @@ mod handlers;
 mod hashpool;
 pub mod identify;
 pub mod proto;
+pub mod report;
 pub mod running;
 pub mod safefs;
 pub mod source;
@@ -145,7 +146,28 @@ pub async fn run_with_clock(
         .map_err(|e| AgentError::Runtime(e.to_string()))?;
     let log = audit::AuditLog::open(&cfg.state_dir.join("audit.log"))
         .map_err(|e| AgentError::Runtime(format!("audit log: {e}")))?;
+    let audit_seq = log.seq();
     let mut evidence = evidence::Evidence::new(log);
+    // The reporter's sink is added first so it sees every event the audit log records.
+    let reporter = match &cfg.report_url {
+        None => None,
+        Some(url) => {
+            let policy = state.policy().map(|p| (p.version, p.sha256.clone()));
+            let (r, sink) = report::Reporter::new(
+                &cfg,
+                url,
+                clock.clone(),
+                state.root().fleet.clone(),
+                policy,
+                audit_seq,
+                &store.list(),
+            )
+            .map_err(|e| AgentError::Config(format!("{}: [report]: {e}", cfg.path.display())))?;
+            evidence.add_sink(Box::new(sink));
+            Some(r)
+        }
+    };
+    let report_status = reporter.as_ref().map(|r| r.shared.clone());
     for fixed in store.recover() {
         tracing::warn!(%fixed, "quarantine recovery");
         evidence.emit(evidence::AuditEvent::Recovery { fixed });
@@ -188,6 +210,8 @@ pub async fn run_with_clock(
         enforce::Enforcer::new(cfg.clone(), clock.clone(), rules, status, store, evidence, fs_tx, sync_cmd_tx)
             .map_err(AgentError::Runtime)?;
     enforcer.exec_gate = exec_gate;
+    enforcer.reports = report_status;
+    let reporter = reporter.map(|r| tokio::spawn(r.run()));
     let control = tokio::spawn(control::serve(listener, call_tx));
     let syncer = tokio::spawn(sync::run(cfg.clone(), clock, state, transport, sync_cmd_rx, report_tx));
     let inputs = daemon::Inputs { fs: fs_rx, sync: report_rx, control: call_rx, evidence: exec_ev_rx };
@@ -197,6 +221,9 @@ pub async fn run_with_clock(
     }
     control.abort();
     syncer.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }

@@ -224,8 +224,11 @@ pub struct QuarantineStatus {
 pub struct PendingStatus {
     /// Apps a policy update would act on, held back because they exceed the action cap.
     pub needs_confirmation: usize,
-    /// Reports not yet delivered to the policy server (reporting is not built yet: always 0).
+    /// Reports spooled and not yet acknowledged by the fleet server (0 without `[report]`).
     pub reports: usize,
+    /// The reporter's state, when `[report]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ReportStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

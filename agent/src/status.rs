@@ -79,7 +79,14 @@ impl Enforcer {
                     .collect(),
             },
             quarantine: proto::QuarantineStatus { items: q.len(), bytes: q.values().map(|m| m.size).sum() },
-            pending: proto::PendingStatus { needs_confirmation: self.held.len(), reports: 0 },
+            pending: {
+                let report = self.reports.as_deref().map(crate::report::read_status);
+                proto::PendingStatus {
+                    needs_confirmation: self.held.len(),
+                    reports: report.as_ref().map_or(0, |r| r.pending),
+                    report,
+                }
+            },
             exec_gate: self.exec_gate.as_ref().map(|g| {
                 let s = g.stats();
                 proto::ExecGateStatus {

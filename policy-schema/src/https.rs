@@ -128,6 +128,47 @@ impl HttpsTransport {
     }
 }
 
+/// A response to [`HttpsTransport::post_json`].
+#[derive(Debug)]
+pub struct PostResponse {
+    pub status: u16,
+    /// `Retry-After` in seconds, when the server sent one.
+    pub retry_after: Option<u64>,
+    /// At most the `max_len` first bytes of the body.
+    pub body: Vec<u8>,
+}
+
+impl HttpsTransport {
+    /// POSTs `body` as JSON to the base URL + `path` (the fleet server's report endpoint), with
+    /// the same TLS settings and timeouts as a fetch. Every status is returned to the caller.
+    pub async fn post_json(&self, path: &str, body: Vec<u8>, max_len: u64) -> Result<PostResponse, FetchError> {
+        let url = format!("{}{}", self.opts.base, path);
+        let mut resp = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Self::transport_error(&url, &e))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Self::transport_error(&url, &e))? {
+            let room = (max_len as usize).saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                break;
+            }
+        }
+        Ok(PostResponse { status, retry_after, body: out })
+    }
+}
+
 impl Fetch for HttpsTransport {
     async fn fetch(&self, path: &str, max_len: u64) -> Result<Option<Vec<u8>>, FetchError> {
         let url = format!("{}{}", self.opts.base, path);

@@ -402,4 +402,17 @@ fn print_status(s: &Status) {
             g.denied, g.allowed, g.cache_hits, g.deadline, g.queue_full, g.spared, g.marks, c.processes_killed
         );
     }
+    if let Some(r) = &s.pending.report {
+        let accepted = match (r.last_accepted, r.last_accepted_at) {
+            (Some(seq), Some(at)) => format!("seq {seq} at {}", embargo_policy::metadata::Time(at)),
+            _ => "never".into(),
+        };
+        println!(
+            "reports      pending {}{} · last accepted {accepted} · dropped {}{}",
+            r.pending,
+            r.oldest_pending.map(|s| format!(" (oldest seq {s})")).unwrap_or_default(),
+            r.dropped,
+            r.last_error.as_ref().map(|e| format!(" · last error: {e}")).unwrap_or_default()
+        );
+    }
 }
