@@ -9,7 +9,7 @@ log=$(mktemp)
 skips=$(mktemp)
 trap 'rm -f "$log" "$skips"' EXIT
 set +e
-EMBARGO_SKIP_LOG="$skips" cargo test --workspace --locked 2>&1 | tee "$log"
+EMBARGO_SKIP_LOG="$skips" cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 ran=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

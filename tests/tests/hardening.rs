@@ -45,8 +45,10 @@ fn eventually_logged<T>(dev: &Device, what: &str, cond: impl FnMut() -> Option<T
 fn finding_1_non_utf8_names_are_quarantined_and_restored_by_embargod() {
     let dev = Device::new(WECHAT_KASPERSKY_TOML);
     let names: [&[u8]; 2] = [b"WeChat-\xff.AppImage", b"WeChat-\n.AppImage"];
-    for name in names {
-        let banned = install_bytes(&dev, "Downloads", name, &appimage("wechat"));
+    for (i, name) in names.into_iter().enumerate() {
+        // A build of its own per name: a restore exempts that content (finding 3), so the same
+        // bytes under the next name would rightly stay.
+        let banned = install_bytes(&dev, "Downloads", name, &appimage(&format!("wechat build {i}")));
         eventually_logged(&dev, "the non-UTF-8 WeChat to leave ~/Downloads", || gone(&banned));
         let items = dev.quarantine_list();
         assert_eq!(items.len(), 1, "{items:?}");
@@ -58,8 +60,7 @@ fn finding_1_non_utf8_names_are_quarantined_and_restored_by_embargod() {
         let lossy = dir.flatten().any(|e| e.file_name().as_bytes().contains(&0xef));
         assert!(!lossy, "restore wrote a U+FFFD name");
         assert!(banned.exists(), "restored under its original bytes");
-        // Kept in place: removing it would free the inode for the next install, and restored
-        // inodes are exempt (finding 3, not this test's subject).
+        // Kept in place (the restore stands: its content is exempt).
     }
 }
 
