@@ -137,6 +137,9 @@ impl Enforcer {
             // The backstop for anything the watcher missed (a new policy already rescanned).
             self.reconcile();
         }
+        if let Some(shared) = &self.reports {
+            crate::report::set_health(shared, self.status().daemon.reasons);
+        }
         for w in self.sync_waiters.drain(..) {
             let _ = w.send(match &self.policy.last_error {
                 Some(e) if report.attempted => Response::err("sync_failed", format!("[{}] {}", e.kind, e.message)),

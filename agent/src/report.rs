@@ -62,7 +62,11 @@ pub struct Shared {
     dropped_events: u64,
     policy: Option<wire::AppliedPolicy>,
     fleet: String,
+    /// The reporter's own reasons (a refused report, dropped events).
     reasons: Vec<String>,
+    /// The agent's degraded reasons as `status` names them, refreshed by the core loop after
+    /// every sync (`set_health`).
+    agent_reasons: Vec<String>,
     /// The audit log's entry number of the last event seen.
     audit_seq: u64,
     dirty: bool,
@@ -315,14 +319,7 @@ impl Reporter {
                     detail: a.detail.clone(),
                 });
             }
-            let mut reasons = s.reasons.clone();
-            if s.dropped_events > 0 {
-                reasons.push(format!(
-                    "{} audit events not reported (over {MAX_EVENTS} between reports)",
-                    s.dropped_events
-                ));
-            }
-            reasons.truncate(limits::MAX_REASONS);
+            let health = health(&s);
             let r = wire::Report {
                 version: wire::REPORT_VERSION,
                 device: self.device.clone(),
@@ -331,7 +328,7 @@ impl Reporter {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 mode: self.mode,
                 policy: s.policy.clone(),
-                health: wire::Health { degraded: !reasons.is_empty(), reasons },
+                health,
                 rules: rules.into_iter().map(|(rule, apps)| wire::RuleState { rule, apps }).collect(),
                 events: std::mem::take(&mut s.events),
                 gap,
@@ -510,6 +507,28 @@ fn spooled(dir: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// The health a report carries: the agent's degraded reasons (as `status` shows them), then the
+/// reporter's own, within the format's bounds.
+fn health(s: &Shared) -> wire::Health {
+    let mut reasons: Vec<String> = s.agent_reasons.iter().chain(&s.reasons).map(|r| clip(r)).collect();
+    if s.dropped_events > 0 {
+        reasons.push(format!("{} audit events not reported (over {MAX_EVENTS} between reports)", s.dropped_events));
+    }
+    reasons.truncate(limits::MAX_REASONS);
+    wire::Health { degraded: !reasons.is_empty(), reasons }
+}
+
+/// Called by the core loop after each sync with `status`'s degraded reasons; a change makes the
+/// next report due.
+pub fn set_health(shared: &Mutex<Shared>, reasons: Vec<String>) {
+    if let Ok(mut s) = shared.lock() {
+        if s.agent_reasons != reasons {
+            s.agent_reasons = reasons;
+            s.dirty = true;
+        }
+    }
+}
+
 /// Status of the spool read from disk (for a status request when no reporter runs).
 pub fn read_status(shared: &Mutex<Shared>) -> ReportStatus {
     shared.lock().map(|s| s.status.clone()).unwrap_or_default()
@@ -542,6 +561,18 @@ mod tests {
         assert_eq!(spooled(dir).iter().map(|f| f.0).collect::<Vec<_>>(), vec![101]);
         // The next sequence never goes back, whatever the spool holds.
         assert_eq!(read_next(dir), 102);
+    }
+
+    #[test]
+    fn reports_carry_the_agents_degraded_reasons() {
+        let shared = Mutex::new(Shared::default());
+        assert!(!health(&shared.lock().unwrap()).degraded);
+        set_health(&shared, vec!["policy is stale: timestamp v3 expired".into()]);
+        let s = shared.lock().unwrap();
+        assert!(s.dirty, "a new reason makes a report due");
+        let h = health(&s);
+        assert!(h.degraded);
+        assert_eq!(h.reasons, vec!["policy is stale: timestamp v3 expired".to_owned()]);
     }
 
     #[test]

@@ -251,7 +251,8 @@ fn help_of(bin: &Path, path: &[String]) -> Help {
         } else if item.starts_with(['-', '<', '[']) {
             for word in item.split([' ', ',', '=', '[', ']']).filter(|w| !w.is_empty()) {
                 let word = word.trim_end_matches("...");
-                if word.starts_with('-') || word.starts_with('<') {
+                // A lone `-` is a list bullet in a description ("Possible values: - amapi: …").
+                if (word.starts_with('-') && word != "-") || word.starts_with('<') {
                     help.options.push(word.to_owned());
                 }
             }
