@@ -132,3 +132,25 @@ impl std::str::FromStr for Kind {
         Kind::ALL.iter().copied().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown kind {s:?}"))
     }
 }
+
+/// Packages no removal may ever touch and no exported deny rule may name, on any system: the
+/// package managers, the base system and the agent (shared by the agent and `export`).
+pub const ALWAYS_PROTECTED: &[&str] = &[
+    "dpkg",
+    "apt",
+    "apt-utils",
+    "libapt-pkg6.0",
+    "rpm",
+    "dnf",
+    "yum",
+    "flatpak",
+    "snapd",
+    "libc6",
+    "glibc",
+    "base-files",
+    "bash",
+    "coreutils",
+    "systemd",
+    "init",
+    "embargo-agent",
+];

@@ -143,26 +143,7 @@ pub trait PackageManager: Sync {
     }
 }
 
-/// Names no package manager's removal may ever touch, on any system.
-pub const ALWAYS_PROTECTED: &[&str] = &[
-    "dpkg",
-    "apt",
-    "apt-utils",
-    "libapt-pkg6.0",
-    "rpm",
-    "dnf",
-    "yum",
-    "flatpak",
-    "snapd",
-    "libc6",
-    "glibc",
-    "base-files",
-    "bash",
-    "coreutils",
-    "systemd",
-    "init",
-    "embargo-agent",
-];
+pub use embargo_policy::app::ALWAYS_PROTECTED;
 
 /// The common check: a package manager or the agent itself.
 pub fn always_protected(p: &Package) -> Option<String> {

@@ -37,27 +37,10 @@ impl Line {
 }
 
 /// Packages whose files a ban must never deny, whatever the policy and inventory say: denying
-/// them would stop the system (the same list the agent refuses to remove).
-const PROTECTED: &[&str] = &[
-    "dpkg",
-    "apt",
-    "apt-utils",
-    "libapt-pkg6.0",
-    "rpm",
-    "dnf",
-    "yum",
-    "flatpak",
-    "snapd",
-    "libc6",
-    "glibc",
-    "base-files",
-    "bash",
-    "coreutils",
-    "systemd",
-    "init",
-    "fapolicyd",
-    "embargo-agent",
-];
+/// them would stop the system (the list the agent refuses to remove, and fapolicyd itself).
+fn protected(name: &str) -> bool {
+    crate::app::ALWAYS_PROTECTED.contains(&name) || name == "fapolicyd"
+}
 
 /// Why fapolicyd 1.1's rule parser cannot take `path` as one value, if it cannot: values end at
 /// whitespace, commas make lists, `%` starts a set name, and ` : ` separates subject and object.
@@ -129,7 +112,7 @@ impl Target for Fapolicyd {
 
     fn for_app(&self, app: &App, losses: &mut Vec<String>) -> Vec<Line> {
         let mut out = Vec::new();
-        if matches!(app.kind, Kind::Deb | Kind::Rpm) && PROTECTED.contains(&app.id.as_str()) {
+        if matches!(app.kind, Kind::Deb | Kind::Rpm) && protected(&app.id) {
             losses.push(format!(
                 "inventoried {} package {:?} is a system package whose files are never denied",
                 app.kind, app.id
