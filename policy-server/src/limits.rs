@@ -230,45 +230,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for TimedIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+impl<S> TimedIo<S> {
+    /// A write or flush that made progress clears the write deadline; one still pending past it
+    /// fails (the client stopped reading).
+    fn within_write_deadline<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
             Poll::Ready(r) => {
-                this.write_deadline = None;
+                self.write_deadline = None;
                 Poll::Ready(r)
             }
-            Poll::Pending => {
-                if expired(&mut this.write_deadline, this.write, cx) {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "write timeout: the client stopped reading",
-                    )))
-                } else {
-                    Poll::Pending
-                }
+            Poll::Pending if expired(&mut self.write_deadline, self.write, cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout: the client stopped reading")))
             }
+            Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.within_write_deadline(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(r) => {
-                this.write_deadline = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if expired(&mut this.write_deadline, this.write, cx) {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "write timeout: the client stopped reading",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.within_write_deadline(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
