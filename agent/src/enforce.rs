@@ -31,6 +31,8 @@ use crate::source::folders::{BoundHit, Folders, Item};
 use crate::source::packages::{self, PackageOutcome, Packages};
 use crate::source::{Hint, Source as _};
 
+mod suspend;
+
 /// Apps a policy update over the action cap holds back until `embargoctl confirm`.
 #[derive(Default)]
 pub struct Held {
@@ -746,12 +748,13 @@ impl Enforcer {
         let v = item.verdict.clone()?;
         let protected = r.manager.protected(&item.installed.package);
         let held = self.held.packages.contains(&(r.root.clone(), name.to_owned()));
+        let exempt = self.exempt.contains(&suspend::exempt_key(r, &item.installed.package));
         let d = decide::decide(&Input {
             verdict: Some(&v),
             except_by_hash: false,
             hash_known: true,
             mode: self.cfg.mode,
-            exempt: false,
+            exempt,
             held,
             protected: protected.as_deref(),
         });
@@ -814,6 +817,10 @@ impl Enforcer {
                 self.qindex = self.store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
                 self.conclude_package(i, &name, &verdict, outcome, Some(PackageOutcome::Removing), since);
             }
+            packages::Done::Suspended { root, name, manifest, result, verdict, since } => {
+                self.on_suspended(root, &name, *manifest, result, &verdict, since)
+            }
+            packages::Done::Unsuspended { id, result, uid, reply } => self.on_unsuspended(id, result, uid, reply),
         }
     }
 
@@ -844,6 +851,11 @@ impl Enforcer {
                 }
                 None => PackageOutcome::Failed("cannot hand the removal to the package worker".into()),
             },
+            Decision::Act(Action::Quarantine) if self.packages.roots[i].manager.suspends() => {
+                // Reversible through the package manager (Android: suspend), on the worker.
+                self.suspend_package(i, name, v, since);
+                return;
+            }
             Decision::Act(action) => {
                 let o = act::act_on_package(&self.packages.roots[i], name, action, &v, &self.store);
                 // It may have quarantined the package's programs (ids not returned): re-read
@@ -893,6 +905,9 @@ impl Enforcer {
                 (v.action.to_string(), "needs confirmation".to_owned(), Outcome::NeedsConfirmation)
             }
             PackageOutcome::Removing => return,
+            PackageOutcome::Suspended(id) => {
+                ("quarantine".to_owned(), format!("suspended through the package manager ({id})"), Outcome::Quarantined)
+            }
             PackageOutcome::Protected(why) => ("skip".to_owned(), format!("protected: {why}"), Outcome::Protected),
             PackageOutcome::Failed(e) => ("remove".to_owned(), format!("failed: {e}"), Outcome::Failed),
         };

@@ -74,6 +74,17 @@ impl Enforcer {
                 self.rescan_all(Instant::now());
                 Response::ok(serde_json::json!({"apps": self.folders.inventory.len()}))
             }
+            Request::QuarantineRestore { id } if self.qindex.get(&id).is_some_and(|m| m.suspension.is_some()) => {
+                // An app suspended through its package manager: unsuspended on the package
+                // worker, answered when that is done (`enforce::suspend`).
+                let m = self.qindex[&id].clone();
+                self.restore_suspension(m, uid, std::sync::Arc::new(std::sync::Mutex::new(Some(reply))));
+                return;
+            }
+            Request::QuarantinePurge { id } if self.qindex.get(&id).is_some_and(|m| m.suspension.is_some()) => {
+                let m = self.qindex[&id].clone();
+                self.purge_suspension(m, uid)
+            }
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
                     self.qindex.remove(&id);

@@ -14,6 +14,12 @@
 //! **Crash safety:** a crash after the rename leaves `<id>.bin` with its xattr, from which
 //! `recover` rebuilds the manifest (hashing the stored file when the sha256 was not taken yet);
 //! a crash before it leaves the file where it was.
+//!
+//! A second kind of entry records an Android app suspended through its package manager
+//! (`Manifest::suspension`; no `<id>.bin`, nothing moved): written as an intent before the first
+//! `cmd package suspend` runs, so a crash at any later instant leaves an entry that restore (an
+//! idempotent `cmd package unsuspend` per user listed) undoes. `recover` keeps such entries;
+//! `restore` and `purge` here refuse them (the daemon routes them to the package worker).
 
 use std::io::{Seek as _, Write as _};
 use std::os::fd::{AsFd, OwnedFd};
@@ -90,6 +96,32 @@ pub struct Manifest {
     /// itself is always in the main store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_dir: Option<String>,
+    /// An Android app suspended through `cmd package suspend` instead of a moved file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<Suspension>,
+}
+
+/// What a suspension entry undoes: `cmd package unsuspend --user U PACKAGE` for each user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspension {
+    pub package: String,
+    /// The users the agent suspended it for (or was about to: see `state`).
+    pub users: Vec<u32>,
+    /// `intent`: written before the suspend commands ran (a crash may have left any of them
+    /// done or not); `suspended`: their results are in.
+    pub state: String,
+}
+
+pub const SUSPENSION_INTENT: &str = "intent";
+pub const SUSPENSION_DONE: &str = "suspended";
+
+/// Writes a manifest into the store directory `dir` atomically (the package worker writes a
+/// suspension's intent with this, off the loop; the store directory is the agent's own).
+pub fn write_manifest_in(dir: &Path, m: &Manifest) -> Result<(), QuarantineError> {
+    let mut bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
+    bytes.push(b'\n');
+    embargo_policy::fsutil::write_atomic(dir, &format!("{}.json", m.id), &bytes, 0o600).map_err(io(dir.display()))
 }
 
 /// The hex of `p`'s bytes when `p` is not valid UTF-8 (else its `&str` form is lossless).
@@ -192,7 +224,7 @@ impl QuarantineStore {
         &self.dir
     }
 
-    fn new_id(&self) -> String {
+    pub fn new_id(&self) -> String {
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("q{t:x}{n:04x}")
@@ -291,6 +323,7 @@ impl QuarantineStore {
             root_hex: hex_unless_utf8(r.root_path),
             rel_hex: hex_unless_utf8(r.rel),
             payload_dir: None,
+            suspension: None,
         };
         // On another filesystem than the main store: move into that filesystem's own store, so
         // the quarantine stays a rename (no copy of a large or sparse file onto the system disk).
@@ -416,11 +449,28 @@ impl QuarantineStore {
         self.write_manifest(m)
     }
 
-    fn write_manifest(&self, m: &Manifest) -> Result<(), QuarantineError> {
-        let mut bytes = serde_json::to_vec_pretty(m).expect("manifest serializes");
-        bytes.push(b'\n');
-        embargo_policy::fsutil::write_atomic(&self.dir, &format!("{}.json", m.id), &bytes, 0o600)
-            .map_err(io(self.dir.display()))
+    pub fn write_manifest(&self, m: &Manifest) -> Result<(), QuarantineError> {
+        write_manifest_in(&self.dir, m)
+    }
+
+    /// Drops an entry's manifest (a suspension undone, or one whose app is gone).
+    pub fn forget(&self, id: &str) -> Result<(), QuarantineError> {
+        if !Self::valid_id(id) {
+            return Err(QuarantineError::NoSuchItem(id.into()));
+        }
+        self.remove_manifest(id).map_err(io(self.dir.display()))?;
+        let _ = embargo_policy::fsutil::sync_dir(&self.dir);
+        Ok(())
+    }
+
+    fn refuse_suspension(m: &Manifest) -> Result<(), QuarantineError> {
+        match &m.suspension {
+            Some(s) => Err(QuarantineError::Refused {
+                path: m.original_path.clone(),
+                reason: format!("{} is a suspended Android app, undone through its package manager", s.package),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn remove_manifest(&self, id: &str) -> std::io::Result<()> {
@@ -465,6 +515,7 @@ impl QuarantineStore {
     /// Puts a quarantined file back where it was, with its mode and owner. Refuses to overwrite.
     pub fn restore(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
+        Self::refuse_suspension(&m)?;
         let root = safefs::open_root(&m.root_path()).map_err(io(&m.root))?;
         let rel = m.rel_path();
         let name = rel.file_name().ok_or_else(|| QuarantineError::NoSuchItem(id.into()))?.to_owned();
@@ -525,6 +576,7 @@ impl QuarantineStore {
     /// Deletes a quarantined file and its manifest for good.
     pub fn purge(&self, id: &str) -> Result<Manifest, QuarantineError> {
         let m = self.get(id)?;
+        Self::refuse_suspension(&m)?;
         match safefs::unlink_at(self.payload_dir(&m)?, format!("{id}.bin")) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -584,6 +636,11 @@ impl QuarantineStore {
                     }
                 }
             } else if let Some(id) = n.strip_suffix(".json") {
+                // A suspension has no payload: it stays until restored (its intent, too: the
+                // commands may have run before a crash, and restore undoes them).
+                if self.get(id).is_ok_and(|m| m.suspension.is_some()) {
+                    continue;
+                }
                 // A payload in a per-filesystem store is looked up there.
                 let elsewhere = self.get(id).ok().filter(|m| m.payload_dir.is_some());
                 let payload_there = match &elsewhere {
@@ -914,6 +971,49 @@ mod tests {
         assert_eq!(store.recover().len(), 1);
         assert!(store.list().is_empty());
         assert!(root.join("b").exists());
+    }
+
+    #[test]
+    fn suspension_entries_survive_recovery_and_are_not_restored_or_purged_as_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let m = Manifest {
+            schema_version: MANIFEST_SCHEMA_VERSION,
+            id: store.new_id(),
+            original_path: "/dev-root/data/app/~~a/com.tencent.mm-b".into(),
+            root: "/dev-root".into(),
+            rel: "data/app/~~a/com.tencent.mm-b".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0,
+            size: 0,
+            sha256: String::new(),
+            rule: "r".into(),
+            action: Action::Quarantine,
+            app_kind: "android".into(),
+            app_id: "com.tencent.mm".into(),
+            quarantined_at: Time(1),
+            purge_after: None,
+            dev: 0,
+            ino: 0,
+            killed_pids: Vec::new(),
+            root_hex: None,
+            rel_hex: None,
+            payload_dir: None,
+            suspension: Some(Suspension {
+                package: "com.tencent.mm".into(),
+                users: vec![0, 10],
+                state: SUSPENSION_INTENT.into(),
+            }),
+        };
+        write_manifest_in(store.dir(), &m).unwrap();
+        // Without a `.bin`, a file entry's manifest would be dropped as stale; this one stays.
+        assert!(store.recover().is_empty());
+        assert_eq!(store.list(), vec![m.clone()]);
+        assert!(matches!(store.restore(&m.id), Err(QuarantineError::Refused { .. })));
+        assert!(matches!(store.purge(&m.id), Err(QuarantineError::Refused { .. })));
+        store.forget(&m.id).unwrap();
+        assert!(store.list().is_empty());
     }
 
     #[test]

@@ -257,22 +257,48 @@ fn cert(
     }
 }
 
+/// Most `<suspend-params>` kept per package and user (each names one suspending package).
+pub const MAX_SUSPENDERS: usize = 16;
+
 /// One user's state for one package (`package-restrictions.xml` `<pkg>`; absent attributes take
-/// the platform's defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the platform's defaults). Names as AOSP `Settings.readPackageRestrictionsLPr` reads them:
+/// `inst` (default true), `stopped`, `nl` (not launched), `hidden` (or the legacy `blocked`),
+/// `suspended`, `enabled` (`COMPONENT_ENABLED_STATE_*`), and `<suspend-params
+/// suspending-package=…>` children, one per package that suspended it (Android 10+; a
+/// `suspended="true"` without any counts as suspended by the platform, `android`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserPackageState {
     pub installed: bool,
     pub hidden: bool,
     pub suspended: bool,
     pub stopped: bool,
+    pub not_launched: bool,
     /// `COMPONENT_ENABLED_STATE_*`: 0 default, 1 enabled, 2 disabled, 3 disabled-user,
     /// 4 disabled-until-used.
     pub enabled: i64,
+    /// Who suspended it (`suspending-package`; `cmd package suspend` run by uid 0 records
+    /// `root`), at most [`MAX_SUSPENDERS`].
+    pub suspended_by: Vec<String>,
 }
 
 impl Default for UserPackageState {
     fn default() -> Self {
-        Self { installed: true, hidden: false, suspended: false, stopped: false, enabled: 0 }
+        Self {
+            installed: true,
+            hidden: false,
+            suspended: false,
+            stopped: false,
+            not_launched: false,
+            enabled: 0,
+            suspended_by: Vec::new(),
+        }
+    }
+}
+
+impl UserPackageState {
+    /// Whether `suspender` (e.g. `root`) holds a suspension of it.
+    pub fn suspended_by(&self, suspender: &str) -> bool {
+        self.suspended && self.suspended_by.iter().any(|s| s == suspender)
     }
 }
 
@@ -281,9 +307,19 @@ impl Default for UserPackageState {
 pub fn read_package_restrictions(bytes: &[u8]) -> Result<BTreeMap<String, UserPackageState>, PackagesError> {
     const FILE: &str = "package-restrictions.xml";
     let mut reader = xml::open(bytes);
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, UserPackageState> = BTreeMap::new();
     let mut depth = 0usize;
     let mut saw_root = false;
+    // The `<pkg>` being read (its `<suspend-params>` children add to it).
+    let mut current: Option<(String, UserPackageState)> = None;
+    let finish = |cur: &mut Option<(String, UserPackageState)>, out: &mut BTreeMap<String, UserPackageState>| {
+        if let Some((name, mut st)) = cur.take() {
+            if st.suspended && st.suspended_by.is_empty() {
+                st.suspended_by.push("android".into());
+            }
+            out.insert(name, st);
+        }
+    };
     while let Some(ev) = reader.next_event()? {
         match ev {
             Event::Start { name, attrs } => {
@@ -302,21 +338,38 @@ pub fn read_package_restrictions(bytes: &[u8]) -> Result<BTreeMap<String, UserPa
                         let b = |n: &str, d: bool| attr(&attrs, n).and_then(xml::Value::as_bool).unwrap_or(d);
                         let state = UserPackageState {
                             installed: b("inst", true),
-                            hidden: b("hidden", false),
+                            hidden: b("hidden", false) || b("blocked", false),
                             suspended: b("suspended", false),
                             stopped: b("stopped", false),
+                            not_launched: b("nl", false),
                             enabled: attr_i64(&attrs, "enabled").unwrap_or(0),
+                            suspended_by: Vec::new(),
                         };
-                        out.insert(pkg, state);
+                        current = Some((pkg, state));
+                    }
+                    (2, "suspend-params") => {
+                        if let (Some((_, st)), Some(by)) = (current.as_mut(), attr_str(&attrs, "suspending-package")) {
+                            // AOSP derives `suspended` from the params map as well.
+                            st.suspended = true;
+                            if st.suspended_by.len() < MAX_SUSPENDERS && !st.suspended_by.contains(&by) {
+                                st.suspended_by.push(by);
+                            }
+                        }
                     }
                     _ => {}
                 }
                 depth += 1;
             }
-            Event::End { .. } => depth -= 1,
+            Event::End { .. } => {
+                depth = depth.saturating_sub(1);
+                if depth == 1 {
+                    finish(&mut current, &mut out);
+                }
+            }
             Event::Text(_) => {}
         }
     }
+    finish(&mut current, &mut out);
     if !saw_root {
         return Err(schema(FILE, "no <package-restrictions> element"));
     }
@@ -391,5 +444,23 @@ mod tests {
         assert!(!r["com.tencent.mm"].installed);
         assert!(r["a.b"].installed && r["a.b"].suspended);
         assert_eq!(r["a.b"].enabled, 3);
+        // A bare `suspended="true"` is the platform's (AOSP: `oldSuspendingPackage = "android"`).
+        assert!(r["a.b"].suspended_by("android") && !r["a.b"].suspended_by("root"));
+    }
+
+    #[test]
+    fn package_restrictions_suspend_params_name_who_suspended() {
+        let doc = br#"<package-restrictions>
+<pkg name="com.tencent.mm" stopped="true" nl="true" suspended="true"><suspend-params suspending-package="root" /><suspend-params suspending-package="com.example.dpc"><dialog-info message="x"/></suspend-params></pkg>
+<pkg name="com.example.plain" />
+<pkg name="com.example.old" blocked="true" />
+</package-restrictions>"#;
+        let r = read_package_restrictions(doc).unwrap();
+        let mm = &r["com.tencent.mm"];
+        assert!(mm.installed && mm.stopped && mm.not_launched && mm.suspended);
+        assert_eq!(mm.suspended_by, ["root", "com.example.dpc"]);
+        assert!(mm.suspended_by("root"));
+        assert_eq!(r["com.example.plain"], UserPackageState::default());
+        assert!(r["com.example.old"].hidden, "the legacy name of hidden");
     }
 }

@@ -244,6 +244,26 @@ fn main() -> ExitCode {
                         print_json(v, true);
                     } else {
                         for m in v.as_array().into_iter().flatten() {
+                            if let Some(s) = m.get("suspension").filter(|s| s.is_object()) {
+                                // An Android app suspended through its package manager.
+                                let users: Vec<String> = s["users"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|u| u.as_u64())
+                                    .map(|u| u.to_string())
+                                    .collect();
+                                println!(
+                                    "{}  {}  rule {}  suspended {} for users {} ({})",
+                                    m["id"].as_str().unwrap_or(""),
+                                    m["quarantined_at"].as_str().unwrap_or(""),
+                                    m["rule"].as_str().unwrap_or(""),
+                                    s["package"].as_str().unwrap_or(""),
+                                    users.join(","),
+                                    s["state"].as_str().unwrap_or("")
+                                );
+                                continue;
+                            }
                             println!(
                                 "{}  {}  rule {}  {}  {}",
                                 m["id"].as_str().unwrap_or(""),

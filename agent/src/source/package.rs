@@ -95,6 +95,23 @@ pub enum Removal {
     Protected(String),
 }
 
+/// What a reversible quarantine through the package manager did (Android: `cmd package
+/// suspend` per user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Suspension {
+    /// `users`: suspended now (a command that timed out counts: its effect is unknown, and
+    /// undoing it is harmless); `already`: held a suspension of ours before; `failed`: the
+    /// users whose command failed, with why.
+    Suspended {
+        users: Vec<u32>,
+        already: Vec<u32>,
+        failed: Vec<(u32, String)>,
+    },
+    /// Installed for no user: nothing to suspend.
+    NotInstalled,
+    Protected(String),
+}
+
 /// A package manager for one kind of app. Implementations are stateless (the root is passed in),
 /// so one static value serves every root of that kind.
 pub trait PackageManager: Sync {
@@ -137,6 +154,30 @@ pub trait PackageManager: Sync {
     /// Removes `p` through the package manager, only if that removes nothing else. With
     /// `dry_run`, only asks the manager what removal would do.
     fn remove(&self, root: &Path, p: &Package, dry_run: bool) -> Result<Removal, String>;
+    /// Whether the manager can quarantine a package reversibly itself ([`Self::suspend`]); else
+    /// a `quarantine` verdict quarantines the package's executables and needs an admin.
+    fn suspends(&self) -> bool {
+        false
+    }
+    /// Quarantines `p` reversibly through the package manager, showing `message` to its users.
+    /// `intent` is called with the users about to be acted on before any command runs, and
+    /// must make them durable (crash safety: what it records is what restore undoes).
+    fn suspend(
+        &self,
+        root: &Path,
+        p: &Package,
+        message: &str,
+        intent: &mut dyn FnMut(&[u32]) -> Result<(), String>,
+    ) -> Result<Suspension, String> {
+        let _ = (root, message, intent);
+        Err(format!("{} has no reversible quarantine", p.name))
+    }
+    /// Undoes [`Self::suspend`] for `users` (idempotent: a user for whom it is not suspended, or
+    /// who no longer has it, needs nothing).
+    fn unsuspend(&self, root: &Path, package: &str, users: &[u32]) -> Result<(), String> {
+        let _ = (root, users);
+        Err(format!("{package}: this package manager has no reversible quarantine"))
+    }
     /// The app identity of an installed package (files absolute in `root`).
     fn app(&self, root: &Path, p: &InstalledPackage) -> App {
         app_of(self.kind(), root, &p.package, &p.files)

@@ -17,7 +17,7 @@ use std::time::Instant;
 use embargo_policy::app::App;
 use embargo_policy::matcher::{RuleSet, Verdict};
 
-use super::package::{InstalledPackage, Package, PackageManager, Removal};
+use super::package::{InstalledPackage, Package, PackageManager, Removal, Suspension};
 use super::{Hint, Source};
 use crate::proto::SourceStatus;
 use crate::safefs;
@@ -35,8 +35,10 @@ pub enum PackageOutcome {
     Protected(String),
     /// Held back by a policy update over the action cap.
     Held,
-    /// Decided; its removal is running on the package worker.
+    /// Decided; its removal (or suspension) is running on the package worker.
     Removing,
+    /// Quarantined through the package manager (Android: suspended), quarantine entry `id`.
+    Suspended(String),
     Failed(String),
 }
 
@@ -53,7 +55,22 @@ pub enum Done {
     Read { root: usize, rules: Arc<RuleSet>, result: Result<Vec<ReadPackage>, String> },
     /// A removal of package `name` of root `root` (decided at `since`) ran.
     Removed { root: usize, name: String, result: Result<Removal, String>, verdict: Verdict, since: Instant },
+    /// A suspension of package `name` ran; `manifest` is its quarantine entry as the intent
+    /// wrote it (or would have: nothing is on disk when no command was needed).
+    Suspended {
+        root: usize,
+        name: String,
+        manifest: Box<crate::act::quarantine::Manifest>,
+        result: Result<Suspension, String>,
+        verdict: Verdict,
+        since: Instant,
+    },
+    /// `embargoctl quarantine restore ID` of a suspension ran; `reply` answers the request.
+    Unsuspended { id: String, result: Result<(), String>, uid: u32, reply: Reply },
 }
+
+/// A control request's reply, shared by a job and its panic handler (whichever runs answers).
+pub type Reply = std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<crate::proto::Response>>>>;
 
 pub struct PackageItem {
     pub installed: InstalledPackage,
@@ -195,6 +212,39 @@ impl PackageRoot {
         Some(move || {
             let result = crate::act::remove_package(manager, &root, &fd, &app, &package);
             Done::Removed { root: index, name, result, verdict, since }
+        })
+    }
+
+    /// The job that suspends package `name` (decided on the loop) for the package worker:
+    /// the intent (`manifest`, users added) is written into the store directory `store_dir`
+    /// before the first command runs.
+    pub fn suspend_job(
+        &self,
+        index: usize,
+        name: &str,
+        verdict: Verdict,
+        since: Instant,
+        manifest: crate::act::quarantine::Manifest,
+        store_dir: PathBuf,
+    ) -> Option<impl FnOnce() -> Done + Send + 'static> {
+        let item = self.packages.get(name)?;
+        let manager = self.manager;
+        let root = self.root.clone();
+        let (package, name) = (item.installed.package.clone(), name.to_owned());
+        Some(move || {
+            let mut manifest = Box::new(manifest);
+            let message = crate::source::android::suspend_message(&verdict.rule);
+            let result = manager.suspend(&root, &package, &message, &mut |users| {
+                let s = manifest.suspension.as_mut().expect("a suspension entry");
+                for u in users {
+                    if !s.users.contains(u) {
+                        s.users.push(*u);
+                    }
+                }
+                s.state = crate::act::quarantine::SUSPENSION_INTENT.into();
+                crate::act::quarantine::write_manifest_in(&store_dir, &manifest).map_err(|e| e.to_string())
+            });
+            Done::Suspended { root: index, name, manifest, result, verdict, since }
         })
     }
 
