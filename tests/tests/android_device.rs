@@ -9,8 +9,11 @@
 //! `/system/bin`). The stand-in records its argument list and applies the change to the
 //! simulated tree: `package uninstall --user all PKG` renames a packages.xml without `PKG` into
 //! place (prepared by the test, as `ResilientAtomicFile` renames the new file) and deletes the
-//! code directory; anything else fails. The recorded argument lists are checked against AOSP's
-//! `PackageManagerShellCommand` usage (docs/android.md, "PackageManager (what is done)").
+//! code directory; `package suspend --user U --dialogMessage MSG PKG` and `package unsuspend
+//! --user U PKG` rename user U's `package-restrictions.xml` with the app suspended by `root` (or
+//! not) into place (prepared by the test in ABX, as Android writes it) and print what
+//! `runSuspend` prints; anything else fails. The recorded argument lists are checked against
+//! AOSP's `PackageManagerShellCommand` usage (docs/android.md, "PackageManager (what is done)").
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -96,6 +99,22 @@ if [ "$1" = package ] && [ "$2" = uninstall ] && [ "$3" = --user ] && [ "$4" = a
   echo Success
   exit 0
 fi
+if [ "$1" = package ] && [ "$2" = suspend ] && [ "$3" = --user ] && [ "$5" = --dialogMessage ] && [ $# -eq 7 ]; then
+  new='{after}'/restrictions/"$4"/suspended.xml
+  [ -f "$new" ] || {{ echo "java.lang.IllegalArgumentException: Unknown target package $7"; exit 1; }}
+  cp "$new" "$tree/data/system/users/$4/package-restrictions.xml.new" && mv "$tree/data/system/users/$4/package-restrictions.xml.new" "$tree/data/system/users/$4/package-restrictions.xml"
+  # The crash test: the agent is killed right after the suspend took effect.
+  if [ -f '{after}'/kill-after-suspend ]; then rm -f '{after}'/kill-after-suspend; kill -9 $PPID; exit 137; fi
+  echo "Package $7 new suspended state: true"
+  exit 0
+fi
+if [ "$1" = package ] && [ "$2" = unsuspend ] && [ "$3" = --user ] && [ $# -eq 5 ]; then
+  new='{after}'/restrictions/"$4"/unsuspended.xml
+  [ -f "$new" ] || {{ echo "java.lang.IllegalArgumentException: Unknown target package $5"; exit 1; }}
+  cp "$new" "$tree/data/system/users/$4/package-restrictions.xml.new" && mv "$tree/data/system/users/$4/package-restrictions.xml.new" "$tree/data/system/users/$4/package-restrictions.xml"
+  echo "Package $5 new suspended state: false"
+  exit 0
+fi
 echo "Unknown command: $*" >&2
 exit 1
 "#,
@@ -118,10 +137,15 @@ const POLICY: &str = "expires = \"30d\"\n[[rule]]\nid = \"tencent\"\naction = \"
 /// without the android root, then restarted with it and the stand-in on PATH (the first agent
 /// has no android root, so it never looks for `cmd`).
 fn device(tree: &Path, path: String) -> Device {
-    let mut dev = Device::new(POLICY);
+    device_with(tree, path, POLICY, "enforce")
+}
+
+fn device_with(tree: &Path, path: String, policy: &str, mode: &str) -> Device {
+    let mut dev = Device::new(policy);
     dev.agent_env = vec![("PATH".into(), path)];
     let extra = format!("\n[[watch]]\nkind = \"android\"\npaths = [\"{}\"]\n", tree.display());
-    dev.reconfigure(|text| text + &extra);
+    let mode = format!("mode = \"{mode}\"");
+    dev.reconfigure(|text| text.replacen("mode = \"enforce\"", &mode, 1) + &extra);
     dev
 }
 
@@ -195,4 +219,211 @@ fn a_banned_apk_staged_for_install_gets_its_session_abandoned() {
 
 fn gone_dir(p: &Path) -> Option<()> {
     (!p.exists()).then_some(())
+}
+
+/// One user's `package-restrictions.xml` in ABX (as `Settings.writePackageRestrictionsLPr`
+/// writes it): the banned app installed or not, suspended by `root` (`cmd package suspend` run
+/// as uid 0) or not, and the allowed app in its default state.
+fn restrictions_abx(installed: bool, suspended_by_root: bool) -> Vec<u8> {
+    let mut w = AbxWriter::new();
+    w.start("package-restrictions");
+    w.start("pkg").attr("name", &Value::Str(BANNED.0.into())).attr("ceDataInode", &Value::Long(81_234));
+    if !installed {
+        w.attr("inst", &Value::Bool(false));
+    }
+    if suspended_by_root {
+        w.attr("suspended", &Value::Bool(true));
+        w.start("suspend-params").attr("suspending-package", &Value::Str("root".into()));
+        w.start("dialog-info").attr("message", &Value::Str("x".into())).end("dialog-info");
+        w.end("suspend-params");
+    }
+    w.end("pkg");
+    w.start("pkg").attr("name", &Value::Str(ALLOWED.0.into())).attr("stopped", &Value::Bool(true)).end("pkg");
+    w.start("preferred-activities").end("preferred-activities");
+    w.end("package-restrictions");
+    w.finish()
+}
+
+/// Users of the simulated device: (user id, has the banned app, already suspended by root).
+/// Writes each user's file and the two states the stand-in switches between.
+fn add_users(work: &Path, tree: &Path, users: &[(u32, bool, bool)]) {
+    for &(u, installed, suspended) in users {
+        let dir = tree.join(format!("data/system/users/{u}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("package-restrictions.xml"), restrictions_abx(installed, suspended)).unwrap();
+        if installed {
+            let after = work.join(format!("after/restrictions/{u}"));
+            std::fs::create_dir_all(&after).unwrap();
+            std::fs::write(after.join("suspended.xml"), restrictions_abx(true, true)).unwrap();
+            std::fs::write(after.join("unsuspended.xml"), restrictions_abx(true, false)).unwrap();
+        }
+    }
+}
+
+/// Whether user `u` of the tree has the banned app suspended by root.
+fn suspended_for(tree: &Path, u: u32) -> bool {
+    let bytes = std::fs::read(tree.join(format!("data/system/users/{u}/package-restrictions.xml"))).unwrap();
+    android::read_package_restrictions(&bytes).unwrap().get(BANNED.0).is_some_and(|s| s.suspended_by("root"))
+}
+
+const QUARANTINE_POLICY: &str = "expires = \"30d\"\n[[rule]]\nid = \"tencent\"\naction = \"quarantine\"\n\
+                                 [[rule.match]]\nkind = \"android\"\nid = \"com.tencent.*\"\n";
+
+fn suspend_argv(user: u32) -> Vec<String> {
+    android::cmd::suspend(BANNED.0, user, &embargo_agent::source::android::suspend_message("tencent"))
+}
+
+/// The audit log's action records for `app_id`, as `embargoctl events --json` shows them.
+fn actions_for(dev: &Device, app_id: &str) -> Vec<serde_json::Value> {
+    // One JSON entry per line.
+    let out = dev.ctl(&["events", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"]["type"] == "action" && e["event"]["record"]["app_id"] == app_id)
+        .map(|e| e["event"].clone())
+        .collect()
+}
+
+fn agent_log(dev: &Device) -> String {
+    std::fs::read_to_string(dev.tmp.path().join("embargod.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_quarantined_app_is_suspended_for_each_user_who_has_it_and_restore_unsuspends_it() {
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED, BANNED]);
+    // User 0 and 10 have it; 11 does not (`inst=false`); 12 has it already suspended by root
+    // (not by the agent: no entry of ours lists it).
+    add_users(work.path(), &tree, &[(0, true, false), (10, true, false), (11, false, false), (12, true, true)]);
+    let dev = device_with(&tree, path, QUARANTINE_POLICY, "enforce");
+    let entry = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("a suspension entry in the quarantine list", WAIT, || {
+            dev.quarantine_list()
+                .into_iter()
+                .find(|m| m["suspension"]["state"] == "suspended" && m["suspension"]["package"] == BANNED.0)
+        })
+    }))
+    .unwrap_or_else(|_| panic!("no suspension; cmd calls {:?}; embargod's log:\n{}", calls(&log), agent_log(&dev)));
+    assert_eq!(entry["suspension"]["users"], serde_json::json!([0, 10]));
+    assert_eq!((entry["rule"].as_str(), entry["app_kind"].as_str()), (Some("tencent"), Some("android")));
+    assert!(suspended_for(&tree, 0) && suspended_for(&tree, 10), "the stand-in applied both");
+    // AOSP `runSuspend`: options `--user U` (one user: `all` is not accepted there) and
+    // `--dialogMessage MSG` (one argument: no shell), then the package; one call per user that
+    // has the app and is not suspended by root already. Nothing for user 11 or 12, nothing for
+    // the system app that the same rule matches, no uninstall.
+    assert_eq!(calls(&log), vec![suspend_argv(0), suspend_argv(10)]);
+    assert_eq!(calls(&log)[0][..5], ["package", "suspend", "--user", "0", "--dialogMessage"]);
+    eventually("the system app recorded as protected", WAIT, || {
+        actions_for(&dev, SYSTEM.0)
+            .iter()
+            .any(|a| a["record"]["result"].as_str().is_some_and(|r| r.starts_with("protected")))
+            .then_some(())
+    });
+    assert_eq!(installed_names(&tree), [BANNED.0, SYSTEM.0, ALLOWED.0].map(str::to_owned), "nothing uninstalled");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    // The text list names it as a suspension.
+    let text = String::from_utf8(dev.ctl(&["quarantine", "list"]).stdout).unwrap();
+    assert!(text.contains(&format!("suspended {} for users 0,10", BANNED.0)), "{text}");
+    // Purge refuses while the app is installed (it would have to uninstall it).
+    let out = dev.ctl(&["quarantine", "purge", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still installed"), "{out:?}");
+    // Restore: AOSP `unsuspend --user U PKG` for each user the entry lists.
+    let out = dev.ctl(&["quarantine", "restore", &id]);
+    assert!(out.status.success(), "restore: {out:?}\n{}", agent_log(&dev));
+    assert_eq!(calls(&log)[2..], [android::cmd::unsuspend(BANNED.0, 0), android::cmd::unsuspend(BANNED.0, 10)]);
+    assert!(!suspended_for(&tree, 0) && !suspended_for(&tree, 10));
+    assert!(suspended_for(&tree, 12), "another suspension is not the agent's to lift");
+    assert!(dev.quarantine_list().is_empty());
+}
+
+#[test]
+fn a_kill_between_the_suspend_and_the_entry_leaves_an_entry_that_restore_undoes() {
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED]);
+    add_users(work.path(), &tree, &[(0, true, false)]);
+    let mut dev = device_with(&tree, path, QUARANTINE_POLICY, "enforce");
+    eventually("the agent to see two apps", WAIT, || {
+        dev.status()?["sources"].as_array()?.iter().any(|s| s["kind"] == "android" && s["apps_seen"] == 2).then_some(())
+    });
+    // The stand-in kills embargod (kill -9) right after the suspend took effect, before the
+    // agent hears the result. Then the banned app is installed (packages.xml renamed into
+    // place, as `ResilientAtomicFile` does).
+    std::fs::write(work.path().join("after/kill-after-suspend"), "").unwrap();
+    let next = tree.join("data/system/packages.xml.new");
+    std::fs::write(&next, packages_abx(&[SYSTEM, ALLOWED, BANNED])).unwrap();
+    std::fs::rename(&next, tree.join("data/system/packages.xml")).unwrap();
+    eventually("the agent killed by the stand-in", WAIT, || dev.status().is_none().then_some(()));
+    assert!(suspended_for(&tree, 0));
+    // What survives the crash: the entry written before the command ran.
+    let store = dev.state.join("quarantine");
+    let intents: Vec<serde_json::Value> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["suspension"]["state"], "intent");
+    assert_eq!(intents[0]["suspension"]["users"], serde_json::json!([0]));
+    // Restarted, the agent lists it (and does not suspend again).
+    dev.start_agent();
+    let entry = eventually("the entry listed after the restart", WAIT, || {
+        dev.quarantine_list().into_iter().find(|m| m["suspension"]["package"] == BANNED.0)
+    });
+    let out = dev.ctl(&["quarantine", "restore", entry["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "restore: {out:?}\n{}", agent_log(&dev));
+    assert!(!suspended_for(&tree, 0), "restore undid the suspension the crash left");
+    assert_eq!(calls(&log), vec![suspend_argv(0), android::cmd::unsuspend(BANNED.0, 0)]);
+    assert!(dev.quarantine_list().is_empty());
+}
+
+#[test]
+fn in_monitor_mode_a_quarantine_verdict_on_an_android_app_is_recorded_only() {
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED, BANNED]);
+    add_users(work.path(), &tree, &[(0, true, false)]);
+    let dev = device_with(&tree, path, QUARANTINE_POLICY, "monitor");
+    let recorded = eventually("the verdict recorded", WAIT, || actions_for(&dev, BANNED.0).into_iter().next());
+    assert_eq!(recorded["outcome"], "recorded", "{recorded}");
+    assert!(calls(&log).is_empty(), "monitor mode ran {:?}", calls(&log));
+    assert!(!suspended_for(&tree, 0));
+    assert!(dev.quarantine_list().is_empty());
+}
+
+#[test]
+fn an_apk_written_into_a_staging_dir_after_the_dir_appeared_gets_its_session_abandoned() {
+    if !need(&["aapt"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED]);
+    let dev = device(&tree, path);
+    eventually("the agent to see two apps", WAIT, || {
+        dev.status()?["sources"].as_array()?.iter().any(|s| s["kind"] == "android" && s["apps_seen"] == 2).then_some(())
+    });
+    // PackageInstaller creates the session directory first and streams the APK into it later
+    // (`install-write`): the directory is empty when it appears.
+    let staged = tree.join("data/app/vmdl7654321.tmp");
+    std::fs::create_dir(&staged).unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("AndroidManifest.xml"),
+        "<manifest xmlns:android=\"http://schemas.android.com/apk/res/android\" package=\"com.tencent.mm\">\n  <application/>\n</manifest>\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("aapt")
+        .args(["package", "-f", "-M"])
+        .arg(src.join("AndroidManifest.xml"))
+        .arg("-F")
+        .arg(work.path().join("built.apk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "aapt: {}", String::from_utf8_lossy(&out.stderr));
+    // Written in place (not renamed in): the agent sees the write in the staging directory.
+    std::fs::write(staged.join("base.apk"), std::fs::read(work.path().join("built.apk")).unwrap()).unwrap();
+    eventually("the staged session abandoned", WAIT, || gone_dir(&staged));
+    assert_eq!(calls(&log), vec![android::cmd::install_abandon(7_654_321)]);
 }
