@@ -296,7 +296,7 @@ fn a_quarantined_app_is_suspended_for_each_user_who_has_it_and_restore_unsuspend
     // User 0 and 10 have it; 11 does not (`inst=false`); 12 has it already suspended by root
     // (not by the agent: no entry of ours lists it).
     add_users(work.path(), &tree, &[(0, true, false), (10, true, false), (11, false, false), (12, true, true)]);
-    let dev = device_with(&tree, path, QUARANTINE_POLICY, "enforce");
+    let mut dev = device_with(&tree, path, QUARANTINE_POLICY, "enforce");
     let entry = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         eventually("a suspension entry in the quarantine list", WAIT, || {
             dev.quarantine_list()
@@ -336,6 +336,21 @@ fn a_quarantined_app_is_suspended_for_each_user_who_has_it_and_restore_unsuspend
     assert!(!suspended_for(&tree, 0) && !suspended_for(&tree, 10));
     assert!(suspended_for(&tree, 12), "another suspension is not the agent's to lift");
     assert!(dev.quarantine_list().is_empty());
+    // The restore holds across a restart and later reads (the app at that version is exempt
+    // until the policy changes): another banned app installed afterwards is suspended, this one
+    // is not again (both are decided on the same read of packages.xml).
+    dev.stop_agent();
+    dev.start_agent();
+    const WEWORK: Pkg = ("com.tencent.wework", "/data/app/~~d2V3b3Jr/com.tencent.wework-eHl6==", 100, 0);
+    let next = tree.join("data/system/packages.xml.new");
+    std::fs::write(&next, packages_abx(&[SYSTEM, ALLOWED, BANNED, WEWORK])).unwrap();
+    std::fs::rename(&next, tree.join("data/system/packages.xml")).unwrap();
+    eventually("the other banned app suspended", WAIT, || {
+        calls(&log).iter().any(|c| c.last().map(String::as_str) == Some(WEWORK.0)).then_some(())
+    });
+    let again: Vec<_> =
+        calls(&log)[4..].iter().filter(|c| c.last().map(String::as_str) == Some(BANNED.0)).cloned().collect();
+    assert!(again.is_empty(), "the restored app was suspended again: {again:?}");
 }
 
 #[test]
