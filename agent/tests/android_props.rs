@@ -321,6 +321,20 @@ proptest! {
     }
 
     #[test]
+    fn package_restrictions_damaged(d in damage(), random in prop::collection::vec(any::<u8>(), 0..2048)) {
+        // AOSP's serializer wrote this one (makeabx); damaged, and random bytes after the magic.
+        let mut doc = include_bytes!("fixtures/android/generated/package-restrictions-0.xml.abx").to_vec();
+        prop_assert!(packages_xml::read_package_restrictions(&doc).is_ok());
+        apply(&mut doc, &d);
+        let (_, peak) = peak_of(|| packages_xml::read_package_restrictions(&doc));
+        prop_assert!(peak <= abx_bound(doc.len()), "peak {}", peak);
+        let mut doc = b"ABX\0".to_vec();
+        doc.extend(random);
+        let (_, peak) = peak_of(|| packages_xml::read_package_restrictions(&doc));
+        prop_assert!(peak <= abx_bound(doc.len()), "peak {}", peak);
+    }
+
+    #[test]
     fn text_xml_random(s in "(<[a-z]{1,3}( [a-z]{1,3}=\"[^\"<]{0,8}\")*/?>|</[a-z]{1,3}>|[^<]{0,8}|&[a-z#0-9]{0,5};){0,40}") {
         let (_, peak) = peak_of(|| packages_xml::read_packages(s.as_bytes()));
         prop_assert!(peak <= abx_bound(s.len()) + 64 * 1024, "peak {}", peak);

@@ -555,3 +555,29 @@ fn abx_aosp_verify_fixture() {
     assert_eq!(ev[1], xml::Event::Text("hello worldraw <not-a-tag>&".into()));
     assert_eq!(ev.len(), 5, "{ev:?}");
 }
+
+#[test]
+fn makeabx_package_restrictions_reads_like_text() {
+    // `generated/package-restrictions-0.xml` is written as `Settings.writePackageRestrictionsLPr`
+    // writes it in text; its `.abx` twin was made from the typed twin by makeabx.jar (AOSP's
+    // BinaryXmlSerializer): booleans, ints, longs and a long-hex as Android types them, and
+    // `<suspend-params suspending-package>` children (Android 10+).
+    let dir = fixtures().join("generated");
+    let text = std::fs::read(dir.join("package-restrictions-0.xml")).unwrap();
+    let abx_bytes = std::fs::read(dir.join("package-restrictions-0.xml.abx")).unwrap();
+    assert!(abx_bytes.starts_with(b"ABX\0"));
+    let ours = flatten(&xml::events(&mut abx::AbxReader::new(&abx_bytes)).unwrap());
+    let theirs = flatten(&xml::events(&mut xml::TextReader::new(&text)).unwrap());
+    assert_eq!(ours, theirs, "same elements and attributes");
+    let from_abx = android::read_package_restrictions(&abx_bytes).unwrap();
+    assert_eq!(from_abx, android::read_package_restrictions(&text).unwrap());
+    let mm = &from_abx["com.tencent.mm"];
+    assert!(mm.installed && mm.stopped && mm.suspended && !mm.not_launched);
+    assert_eq!(mm.suspended_by, ["root", "com.example.dpc"], "who suspended it, in file order");
+    let wework = &from_abx["com.tencent.wework"];
+    assert!(!wework.installed && wework.stopped && wework.not_launched && !wework.suspended);
+    assert!(from_abx["org.example.maps"].installed && from_abx["org.example.maps"].not_launched);
+    assert_eq!(from_abx["com.kaspersky.free"].enabled, 3, "COMPONENT_ENABLED_STATE_DISABLED_USER");
+    assert!(from_abx["com.example.hidden"].hidden, "the legacy `blocked` name");
+    assert_eq!(from_abx.len(), 5);
+}
