@@ -166,7 +166,15 @@ impl Enforcer {
                 PackageOutcome::Protected(format!("{name} is installed for no user: nothing to suspend"))
             }
             Ok(package::Suspension::Protected(why)) => PackageOutcome::Protected(why),
-            Err(e) => PackageOutcome::Failed(e),
+            Err(e) => {
+                // A job that panicked after its intent was written: list what is on disk.
+                if let Ok(disk) = self.store.get(&m.id) {
+                    if disk.suspension.is_some() {
+                        self.qindex.insert(disk.id.clone(), disk);
+                    }
+                }
+                PackageOutcome::Failed(e)
+            }
         };
         let quarantine_id = match &outcome {
             PackageOutcome::Suspended(_) | PackageOutcome::Failed(_) if self.qindex.contains_key(&m.id) => {

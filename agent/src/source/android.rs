@@ -10,6 +10,12 @@
 //! place. A file that does not parse (caught mid-write: truncated ABX is an error by design) is
 //! read from `packages-backup.xml` when that exists (AOSP's own rule); otherwise the read fails
 //! and the loop keeps the last good list.
+//!
+//! Quarantine is `cmd package suspend --user U` for each user who has the app (per-user state
+//! from `<root>/data/system/users/<U>/package-restrictions.xml`), restore `cmd package
+//! unsuspend`; see `docs/android.md` for why suspend and how a crash is survived. Every `cmd`
+//! runs with a deadline (`run_bounded`), on the package worker. Staging directories and their
+//! APKs are opened beneath the device root through `safefs`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -556,8 +562,8 @@ fn suspended_state(out: &CmdOutput, package: &str) -> Option<bool> {
 }
 
 impl Android {
-    /// Suspends `package` for `user` (`Ok(true)`: suspended; `Err`: failed, with `timed_out`
-    /// saying whether the outcome is unknown).
+    /// Suspends `package` for `user`. `Err((unknown, why))`: failed; `unknown` when the command
+    /// did not finish (timed out or could not be waited for), so it may have taken effect.
     fn suspend_one(package: &str, user: u32, message: &str) -> Result<(), (bool, String)> {
         let argv = android::cmd::suspend(package, user, message);
         let out = cmd(&argv).map_err(|e| (true, e))?;
