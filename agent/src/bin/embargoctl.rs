@@ -92,9 +92,9 @@ enum QuarantineCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a quarantined file back where it was (root).
+    /// Put a quarantined file back where it was, or unsuspend a suspended Android app (root).
     Restore { id: String },
-    /// Delete a quarantined file for good (root).
+    /// Delete a quarantined file for good; a suspended Android app's entry only once the app is gone (root).
     Purge { id: String },
 }
 
