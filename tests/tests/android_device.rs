@@ -102,6 +102,8 @@ fi
 if [ "$1" = package ] && [ "$2" = suspend ] && [ "$3" = --user ] && [ "$5" = --dialogMessage ] && [ $# -eq 7 ]; then
   new='{after}'/restrictions/"$4"/suspended.xml
   [ -f "$new" ] || {{ echo "java.lang.IllegalArgumentException: Unknown target package $7"; exit 1; }}
+  # The deadline test: this suspend hangs (a binder call that never returns).
+  if [ -f '{after}'/hang-suspend ]; then echo $$ > '{after}'/hung.pid; exec sleep 600; fi
   cp "$new" "$tree/data/system/users/$4/package-restrictions.xml.new" && mv "$tree/data/system/users/$4/package-restrictions.xml.new" "$tree/data/system/users/$4/package-restrictions.xml"
   # The crash test: the agent is killed right after the suspend took effect.
   if [ -f '{after}'/kill-after-suspend ]; then rm -f '{after}'/kill-after-suspend; kill -9 $PPID; exit 137; fi
@@ -441,4 +443,36 @@ fn an_apk_written_into_a_staging_dir_after_the_dir_appeared_gets_its_session_aba
     std::fs::write(staged.join("base.apk"), std::fs::read(work.path().join("built.apk")).unwrap()).unwrap();
     eventually("the staged session abandoned", WAIT, || gone_dir(&staged));
     assert_eq!(calls(&log), vec![android::cmd::install_abandon(7_654_321)]);
+}
+
+#[test]
+fn a_hung_cmd_is_killed_after_its_deadline_while_the_agent_keeps_answering() {
+    // Takes the 30 s deadline (`source::android::CMD_TIMEOUT`) once.
+    let work = tempfile::tempdir().unwrap();
+    let (tree, log, path) = device_tree(work.path(), &[SYSTEM, ALLOWED, BANNED]);
+    add_users(work.path(), &tree, &[(0, true, false)]);
+    std::fs::write(work.path().join("after/hang-suspend"), "").unwrap();
+    let dev = device_with(&tree, path, QUARANTINE_POLICY, "enforce");
+    let pid_file = work.path().join("after/hung.pid");
+    let pid =
+        eventually("the suspend to hang", WAIT, || std::fs::read_to_string(&pid_file).ok().filter(|p| !p.is_empty()));
+    let pid = pid.trim().to_owned();
+    // The command runs on the package worker: the core loop answers meanwhile.
+    let t = std::time::Instant::now();
+    assert!(dev.status().is_some(), "status while cmd hangs");
+    assert!(t.elapsed() < Duration::from_secs(5), "status took {:?} while cmd hangs", t.elapsed());
+    let failed = eventually("the hung suspend reported", Duration::from_secs(90), || {
+        actions_for(&dev, BANNED.0).into_iter().find(|a| a["outcome"] == "failed")
+    });
+    let result = failed["record"]["result"].as_str().unwrap_or_default().to_owned();
+    assert!(result.contains("did not finish within 30 s; killed"), "{result}");
+    // Killed, not left running.
+    let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    eventually("the hung cmd killed", WAIT, || (!alive()).then_some(()));
+    // Its outcome is unknown, so the entry keeps the user: restore would undo it.
+    let entry = eventually("the entry listed", WAIT, || {
+        dev.quarantine_list().into_iter().find(|m| m["suspension"]["package"] == BANNED.0)
+    });
+    assert_eq!(entry["suspension"]["users"], serde_json::json!([0]));
+    assert_eq!(calls(&log), vec![suspend_argv(0)], "not retried");
 }
