@@ -345,9 +345,10 @@ impl PackageManager for Android {
         &self,
         root: &Path,
         p: &Package,
-        message: &str,
+        rule: &str,
         intent: &mut dyn FnMut(&[u32]) -> Result<(), String>,
     ) -> Result<Suspension, String> {
+        let message = suspend_message(rule);
         if session_of(p).is_some() {
             return Err(format!("{} is an install in flight, not an installed app", p.name));
         }
@@ -385,7 +386,7 @@ impl PackageManager for Android {
         intent(&todo)?;
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         for user in todo {
-            match Self::suspend_one(&p.name, user, message) {
+            match Self::suspend_one(&p.name, user, &message) {
                 Ok(()) => done.push(user),
                 Err((unknown, why)) => {
                     tracing::warn!(package = %p.name, user, error = %why, "cmd package suspend failed");

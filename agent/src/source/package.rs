@@ -159,17 +159,18 @@ pub trait PackageManager: Sync {
     fn suspends(&self) -> bool {
         false
     }
-    /// Quarantines `p` reversibly through the package manager, showing `message` to its users.
+    /// Quarantines `p` reversibly through the package manager, for rule `rule` (which the
+    /// manager may show its users).
     /// `intent` is called with the users about to be acted on before any command runs, and
     /// must make them durable (crash safety: what it records is what restore undoes).
     fn suspend(
         &self,
         root: &Path,
         p: &Package,
-        message: &str,
+        rule: &str,
         intent: &mut dyn FnMut(&[u32]) -> Result<(), String>,
     ) -> Result<Suspension, String> {
-        let _ = (root, message, intent);
+        let _ = (root, rule, intent);
         Err(format!("{} has no reversible quarantine", p.name))
     }
     /// Undoes [`Self::suspend`] for `users` (idempotent: a user for whom it is not suspended, or

@@ -233,8 +233,7 @@ impl PackageRoot {
         let (package, name) = (item.installed.package.clone(), name.to_owned());
         Some(move || {
             let mut manifest = Box::new(manifest);
-            let message = crate::source::android::suspend_message(&verdict.rule);
-            let result = manager.suspend(&root, &package, &message, &mut |users| {
+            let result = manager.suspend(&root, &package, &verdict.rule, &mut |users| {
                 let s = manifest.suspension.as_mut().expect("a suspension entry");
                 for u in users {
                     if !s.users.contains(u) {
