@@ -136,6 +136,7 @@ impl Enforcer {
         let qindex = store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
         let mut folders = Folders::default();
         folders.inventory.set_bound(cfg.max_inventory_entries);
+        folders.inventory.set_byte_bound(cfg.max_inventory_bytes);
         // One thread: reads and removals of packages run in the order the loop submits them.
         let (package_worker, package_results) = crate::worker::Worker::spawn("embargo-packages", 1)
             .map_err(|e| format!("starting the package worker: {e}"))?;
@@ -306,7 +307,7 @@ impl Enforcer {
     /// that reaches the bound on entries per scan is reported and continued in a later turn.
     pub fn scan_path(&mut self, path: &Path, since: Instant) {
         self.evidence.counters.rescans += 1;
-        let (files, hits) = self.folders.list(path, self.cfg.max_files_per_scan);
+        let (files, hits) = self.folders.list(path, self.scan_batch());
         self.enforce_listed(files, hits, since);
     }
 
@@ -317,17 +318,23 @@ impl Enforcer {
 
     /// Continues the scans that stopped at the bound, one batch each.
     pub fn continue_scans(&mut self) {
-        let (files, hits) = self.folders.continue_walks(self.cfg.max_files_per_scan);
+        let (files, hits) = self.folders.continue_walks(self.scan_batch());
         self.enforce_listed(files, hits, Instant::now());
+    }
+
+    /// One scan batch: at most `max_files_per_scan` entries and `max_scan_path_bytes` bytes of
+    /// listed paths, so a scan holds one bounded batch of paths at a time (finding 8).
+    fn scan_batch(&self) -> crate::source::walk::Batch {
+        crate::source::walk::Batch { entries: self.cfg.max_files_per_scan, path_bytes: self.cfg.max_scan_path_bytes }
     }
 
     fn enforce_listed(&mut self, files: Vec<(usize, PathBuf)>, hits: Vec<BoundHit>, since: Instant) {
         for hit in hits {
-            tracing::warn!(root = %hit.root.display(), entries = hit.entries, "scan stopped at the bound on entries per scan; continuing where it stopped");
+            tracing::warn!(root = %hit.root.display(), bound = %hit.bound, "scan stopped at a bound of its batch; continuing where it stopped");
             self.evidence.emit(AuditEvent::ScanBound {
                 root: hit.root.display().to_string(),
-                entries: hit.entries,
-                reason: "entries per scan".into(),
+                entries: self.cfg.max_files_per_scan,
+                reason: format!("{} ({})", hit.reason, hit.bound),
             });
         }
         for (ri, rel) in files {
@@ -556,6 +563,7 @@ impl Enforcer {
                 path: full.display().to_string(),
                 size: meta.size,
                 reason: why.clone(),
+                uid: Some(meta.uid),
             });
         }
         let root_path = self.folders.roots[ri].path.clone();
@@ -573,10 +581,14 @@ impl Enforcer {
                 uid: meta.uid,
             },
         );
+        for r in self.folders.inventory.take_reached() {
+            tracing::warn!(of = %r.of, bound = %r.bound, "inventory bound reached: further files are enforced at each look but not remembered");
+            self.evidence.emit(AuditEvent::InventoryBound { of: r.of, bound: r.bound });
+        }
         let Some(v) = verdict else { return };
         let recorded_once = |this: &mut Self, action: &str, result: &str, outcome: Outcome| {
             if !audited {
-                this.record(action, result, outcome, &v, &app, &full, None, since.elapsed());
+                this.record(action, result, outcome, &v, &app, &full, Some(meta.uid), None, since.elapsed());
                 if let Some(it) = this.folders.inventory.get_mut(&full) {
                     it.audited = true;
                 }
@@ -644,6 +656,7 @@ impl Enforcer {
                             &v,
                             &app,
                             &full,
+                            Some(meta.uid),
                             None,
                             elapsed,
                         );
@@ -685,6 +698,7 @@ impl Enforcer {
                     path: full.display().to_string(),
                     size: m.size,
                     reason: why.to_string(),
+                    uid: Some(m.uid),
                 });
                 let purge_after = if v.action == Action::Remove { m.purge_after } else { None };
                 if let Err(e) = self.store.complete(m, "", &v.rule, v.action, purge_after) {
@@ -702,6 +716,7 @@ impl Enforcer {
             &v,
             &app,
             &full,
+            Some(m.uid),
             Some(m.id.clone()),
             elapsed,
         );
@@ -716,6 +731,7 @@ impl Enforcer {
         v: &Verdict,
         app: &App,
         path: &Path,
+        owner_uid: Option<u32>,
         quarantine_id: Option<String>,
         elapsed: std::time::Duration,
     ) {
@@ -730,6 +746,7 @@ impl Enforcer {
             path: path.display().to_string(),
             quarantine_id,
             micros: elapsed.as_micros() as u64,
+            owner_uid,
         };
         self.evidence.emit(AuditEvent::Action {
             record,
@@ -898,7 +915,13 @@ impl Enforcer {
         };
         self.evidence.counters.detected += 1;
         tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
-        self.record(&action, &result, counted, v, &app, &path, None, since.elapsed());
+        // A package's owner is its installation's (a user's flatpak installation); system
+        // packages have none and are shown only to root.
+        let owner = match app.scope {
+            embargo_policy::app::Scope::User(uid) => Some(uid),
+            embargo_policy::app::Scope::System => None,
+        };
+        self.record(&action, &result, counted, v, &app, &path, owner, None, since.elapsed());
     }
 
     /// Retries removals that waited for a package manager's lock (re-read first: the

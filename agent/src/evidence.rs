@@ -61,7 +61,18 @@ pub enum AuditEvent {
     ScanBound { root: String, entries: usize, reason: String },
     /// A file was not hashed (`reason`: over `max_hash_bytes`, too slow, unreadable); only rules
     /// that need no hash judged it.
-    Unhashed { path: String, size: u64, reason: String },
+    Unhashed {
+        path: String,
+        size: u64,
+        reason: String,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+    },
+    /// The folder inventory of a root or uid (`of`) reached its bound (`bound`, in entries or
+    /// bytes): further files there are enforced at each look but not remembered. Once per
+    /// crossing (again only after falling below half the bound).
+    InventoryBound { of: String, bound: String },
     /// An admin restored a quarantined file.
     Restore { id: String, path: String, uid: u32 },
     /// The exec gate judged an exec banned (`result`: "denied", "would-deny (monitor)", or why it
@@ -193,6 +204,7 @@ mod tests {
             path: "/p".into(),
             quarantine_id: None,
             micros: 1,
+            owner_uid: None,
         };
         ev.emit(AuditEvent::Action { record, sha256: None, mode: "enforce".into(), outcome: Outcome::Quarantined });
         ev.emit(AuditEvent::NeedsConfirmation { apps: 3, files: 1, packages: 2, cap: 2 });

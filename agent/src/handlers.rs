@@ -46,7 +46,7 @@ impl Enforcer {
                         .flatten()
                         .filter(|e| e.seq > since)
                         .filter(|e| {
-                            let shown = viewer.is_none() || crate::status::event_visible(&e.event, &own);
+                            let shown = viewer.is_none_or(|v| crate::status::event_visible(&e.event, v, &own));
                             hidden += usize::from(!shown);
                             shown
                         })

@@ -594,6 +594,7 @@ mod tests {
             path: "/home/a/WeChat.AppImage".into(),
             quarantine_id: Some("q1".into()),
             micros: 1,
+            owner_uid: None,
         };
         sink.record(&AuditEvent::Action {
             record,

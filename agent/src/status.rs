@@ -111,12 +111,15 @@ impl Enforcer {
     }
 
     /// `status` as `viewer` may see it (`None`: root, everything): the counters and sizes are
-    /// aggregates; the last actions and unhashed files are only the viewer's own.
+    /// aggregates; the last actions (by the owner they record, or their quarantine item's) and
+    /// unhashed files are only the viewer's own.
     pub fn status_for(&self, viewer: Option<u32>) -> proto::Status {
         let mut s = self.status();
         if let Some(v) = viewer {
             let own = self.own_quarantine_ids(Some(v));
-            s.enforcement.last_actions.retain(|a| a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
+            s.enforcement
+                .last_actions
+                .retain(|a| a.owner_uid == Some(v) || a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
             s.enforcement
                 .unhashed
                 .retain(|u| self.folders.inventory.get(std::path::Path::new(&u.path)).is_some_and(|it| it.uid == v));
@@ -176,17 +179,25 @@ impl Enforcer {
     }
 }
 
-/// Whether an audit event may be shown to a user who is not root: events that name no file
-/// (start, policy, sync, confirmation), and file events about the user's own quarantine items.
-pub fn event_visible(event: &serde_json::Value, own: &std::collections::HashSet<String>) -> bool {
+/// Whether an audit event may be shown to `viewer`, a user who is not root: events that name no
+/// file (start, policy, sync, confirmation); actions whose record names the viewer as owner
+/// (audit-only verdicts included) or whose quarantine item is theirs (records written before
+/// the owner was recorded); unhashed files and exec events of theirs; restores and purges of
+/// their items still in the store.
+pub fn event_visible(event: &serde_json::Value, viewer: u32, own: &std::collections::HashSet<String>) -> bool {
     let ty = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let uid_is_viewer = |v: Option<&serde_json::Value>| v.and_then(|u| u.as_u64()) == Some(u64::from(viewer));
     match ty {
         "start" | "policy" | "sync-failed" | "needs-confirmation" | "confirmed" => true,
-        "action" => event
-            .get("record")
-            .and_then(|r| r.get("quarantine_id"))
-            .and_then(|i| i.as_str())
-            .is_some_and(|id| own.contains(id)),
+        "action" => {
+            let record = event.get("record");
+            uid_is_viewer(record.and_then(|r| r.get("owner_uid")))
+                || record
+                    .and_then(|r| r.get("quarantine_id"))
+                    .and_then(|i| i.as_str())
+                    .is_some_and(|id| own.contains(id))
+        }
+        "unhashed" | "exec-denied" | "exec-timeout" | "process-killed" => uid_is_viewer(event.get("uid")),
         "restore" | "purge" => event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id)),
         _ => false,
     }
