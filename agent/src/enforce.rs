@@ -37,11 +37,29 @@ pub struct Held {
     pub files: HashSet<PathBuf>,
     /// (package root, package name)
     pub packages: HashSet<(PathBuf, String)>,
+    /// Files beyond the inventory bound the update would act on past the cap, counted in the
+    /// pass that followed it (they have no entry to be held by; see [`Counting`]).
+    pub beyond: usize,
+    /// While set, a file beyond the inventory bound that the rules would act on and whose
+    /// change time is not after this instant (it was there before the update) is held, not
+    /// acted on, until `confirm`. A file renamed, written or created since has a later change
+    /// time (users cannot set it back) and is acted on as any arrival.
+    pub beyond_before: Option<(i64, i64)>,
+}
+
+/// The pass after a policy update, counting the acts on files beyond the inventory bound
+/// against what is left of the action cap (issue 10, finding 8: such files were acted on
+/// uncounted, past the cap).
+struct Counting {
+    /// Acts the cap still allows.
+    left: usize,
+    /// When the update took effect (wall clock, as file change times are).
+    at: (i64, i64),
 }
 
 impl Held {
     pub fn len(&self) -> usize {
-        self.files.len() + self.packages.len()
+        self.files.len() + self.packages.len() + self.beyond
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -106,6 +124,8 @@ pub struct Enforcer {
     /// A policy update waiting for package reads in flight, so that its action cap counts the
     /// packages as they are now (set at the time of the update).
     pending_update: Option<Instant>,
+    /// The pass after a policy update, while it counts files beyond the inventory bound.
+    counting: Option<Counting>,
 }
 
 impl Enforcer {
@@ -173,6 +193,7 @@ impl Enforcer {
             package_worker,
             package_results: Some(package_results),
             pending_update: None,
+            counting: None,
         })
     }
 
@@ -320,6 +341,49 @@ impl Enforcer {
     pub fn continue_scans(&mut self) {
         let (files, hits) = self.folders.continue_walks(self.scan_batch());
         self.enforce_listed(files, hits, Instant::now());
+        self.end_counting_if_done();
+    }
+
+    /// Whether a file beyond the inventory bound that the rules would act on is held: during
+    /// the pass after an update it uses up what is left of the cap, then it and every later
+    /// one that was there before the update are held (counted once, in that pass).
+    fn hold_beyond_bound(&mut self, ctime: (i64, i64)) -> bool {
+        if let Some(c) = &mut self.counting {
+            if ctime > c.at {
+                return false;
+            }
+            if c.left > 0 && self.held.beyond_before.is_none() {
+                c.left -= 1;
+                return false;
+            }
+            self.held.beyond += 1;
+            self.held.beyond_before = Some(c.at);
+            return true;
+        }
+        self.held.beyond_before.is_some_and(|at| ctime <= at)
+    }
+
+    /// Ends the count of the pass after an update once its walks are done; if it held files
+    /// beyond the inventory bound, the audit log says so with the update's full count.
+    fn end_counting_if_done(&mut self) {
+        if self.counting.is_none() || self.folders.has_pending_walks() {
+            return;
+        }
+        self.counting = None;
+        if self.held.beyond > 0 {
+            tracing::warn!(
+                apps = self.held.len(),
+                beyond_bound = self.held.beyond,
+                cap = self.cfg.max_actions_per_update,
+                "policy update exceeds the action cap with files beyond the inventory bound: those are held (needs confirmation)"
+            );
+            self.evidence.emit(AuditEvent::NeedsConfirmation {
+                apps: self.held.len(),
+                files: self.held.files.len() + self.held.beyond,
+                packages: self.held.packages.len(),
+                cap: self.cfg.max_actions_per_update,
+            });
+        }
     }
 
     /// One scan batch: at most `max_files_per_scan` entries and `max_scan_path_bytes` bytes of
@@ -567,7 +631,7 @@ impl Enforcer {
             });
         }
         let root_path = self.folders.roots[ri].path.clone();
-        self.folders.inventory.insert(
+        let remembered = self.folders.inventory.insert(
             full.clone(),
             Item {
                 root: root_path,
@@ -586,6 +650,12 @@ impl Enforcer {
             self.evidence.emit(AuditEvent::InventoryBound { of: r.of, bound: r.bound });
         }
         let Some(v) = verdict else { return };
+        // Beyond the inventory bound a file has no entry to be counted or held by: the pass
+        // after a policy update counts it against the cap here (held past it, reported in one
+        // audit event at the end of the pass, not one per file per look).
+        if !remembered && matches!(decision, Decision::Act(_)) && self.hold_beyond_bound(stamp.ctime) {
+            return;
+        }
         let recorded_once = |this: &mut Self, action: &str, result: &str, outcome: Outcome| {
             if !audited {
                 this.record(action, result, outcome, &v, &app, &full, Some(meta.uid), None, since.elapsed());
@@ -946,6 +1016,7 @@ impl Enforcer {
         self.rules_tx.send_replace(self.rules.clone());
         self.exempt.clear();
         self.held = Held::default();
+        self.counting = None;
         self.pending_update = Some(Instant::now());
         // The count must cover the packages as they are: a read in flight is waited for (its
         // result finishes the update, `on_packages`); otherwise the packages read last are
@@ -990,6 +1061,11 @@ impl Enforcer {
             .map(|(p, _)| p.clone())
             .collect();
         let acts = pkg_acts.len() + file_acts.len();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or((0, 0), |d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
+        // Files beyond the inventory bound are counted in the pass below, against what is left.
+        self.counting = Some(Counting { left: self.cfg.max_actions_per_update.saturating_sub(acts), at });
         if !decide::within_cap(acts, self.cfg.max_actions_per_update) {
             tracing::warn!(
                 apps = acts,
@@ -1004,12 +1080,18 @@ impl Enforcer {
                 packages: pkg_acts.len(),
                 cap: self.cfg.max_actions_per_update,
             });
-            self.held = Held { files: file_acts.into_iter().collect(), packages: pkg_acts.into_iter().collect() };
+            self.held = Held {
+                files: file_acts.into_iter().collect(),
+                packages: pkg_acts.into_iter().collect(),
+                beyond: 0,
+                beyond_before: Some(at),
+            };
         }
         for (i, name) in pkg_todo {
             self.enforce_package(i, &name, since);
         }
         self.rescan_all(since);
+        self.end_counting_if_done();
     }
 
     /// Acts on everything the last update held back. Returns how many apps that was.
@@ -1030,6 +1112,12 @@ impl Enforcer {
                 let rel = p.strip_prefix(&self.folders.roots[ri].path).map(Path::to_path_buf).unwrap_or_default();
                 self.enforce_file(ri, rel, since);
             }
+        }
+        // Files beyond the inventory bound were held by change time, not by path: a rescan
+        // (nothing held now) acts on them.
+        if held.beyond_before.is_some() {
+            self.counting = None;
+            self.rescan_all(since);
         }
         n
     }
