@@ -75,7 +75,8 @@ pub struct Walk {
 pub struct Batch {
     /// Directory entries (files and directories).
     pub entries: usize,
-    /// Bytes of the listed files' paths (relative to the root).
+    /// Bytes of the listed files' paths and of the directory paths opened (relative to the
+    /// root; opening one resolves its whole path).
     pub path_bytes: usize,
 }
 
@@ -119,8 +120,18 @@ impl Walk {
             self.levels.push(Level { name: OsString::new(), id: None, resume: 0 });
         }
         let (mut seen, mut bytes) = (0usize, 0usize);
+        // Every batch gets past at least one entry (or finishes one directory) before a bound
+        // may stop it, so a path longer than the bound cannot stall the walk.
+        let mut progressed = false;
         'levels: while !self.levels.is_empty() {
+            // Opening a directory resolves its whole path from the root: that work counts
+            // toward the batch's bytes too, so a deep chain of directories yields the loop
+            // between batches instead of holding it for O(depth²) lookups.
+            if progressed && bytes >= batch.path_bytes {
+                return Some(Stop::PathBytes);
+            }
             let dir = self.current_dir();
+            bytes += dir.as_os_str().len();
             let fd = match open_long(root, &dir, OFlags::RDONLY | OFlags::DIRECTORY) {
                 Ok(fd) => fd,
                 Err(_) => {
@@ -166,12 +177,13 @@ impl Walk {
                 continue;
             }
             loop {
-                if seen >= batch.entries {
+                if progressed && seen >= batch.entries {
                     return Some(Stop::Entries);
                 }
-                if bytes >= batch.path_bytes {
+                if progressed && bytes >= batch.path_bytes {
                     return Some(Stop::PathBytes);
                 }
+                progressed = true;
                 let e = match entries.read() {
                     Some(Ok(e)) => e,
                     // Listed to the end (or unreadable): back to the parent, after this one.
@@ -265,6 +277,9 @@ mod tests {
         let (files, batches) = walk_all(tmp.path(), Batch { entries: 7, path_bytes: usize::MAX });
         assert_eq!(files.len(), 520);
         assert!(batches >= 522 / 7, "{batches} batches of 7 entries");
+        // Bounds smaller than one path still make progress, one entry per batch.
+        let (files, _) = walk_all(tmp.path(), Batch { entries: 1, path_bytes: 1 });
+        assert_eq!(files.len(), 520);
     }
 
     #[test]
