@@ -1133,6 +1133,7 @@ impl Enforcer {
                 path: m.original_path,
                 uid: None,
                 reason: Some("retention".into()),
+                owner_uid: Some(m.uid),
             });
         }
     }

@@ -74,7 +74,15 @@ pub enum AuditEvent {
     /// crossing (again only after falling below half the bound).
     InventoryBound { of: String, bound: String },
     /// An admin restored a quarantined file.
-    Restore { id: String, path: String, uid: u32 },
+    Restore {
+        id: String,
+        path: String,
+        /// The admin's uid.
+        uid: u32,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_uid: Option<u32>,
+    },
     /// The exec gate judged an exec banned (`result`: "denied", "would-deny (monitor)", or why it
     /// was allowed anyway: protected, the agent's child, an audit rule).
     ExecDenied { pid: i32, uid: Option<u32>, path: String, rule: String, result: String },
@@ -101,6 +109,9 @@ pub enum AuditEvent {
         uid: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_uid: Option<u32>,
     },
 }
 

@@ -77,7 +77,12 @@ impl Enforcer {
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
                     self.qindex.remove(&id);
-                    self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
+                    self.evidence.emit(AuditEvent::Restore {
+                        id,
+                        path: m.original_path.clone(),
+                        uid,
+                        owner_uid: Some(m.uid),
+                    });
                     // Restored by an admin: that content (not the inode: its owner can write
                     // another build into it) is exempt until the policy changes, across
                     // restarts, so a restore is not undone by the next event. A file quarantined
@@ -105,6 +110,7 @@ impl Enforcer {
                         path: m.original_path.clone(),
                         uid: Some(uid),
                         reason: None,
+                        owner_uid: Some(m.uid),
                     });
                     Response::ok(m)
                 }

@@ -615,6 +615,7 @@ mod tests {
             path: "/home/a/WeChat.AppImage".into(),
             uid: None,
             reason: Some("retention".into()),
+            owner_uid: None,
         });
         let s = shared.lock().unwrap();
         assert_eq!(s.apps.values().next().unwrap().state, wire::AppStatus::Removed);
