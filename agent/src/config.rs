@@ -94,7 +94,20 @@ struct RawEnforcement {
     /// files are enforced at each look but not remembered, and status is degraded.
     #[serde(default)]
     max_inventory_entries: Option<usize>,
+    /// Most bytes of listed paths one scan batch of a root holds; like `max_files_per_scan`,
+    /// reaching it continues the scan in the next loop turn and shows the root degraded.
+    #[serde(default)]
+    max_scan_path_bytes: Option<usize>,
+    /// Most bytes (paths plus app details) the inventory remembers per folder root and per
+    /// file owner (uid); beyond, like `max_inventory_entries`.
+    #[serde(default)]
+    max_inventory_bytes: Option<usize>,
 }
+
+/// The default `max_scan_path_bytes`: 8 MiB of paths per scan batch (some 100,000 typical
+/// paths; 10,000 of the 800-byte paths of the review's attack), so a scan's own memory stays
+/// in the tens of MiB whatever the tree.
+pub const DEFAULT_MAX_SCAN_PATH_BYTES: usize = 8 << 20;
 
 /// The default `max_hash_bytes`: larger than any app we know of, small enough that hashing it
 /// on one pool thread takes seconds, not hours.
@@ -189,6 +202,10 @@ pub struct Config {
     pub max_hash_bytes: u64,
     /// See `RawEnforcement::max_inventory_entries` (default 20,000).
     pub max_inventory_entries: usize,
+    /// See `RawEnforcement::max_scan_path_bytes` (default 8 MiB).
+    pub max_scan_path_bytes: usize,
+    /// See `RawEnforcement::max_inventory_bytes` (default 16 MiB).
+    pub max_inventory_bytes: usize,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
     /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
@@ -365,6 +382,8 @@ impl Config {
         let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
         let mut max_hash_bytes = DEFAULT_MAX_HASH_BYTES;
         let mut max_inventory_entries = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_ENTRIES;
+        let mut max_scan_path_bytes = DEFAULT_MAX_SCAN_PATH_BYTES;
+        let mut max_inventory_bytes = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_BYTES;
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -394,6 +413,18 @@ impl Config {
                     return Err(at(s, "max_inventory_entries must be at least 1".into()));
                 }
                 max_inventory_entries = m;
+            }
+            if let Some(m) = e.max_scan_path_bytes {
+                if m < 4096 {
+                    return Err(at(s, "max_scan_path_bytes must be at least 4096 (one path)".into()));
+                }
+                max_scan_path_bytes = m;
+            }
+            if let Some(m) = e.max_inventory_bytes {
+                if m < 65536 {
+                    return Err(at(s, "max_inventory_bytes must be at least 65536".into()));
+                }
+                max_inventory_bytes = m;
             }
         }
         let mut exec = ExecConfig::default();
@@ -476,6 +507,8 @@ impl Config {
             max_files_per_scan: max_files,
             max_hash_bytes,
             max_inventory_entries,
+            max_scan_path_bytes,
+            max_inventory_bytes,
             exec,
             report_url,
         })

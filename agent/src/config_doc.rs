@@ -245,6 +245,31 @@ pub const SECTIONS: &[Section] = &[
                       are still enforced each time they are seen but not remembered, and status is degraded \
                       naming the folder or user. At least 1.",
             },
+            Key {
+                name: "max_inventory_bytes",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("16777216"),
+                example: "4194304",
+                doc: "Most bytes the inventory remembers per watched folder and per file owner: each entry \
+                      counts its path, its app's strings and 256 bytes of structure, so long names cannot \
+                      stay under max_inventory_entries and still take gigabytes. Beyond it, as for \
+                      max_inventory_entries (enforced, not remembered; status degraded; one \
+                      inventory-bound audit event). At least 65536.",
+            },
+            Key {
+                name: "max_scan_path_bytes",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("8388608"),
+                example: "1048576",
+                doc: "Most bytes of file paths one scan batch of a watched folder lists before they are \
+                      enforced, so a scan's memory is bounded whatever the tree. Reaching it, like \
+                      max_files_per_scan, degrades status naming the folder, writes a scan-bound audit \
+                      event, and continues the scan where it stopped in the next turns. At least 4096.",
+            },
         ],
     },
     Section {

@@ -39,11 +39,29 @@ pub struct Held {
     pub files: HashSet<PathBuf>,
     /// (package root, package name)
     pub packages: HashSet<(PathBuf, String)>,
+    /// Files beyond the inventory bound the update would act on past the cap, counted in the
+    /// pass that followed it (they have no entry to be held by; see [`Counting`]).
+    pub beyond: usize,
+    /// While set, a file beyond the inventory bound that the rules would act on and whose
+    /// change time is not after this instant (it was there before the update) is held, not
+    /// acted on, until `confirm`. A file renamed, written or created since has a later change
+    /// time (users cannot set it back) and is acted on as any arrival.
+    pub beyond_before: Option<(i64, i64)>,
+}
+
+/// The pass after a policy update, counting the acts on files beyond the inventory bound
+/// against what is left of the action cap (issue 10, finding 8: such files were acted on
+/// uncounted, past the cap).
+struct Counting {
+    /// Acts the cap still allows.
+    left: usize,
+    /// When the update took effect (wall clock, as file change times are).
+    at: (i64, i64),
 }
 
 impl Held {
     pub fn len(&self) -> usize {
-        self.files.len() + self.packages.len()
+        self.files.len() + self.packages.len() + self.beyond
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -108,6 +126,8 @@ pub struct Enforcer {
     /// A policy update waiting for package reads in flight, so that its action cap counts the
     /// packages as they are now (set at the time of the update).
     pending_update: Option<Instant>,
+    /// The pass after a policy update, while it counts files beyond the inventory bound.
+    counting: Option<Counting>,
 }
 
 impl Enforcer {
@@ -138,6 +158,7 @@ impl Enforcer {
         let qindex = store.list().into_iter().map(|m| (m.id.clone(), m)).collect();
         let mut folders = Folders::default();
         folders.inventory.set_bound(cfg.max_inventory_entries);
+        folders.inventory.set_byte_bound(cfg.max_inventory_bytes);
         // One thread: reads and removals of packages run in the order the loop submits them.
         let (package_worker, package_results) = crate::worker::Worker::spawn("embargo-packages", 1)
             .map_err(|e| format!("starting the package worker: {e}"))?;
@@ -174,6 +195,7 @@ impl Enforcer {
             package_worker,
             package_results: Some(package_results),
             pending_update: None,
+            counting: None,
         })
     }
 
@@ -308,7 +330,7 @@ impl Enforcer {
     /// that reaches the bound on entries per scan is reported and continued in a later turn.
     pub fn scan_path(&mut self, path: &Path, since: Instant) {
         self.evidence.counters.rescans += 1;
-        let (files, hits) = self.folders.list(path, self.cfg.max_files_per_scan);
+        let (files, hits) = self.folders.list(path, self.scan_batch());
         self.enforce_listed(files, hits, since);
     }
 
@@ -319,17 +341,66 @@ impl Enforcer {
 
     /// Continues the scans that stopped at the bound, one batch each.
     pub fn continue_scans(&mut self) {
-        let (files, hits) = self.folders.continue_walks(self.cfg.max_files_per_scan);
+        let (files, hits) = self.folders.continue_walks(self.scan_batch());
         self.enforce_listed(files, hits, Instant::now());
+        self.end_counting_if_done();
+    }
+
+    /// Whether a file beyond the inventory bound that the rules would act on is held: during
+    /// the pass after an update it uses up what is left of the cap, then it and every later
+    /// one that was there before the update are held (counted once, in that pass).
+    fn hold_beyond_bound(&mut self, ctime: (i64, i64)) -> bool {
+        if let Some(c) = &mut self.counting {
+            if ctime > c.at {
+                return false;
+            }
+            if c.left > 0 && self.held.beyond_before.is_none() {
+                c.left -= 1;
+                return false;
+            }
+            self.held.beyond += 1;
+            self.held.beyond_before = Some(c.at);
+            return true;
+        }
+        self.held.beyond_before.is_some_and(|at| ctime <= at)
+    }
+
+    /// Ends the count of the pass after an update once its walks are done; if it held files
+    /// beyond the inventory bound, the audit log says so with the update's full count.
+    fn end_counting_if_done(&mut self) {
+        if self.counting.is_none() || self.folders.has_pending_walks() {
+            return;
+        }
+        self.counting = None;
+        if self.held.beyond > 0 {
+            tracing::warn!(
+                apps = self.held.len(),
+                beyond_bound = self.held.beyond,
+                cap = self.cfg.max_actions_per_update,
+                "policy update exceeds the action cap with files beyond the inventory bound: those are held (needs confirmation)"
+            );
+            self.evidence.emit(AuditEvent::NeedsConfirmation {
+                apps: self.held.len(),
+                files: self.held.files.len() + self.held.beyond,
+                packages: self.held.packages.len(),
+                cap: self.cfg.max_actions_per_update,
+            });
+        }
+    }
+
+    /// One scan batch: at most `max_files_per_scan` entries and `max_scan_path_bytes` bytes of
+    /// listed paths, so a scan holds one bounded batch of paths at a time (finding 8).
+    fn scan_batch(&self) -> crate::source::walk::Batch {
+        crate::source::walk::Batch { entries: self.cfg.max_files_per_scan, path_bytes: self.cfg.max_scan_path_bytes }
     }
 
     fn enforce_listed(&mut self, files: Vec<(usize, PathBuf)>, hits: Vec<BoundHit>, since: Instant) {
         for hit in hits {
-            tracing::warn!(root = %hit.root.display(), entries = hit.entries, "scan stopped at the bound on entries per scan; continuing where it stopped");
+            tracing::warn!(root = %hit.root.display(), bound = %hit.bound, "scan stopped at a bound of its batch; continuing where it stopped");
             self.evidence.emit(AuditEvent::ScanBound {
                 root: hit.root.display().to_string(),
-                entries: hit.entries,
-                reason: "entries per scan".into(),
+                entries: self.cfg.max_files_per_scan,
+                reason: format!("{} ({})", hit.reason, hit.bound),
             });
         }
         for (ri, rel) in files {
@@ -558,10 +629,11 @@ impl Enforcer {
                 path: full.display().to_string(),
                 size: meta.size,
                 reason: why.clone(),
+                uid: Some(meta.uid),
             });
         }
         let root_path = self.folders.roots[ri].path.clone();
-        self.folders.inventory.insert(
+        let remembered = self.folders.inventory.insert(
             full.clone(),
             Item {
                 root: root_path,
@@ -575,10 +647,20 @@ impl Enforcer {
                 uid: meta.uid,
             },
         );
+        for r in self.folders.inventory.take_reached() {
+            tracing::warn!(of = %r.of, bound = %r.bound, "inventory bound reached: further files are enforced at each look but not remembered");
+            self.evidence.emit(AuditEvent::InventoryBound { of: r.of, bound: r.bound });
+        }
         let Some(v) = verdict else { return };
+        // Beyond the inventory bound a file has no entry to be counted or held by: the pass
+        // after a policy update counts it against the cap here (held past it, reported in one
+        // audit event at the end of the pass, not one per file per look).
+        if !remembered && matches!(decision, Decision::Act(_)) && self.hold_beyond_bound(stamp.ctime) {
+            return;
+        }
         let recorded_once = |this: &mut Self, action: &str, result: &str, outcome: Outcome| {
             if !audited {
-                this.record(action, result, outcome, &v, &app, &full, None, since.elapsed());
+                this.record(action, result, outcome, &v, &app, &full, Some(meta.uid), None, since.elapsed());
                 if let Some(it) = this.folders.inventory.get_mut(&full) {
                     it.audited = true;
                 }
@@ -646,6 +728,7 @@ impl Enforcer {
                             &v,
                             &app,
                             &full,
+                            Some(meta.uid),
                             None,
                             elapsed,
                         );
@@ -687,6 +770,7 @@ impl Enforcer {
                     path: full.display().to_string(),
                     size: m.size,
                     reason: why.to_string(),
+                    uid: Some(m.uid),
                 });
                 let purge_after = if v.action == Action::Remove { m.purge_after } else { None };
                 if let Err(e) = self.store.complete(m, "", &v.rule, v.action, purge_after) {
@@ -704,6 +788,7 @@ impl Enforcer {
             &v,
             &app,
             &full,
+            Some(m.uid),
             Some(m.id.clone()),
             elapsed,
         );
@@ -718,6 +803,7 @@ impl Enforcer {
         v: &Verdict,
         app: &App,
         path: &Path,
+        owner_uid: Option<u32>,
         quarantine_id: Option<String>,
         elapsed: std::time::Duration,
     ) {
@@ -732,6 +818,7 @@ impl Enforcer {
             path: path.display().to_string(),
             quarantine_id,
             micros: elapsed.as_micros() as u64,
+            owner_uid,
         };
         self.evidence.emit(AuditEvent::Action {
             record,
@@ -913,7 +1000,8 @@ impl Enforcer {
         };
         self.evidence.counters.detected += 1;
         tracing::info!(package = %app.id, rule = %v.rule, %result, "package");
-        self.record(&action, &result, counted, v, &app, &path, None, since.elapsed());
+        let owner = package_owner(&app);
+        self.record(&action, &result, counted, v, &app, &path, owner, None, since.elapsed());
     }
 
     /// Retries removals that waited for a package manager's lock (re-read first: the
@@ -938,6 +1026,7 @@ impl Enforcer {
         self.rules_tx.send_replace(self.rules.clone());
         self.exempt.clear();
         self.held = Held::default();
+        self.counting = None;
         self.pending_update = Some(Instant::now());
         // The count must cover the packages as they are: a read in flight is waited for (its
         // result finishes the update, `on_packages`); otherwise the packages read last are
@@ -982,6 +1071,11 @@ impl Enforcer {
             .map(|(p, _)| p.clone())
             .collect();
         let acts = pkg_acts.len() + file_acts.len();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or((0, 0), |d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
+        // Files beyond the inventory bound are counted in the pass below, against what is left.
+        self.counting = Some(Counting { left: self.cfg.max_actions_per_update.saturating_sub(acts), at });
         if !decide::within_cap(acts, self.cfg.max_actions_per_update) {
             tracing::warn!(
                 apps = acts,
@@ -996,12 +1090,18 @@ impl Enforcer {
                 packages: pkg_acts.len(),
                 cap: self.cfg.max_actions_per_update,
             });
-            self.held = Held { files: file_acts.into_iter().collect(), packages: pkg_acts.into_iter().collect() };
+            self.held = Held {
+                files: file_acts.into_iter().collect(),
+                packages: pkg_acts.into_iter().collect(),
+                beyond: 0,
+                beyond_before: Some(at),
+            };
         }
         for (i, name) in pkg_todo {
             self.enforce_package(i, &name, since);
         }
         self.rescan_all(since);
+        self.end_counting_if_done();
     }
 
     /// Acts on everything the last update held back. Returns how many apps that was.
@@ -1023,6 +1123,12 @@ impl Enforcer {
                 self.enforce_file(ri, rel, since);
             }
         }
+        // Files beyond the inventory bound were held by change time, not by path: a rescan
+        // (nothing held now) acts on them.
+        if held.beyond_before.is_some() {
+            self.counting = None;
+            self.rescan_all(since);
+        }
         n
     }
 
@@ -1037,6 +1143,7 @@ impl Enforcer {
                 path: m.original_path,
                 uid: None,
                 reason: Some("retention".into()),
+                owner_uid: Some(m.uid),
             });
         }
     }
@@ -1044,5 +1151,15 @@ impl Enforcer {
     /// Whether the configured mode is monitor (for status).
     pub fn monitor(&self) -> bool {
         self.cfg.mode == Mode::Monitor
+    }
+}
+
+/// A package's owner is its installation's (a user's flatpak installation); system packages
+/// (Android apps included, whatever users they are installed for) have none and their records
+/// are shown only to root.
+pub(crate) fn package_owner(app: &App) -> Option<u32> {
+    match app.scope {
+        embargo_policy::app::Scope::User(uid) => Some(uid),
+        embargo_policy::app::Scope::System => None,
     }
 }

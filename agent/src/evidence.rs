@@ -61,9 +61,28 @@ pub enum AuditEvent {
     ScanBound { root: String, entries: usize, reason: String },
     /// A file was not hashed (`reason`: over `max_hash_bytes`, too slow, unreadable); only rules
     /// that need no hash judged it.
-    Unhashed { path: String, size: u64, reason: String },
+    Unhashed {
+        path: String,
+        size: u64,
+        reason: String,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+    },
+    /// The folder inventory of a root or uid (`of`) reached its bound (`bound`, in entries or
+    /// bytes): further files there are enforced at each look but not remembered. Once per
+    /// crossing (again only after falling below half the bound).
+    InventoryBound { of: String, bound: String },
     /// An admin restored a quarantined file.
-    Restore { id: String, path: String, uid: u32 },
+    Restore {
+        id: String,
+        path: String,
+        /// The admin's uid.
+        uid: u32,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_uid: Option<u32>,
+    },
     /// The exec gate judged an exec banned (`result`: "denied", "would-deny (monitor)", or why it
     /// was allowed anyway: protected, the agent's child, an audit rule).
     ExecDenied { pid: i32, uid: Option<u32>, path: String, rule: String, result: String },
@@ -90,6 +109,9 @@ pub enum AuditEvent {
         uid: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The file's owner (absent in lines written before it existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_uid: Option<u32>,
     },
 }
 
@@ -193,6 +215,7 @@ mod tests {
             path: "/p".into(),
             quarantine_id: None,
             micros: 1,
+            owner_uid: None,
         };
         ev.emit(AuditEvent::Action { record, sha256: None, mode: "enforce".into(), outcome: Outcome::Quarantined });
         ev.emit(AuditEvent::NeedsConfirmation { apps: 3, files: 1, packages: 2, cap: 2 });

@@ -46,7 +46,7 @@ impl Enforcer {
                         .flatten()
                         .filter(|e| e.seq > since)
                         .filter(|e| {
-                            let shown = viewer.is_none() || crate::status::event_visible(&e.event, &own);
+                            let shown = viewer.is_none_or(|v| crate::status::event_visible(&e.event, v, &own));
                             hidden += usize::from(!shown);
                             shown
                         })
@@ -88,7 +88,12 @@ impl Enforcer {
             Request::QuarantineRestore { id } => match self.store.restore(&id) {
                 Ok(m) => {
                     self.qindex.remove(&id);
-                    self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
+                    self.evidence.emit(AuditEvent::Restore {
+                        id,
+                        path: m.original_path.clone(),
+                        uid,
+                        owner_uid: Some(m.uid),
+                    });
                     // Restored by an admin: that content (not the inode: its owner can write
                     // another build into it) is exempt until the policy changes, across
                     // restarts, so a restore is not undone by the next event. A file quarantined
@@ -116,6 +121,7 @@ impl Enforcer {
                         path: m.original_path.clone(),
                         uid: Some(uid),
                         reason: None,
+                        owner_uid: Some(m.uid),
                     });
                     Response::ok(m)
                 }

@@ -151,6 +151,11 @@ pub struct ActionRecord {
     pub quarantine_id: Option<String>,
     /// From the filesystem event (or scan) to the action being done.
     pub micros: u64,
+    /// Who owns what was acted on: the file's owner, or a package's installation's user;
+    /// absent for system packages and in records written before it existed. Non-root callers
+    /// of `events` and `status` see the records they own (issue 10, finding 14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -594,6 +594,7 @@ mod tests {
             path: "/home/a/WeChat.AppImage".into(),
             quarantine_id: Some("q1".into()),
             micros: 1,
+            owner_uid: None,
         };
         sink.record(&AuditEvent::Action {
             record,
@@ -614,6 +615,7 @@ mod tests {
             path: "/home/a/WeChat.AppImage".into(),
             uid: None,
             reason: Some("retention".into()),
+            owner_uid: None,
         });
         let s = shared.lock().unwrap();
         assert_eq!(s.apps.values().next().unwrap().state, wire::AppStatus::Removed);

@@ -111,12 +111,15 @@ impl Enforcer {
     }
 
     /// `status` as `viewer` may see it (`None`: root, everything): the counters and sizes are
-    /// aggregates; the last actions and unhashed files are only the viewer's own.
+    /// aggregates; the last actions (by the owner they record, or their quarantine item's) and
+    /// unhashed files are only the viewer's own.
     pub fn status_for(&self, viewer: Option<u32>) -> proto::Status {
         let mut s = self.status();
         if let Some(v) = viewer {
             let own = self.own_quarantine_ids(Some(v));
-            s.enforcement.last_actions.retain(|a| a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
+            s.enforcement
+                .last_actions
+                .retain(|a| a.owner_uid == Some(v) || a.quarantine_id.as_ref().is_some_and(|id| own.contains(id)));
             s.enforcement
                 .unhashed
                 .retain(|u| self.folders.inventory.get(std::path::Path::new(&u.path)).is_some_and(|it| it.uid == v));
@@ -176,18 +179,93 @@ impl Enforcer {
     }
 }
 
-/// Whether an audit event may be shown to a user who is not root: events that name no file
-/// (start, policy, sync, confirmation), and file events about the user's own quarantine items.
-pub fn event_visible(event: &serde_json::Value, own: &std::collections::HashSet<String>) -> bool {
+/// Whether an audit event may be shown to `viewer`, a user who is not root: events that name no
+/// file (start, policy, sync, confirmation); actions whose record names the viewer as owner
+/// (audit-only verdicts included) or whose quarantine item is theirs (records written before
+/// the owner was recorded); unhashed files and exec events of theirs; restores and purges of
+/// their items (by the owner they record, or, for older lines, if the item is still stored).
+pub fn event_visible(event: &serde_json::Value, viewer: u32, own: &std::collections::HashSet<String>) -> bool {
     let ty = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let uid_is_viewer = |v: Option<&serde_json::Value>| v.and_then(|u| u.as_u64()) == Some(u64::from(viewer));
     match ty {
         "start" | "policy" | "sync-failed" | "needs-confirmation" | "confirmed" => true,
-        "action" => event
-            .get("record")
-            .and_then(|r| r.get("quarantine_id"))
-            .and_then(|i| i.as_str())
-            .is_some_and(|id| own.contains(id)),
-        "restore" | "purge" => event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id)),
+        "action" => {
+            let record = event.get("record");
+            uid_is_viewer(record.and_then(|r| r.get("owner_uid")))
+                || record
+                    .and_then(|r| r.get("quarantine_id"))
+                    .and_then(|i| i.as_str())
+                    .is_some_and(|id| own.contains(id))
+        }
+        "unhashed" | "exec-denied" | "exec-timeout" | "process-killed" => uid_is_viewer(event.get("uid")),
+        "restore" | "purge" => {
+            uid_is_viewer(event.get("owner_uid"))
+                || event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id))
+        }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_visible;
+    use serde_json::json;
+
+    /// Finding 14: what a non-root caller sees of the audit log, by the owner each line
+    /// records; lines written before the owner was recorded fall back to the quarantine item.
+    #[test]
+    fn events_are_shown_to_the_owner_they_record() {
+        let own: std::collections::HashSet<String> = ["q-mine".to_owned()].into();
+        let action = |owner: Option<u32>, q: Option<&str>| {
+            let mut r = json!({"action": "audit", "path": "/home/x/App.AppImage"});
+            if let Some(o) = owner {
+                r["owner_uid"] = o.into();
+            }
+            if let Some(q) = q {
+                r["quarantine_id"] = q.into();
+            }
+            json!({"type": "action", "record": r})
+        };
+        assert!(event_visible(&action(Some(1000), None), 1000, &own), "an audit-only action on their file");
+        assert!(!event_visible(&action(Some(1001), None), 1000, &own), "another user's");
+        assert!(!event_visible(&action(None, None), 1000, &own), "a system package's, or an old line");
+        assert!(event_visible(&action(None, Some("q-mine")), 1000, &own), "an old line about their stored item");
+        let purge = json!({"type": "purge", "id": "q-gone", "path": "/p", "owner_uid": 1000});
+        assert!(event_visible(&purge, 1000, &own), "a purge of their item no longer in the store");
+        assert!(!event_visible(&purge, 1001, &own));
+        let unhashed = json!({"type": "unhashed", "path": "/p", "size": 1, "reason": "r", "uid": 1000});
+        assert!(event_visible(&unhashed, 1000, &own) && !event_visible(&unhashed, 1001, &own));
+        let bound = json!({"type": "inventory-bound", "of": "uid 1000", "bound": "20000 entries"});
+        assert!(!event_visible(&bound, 1000, &own), "bounds are root's");
+        assert!(event_visible(&json!({"type": "policy", "version": 2}), 1000, &own));
+    }
+
+    /// Lines written before the owner fields existed still parse as typed events and their
+    /// chain verifies; lines with them are the same shape plus the fields.
+    #[test]
+    fn audit_lines_without_owner_fields_still_parse_and_verify() {
+        use crate::evidence::AuditEvent;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.log");
+        let mut log = crate::audit::AuditLog::open(&path).unwrap();
+        let old = [
+            json!({"type": "action", "record": {"time": "t", "action": "audit", "result": "recorded", "rule": "r",
+                "strength": "strong", "app_kind": "appimage", "app_id": "a", "path": "/p", "micros": 1},
+                "sha256": null, "mode": "enforce", "outcome": "recorded"}),
+            json!({"type": "restore", "id": "q1", "path": "/p", "uid": 0}),
+            json!({"type": "purge", "id": "q1", "path": "/p"}),
+            json!({"type": "unhashed", "path": "/p", "size": 1, "reason": "r"}),
+        ];
+        for e in &old {
+            log.append(e.clone()).unwrap();
+        }
+        drop(log);
+        let entries = crate::audit::read_entries(&path).unwrap();
+        assert_eq!(crate::audit::verify(&entries), Ok(()));
+        for e in entries {
+            let ev: AuditEvent = serde_json::from_value(e.unwrap().event).unwrap();
+            let back = serde_json::to_value(&ev).unwrap().to_string();
+            assert!(!back.contains("owner_uid") && !back.contains("\"uid\":null"), "{back}");
+        }
     }
 }

@@ -247,8 +247,11 @@ fn a_banned_rpm_is_erased_with_rpm_and_one_another_needs_is_not() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     eventually("kesl erased by the agent", WAIT, || (!rpm_installed(&root, "kesl")).then_some(()));
     assert!(!root.join("usr/bin/kesl").exists());
-    let actions = last_result(&dev);
-    assert!(actions.contains("removed by rpm -e") && actions.contains("\"app_id\":\"kesl\""), "{actions}");
+    // The database says erased as soon as `rpm -e` commits; the agent records the result when
+    // the package worker reports back, a moment later.
+    eventually("kesl's removal recorded", WAIT, || {
+        Some(last_result(&dev)).filter(|a| a.contains("removed by rpm -e") && a.contains("\"app_id\":\"kesl\""))
+    });
 
     let wechat = build_rpm(tmp.path(), "wechat", "4.0.1", None);
     let plugin = build_rpm(tmp.path(), "wechat-plugin", "1.0", Some("wechat"));

@@ -197,7 +197,8 @@ impl Enforcer {
         };
         tracing::info!(package = %name, rule = %v.rule, %result, "package");
         self.evidence.counters.detected += 1;
-        self.record(action, &result, counted, v, &app, &path, quarantine_id, since.elapsed());
+        let owner = super::package_owner(&app);
+        self.record(action, &result, counted, v, &app, &path, owner, quarantine_id, since.elapsed());
     }
 
     /// `embargoctl quarantine restore ID` of a suspension: `unsuspend` runs on the package
@@ -266,7 +267,8 @@ impl Enforcer {
                 item.outcome = None;
             }
         }
-        self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid });
+        // A suspended app is a system-scope package: no owner, shown to root only.
+        self.evidence.emit(AuditEvent::Restore { id, path: m.original_path.clone(), uid, owner_uid: None });
         answer(&reply, Response::ok(m));
     }
 
@@ -298,6 +300,7 @@ impl Enforcer {
             path: m.original_path.clone(),
             uid: Some(uid),
             reason: Some("the suspended app is no longer installed".into()),
+            owner_uid: None,
         });
         Response::ok(m)
     }

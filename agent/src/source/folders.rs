@@ -18,7 +18,7 @@ use crate::config::Watch;
 use crate::proto::SourceStatus;
 use crate::safefs::{self, FileId};
 
-use super::walk::Walk;
+use super::walk::{Batch, Stop, Walk};
 
 pub struct Root {
     pub kind: Kind,
@@ -47,11 +47,24 @@ pub struct Item {
     pub uid: u32,
 }
 
-/// A scan stopped at the bound on entries per scan (it continues in a later loop turn).
+/// A scan stopped at a bound of its batch (it continues in a later loop turn).
 #[derive(Debug, Clone)]
 pub struct BoundHit {
     pub root: PathBuf,
-    pub entries: usize,
+    /// The bound, as status and the audit log say it ("50 entries", "8388608 path bytes").
+    pub bound: String,
+    /// Which bound: "entries per scan" or "path bytes per scan".
+    pub reason: &'static str,
+}
+
+impl BoundHit {
+    fn new(root: &Path, stop: Stop, batch: Batch) -> Self {
+        let (bound, reason) = match stop {
+            Stop::Entries => (format!("{} entries", batch.entries), "entries per scan"),
+            Stop::PathBytes => (format!("{} path bytes", batch.path_bytes), "path bytes per scan"),
+        };
+        Self { root: root.to_path_buf(), bound, reason }
+    }
 }
 
 /// A walk that stopped at the bound, with what it has not seen yet of what the inventory held
@@ -59,6 +72,8 @@ pub struct BoundHit {
 /// and is forgotten (bounded by the inventory, which holds identified apps only).
 struct PendingWalk {
     root: PathBuf,
+    /// Where the walk started, relative to the root.
+    start: PathBuf,
     walk: Walk,
     unseen: std::collections::HashSet<PathBuf>,
 }
@@ -70,8 +85,9 @@ pub struct Folders {
     pub inventory: super::inventory_map::InventoryMap,
     /// Walks stopped at the bound, to continue where they stopped.
     walks: Vec<PendingWalk>,
-    /// Roots whose last pass needed more than one batch (status shows them degraded).
-    over_bound: BTreeMap<PathBuf, usize>,
+    /// Roots whose last pass needed more than one batch, with the bound it reached (status
+    /// shows them degraded).
+    over_bound: BTreeMap<PathBuf, String>,
 }
 
 /// Expands a watch pattern into existing root directories, and the directories to watch
@@ -190,9 +206,9 @@ impl Folders {
 
     /// Lists the files at or beneath `path` (a root, anything beneath one, or a directory that
     /// contains roots) as (root index, path relative to the root), forgetting what vanished. At
-    /// most `max` entries per root: a walk that reaches it is kept, reported in the returned
-    /// hits, and continued by [`Folders::continue_walks`].
-    pub fn list(&mut self, path: &Path, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
+    /// most one `batch` per root: a walk that reaches it is kept, reported in the returned hits,
+    /// and continued by [`Folders::continue_walks`].
+    pub fn list(&mut self, path: &Path, batch: Batch) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
         let roots: Vec<usize> = match self.root_of(path) {
             Some(i) => vec![i],
             None => (0..self.roots.len()).filter(|&i| self.roots[i].path.starts_with(path)).collect(),
@@ -203,40 +219,38 @@ impl Folders {
             let root_path = self.roots[ri].path.clone();
             let start = if path.starts_with(&root_path) { path.to_path_buf() } else { root_path.clone() };
             let rel_start = start.strip_prefix(&root_path).map(Path::to_path_buf).unwrap_or_default();
-            // A new scan of a subtree supersedes an unfinished walk of the same subtree.
-            self.walks.retain(|w| w.root != root_path || !rel_start.as_os_str().is_empty());
-            let mut walk = Walk::new(rel_start);
+            // A new scan supersedes an unfinished walk of the whole root, or of the same subtree.
+            self.walks.retain(|w| w.root != root_path || (!rel_start.as_os_str().is_empty() && w.start != rel_start));
+            let mut walk = Walk::new(rel_start.clone());
             let mut files = Vec::new();
-            let complete = walk.run(&self.roots[ri].fd, max, &mut files);
-            if complete {
-                // Forget what was under the scanned subtree and is not there now (only a walk
-                // done in one batch has seen all of it).
-                let found: std::collections::HashSet<PathBuf> = files.iter().map(|f| root_path.join(f)).collect();
-                let gone: Vec<PathBuf> = self
-                    .inventory
-                    .range(start.clone())
-                    .take_while(|(p, _)| p.starts_with(&start))
-                    .filter(|(p, _)| !found.contains(*p))
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                for p in gone {
-                    self.inventory.remove(&p);
+            let stop = walk.run(&self.roots[ri].fd, batch, &mut files);
+            // What the inventory holds under the scanned subtree and this batch did not find
+            // (compared by path relative to the root: no second copy of the batch's paths).
+            let found: std::collections::HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
+            let not_found = self
+                .inventory
+                .range(start.clone())
+                .take_while(|(p, _)| p.starts_with(&start))
+                .filter(|(p, _)| !p.strip_prefix(&root_path).is_ok_and(|rel| found.contains(rel)))
+                .map(|(p, _)| p.clone());
+            match stop {
+                None => {
+                    // Only a walk done in one batch has seen all of the subtree: forget the rest.
+                    let gone: Vec<PathBuf> = not_found.collect();
+                    for p in gone {
+                        self.inventory.remove(&p);
+                    }
+                    if walk.whole_root {
+                        self.over_bound.remove(&root_path);
+                    }
                 }
-                if walk.whole_root {
-                    self.over_bound.remove(&root_path);
+                Some(stop) => {
+                    let unseen = not_found.collect();
+                    let hit = BoundHit::new(&root_path, stop, batch);
+                    self.over_bound.insert(root_path.clone(), hit.bound.clone());
+                    hits.push(hit);
+                    self.walks.push(PendingWalk { root: root_path.clone(), start: rel_start, walk, unseen });
                 }
-            } else {
-                self.over_bound.insert(root_path.clone(), max);
-                hits.push(BoundHit { root: root_path.clone(), entries: max });
-                let found: std::collections::HashSet<PathBuf> = files.iter().map(|f| root_path.join(f)).collect();
-                let unseen = self
-                    .inventory
-                    .range(start.clone())
-                    .take_while(|(p, _)| p.starts_with(&start))
-                    .filter(|(p, _)| !found.contains(*p))
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                self.walks.push(PendingWalk { root: root_path.clone(), walk, unseen });
             }
             out.extend(files.into_iter().map(|rel| (ri, rel)));
         }
@@ -248,25 +262,28 @@ impl Folders {
         !self.walks.is_empty()
     }
 
-    /// Continues the walks that stopped at the bound, one batch of `max` entries each.
-    pub fn continue_walks(&mut self, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
+    /// Continues the walks that stopped at the bound, one batch each.
+    pub fn continue_walks(&mut self, batch: Batch) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
         let mut out = Vec::new();
         let mut hits = Vec::new();
-        for PendingWalk { root: root_path, mut walk, mut unseen } in std::mem::take(&mut self.walks) {
+        for PendingWalk { root: root_path, start, mut walk, mut unseen } in std::mem::take(&mut self.walks) {
             let Some(ri) = self.roots.iter().position(|r| r.path == root_path) else { continue };
             let mut files = Vec::new();
-            let complete = walk.run(&self.roots[ri].fd, max, &mut files);
+            let stop = walk.run(&self.roots[ri].fd, batch, &mut files);
             for f in &files {
                 unseen.remove(&root_path.join(f));
             }
-            if complete {
-                // What the inventory held when the walk began and no batch found has vanished.
-                for p in unseen {
-                    self.inventory.remove(&p);
+            match stop {
+                None => {
+                    // What the inventory held when the walk began and no batch found has vanished.
+                    for p in unseen {
+                        self.inventory.remove(&p);
+                    }
                 }
-            } else {
-                hits.push(BoundHit { root: root_path.clone(), entries: max });
-                self.walks.push(PendingWalk { root: root_path, walk, unseen });
+                Some(stop) => {
+                    hits.push(BoundHit::new(&root_path, stop, batch));
+                    self.walks.push(PendingWalk { root: root_path, start, walk, unseen });
+                }
             }
             out.extend(files.into_iter().map(|rel| (ri, rel)));
         }
@@ -316,10 +333,10 @@ impl Source for Folders {
 
     fn status(&self, out: &mut Vec<SourceStatus>, reasons: &mut Vec<String>) {
         self.inventory.reasons(reasons);
-        for (root, max) in &self.over_bound {
+        for (root, bound) in &self.over_bound {
             let state = if self.walks.iter().any(|w| &w.root == root) { "continuing" } else { "continued" };
             reasons.push(format!(
-                "scan of {} stopped at the bound of {max} entries per scan ({state} where it stopped)",
+                "scan of {} stopped at the bound of {bound} per scan ({state} where it stopped)",
                 root.display()
             ));
         }
@@ -361,7 +378,7 @@ mod tests {
     fn a_walk_over_several_batches_forgets_what_vanished() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
-        // The bound is checked between directories: five of two files each.
+        // Five directories of two files each.
         for d in 0..5 {
             std::fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
             for i in 0..2 {
@@ -378,11 +395,12 @@ mod tests {
         let (kept, gone) = (root.join("d3/f1"), root.join("d4/vanished"));
         f.inventory.insert(kept.clone(), item(&root));
         f.inventory.insert(gone.clone(), item(&root));
-        let (mut files, hits) = f.list(&root, 3);
+        let batch = Batch { entries: 3, path_bytes: usize::MAX };
+        let (mut files, hits) = f.list(&root, batch);
         assert!(!hits.is_empty() && f.has_pending_walks(), "the bound of 3 entries stops the first batch");
         let mut batches = 1;
         while f.has_pending_walks() {
-            files.extend(f.continue_walks(3).0);
+            files.extend(f.continue_walks(batch).0);
             batches += 1;
         }
         assert!(batches > 2, "{batches} batches");
