@@ -94,6 +94,16 @@ struct RawEnforcement {
     /// files are enforced at each look but not remembered, and status is degraded.
     #[serde(default)]
     max_inventory_entries: Option<usize>,
+    /// Most inotify watches (one per directory) per folder root; directories beyond it are
+    /// covered by the scan fallback and status is degraded (`source::dirwatch`).
+    #[serde(default)]
+    max_watches_per_root: Option<usize>,
+    /// Most inotify watches on directories owned by one uid, over all roots.
+    #[serde(default)]
+    max_watches_per_uid: Option<usize>,
+    /// How often a root with unwatched directories is rescanned.
+    #[serde(default)]
+    watch_fallback_interval: Option<String>,
 }
 
 /// The default `max_hash_bytes`: larger than any app we know of, small enough that hashing it
@@ -189,6 +199,12 @@ pub struct Config {
     pub max_hash_bytes: u64,
     /// See `RawEnforcement::max_inventory_entries` (default 20,000).
     pub max_inventory_entries: usize,
+    /// See `RawEnforcement::max_watches_per_root` (default 8,192).
+    pub max_watches_per_root: usize,
+    /// See `RawEnforcement::max_watches_per_uid` (default 16,384).
+    pub max_watches_per_uid: usize,
+    /// See `RawEnforcement::watch_fallback_interval` (default 60 s).
+    pub watch_fallback_interval: Duration,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
     /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
@@ -365,6 +381,9 @@ impl Config {
         let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
         let mut max_hash_bytes = DEFAULT_MAX_HASH_BYTES;
         let mut max_inventory_entries = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_ENTRIES;
+        let mut max_watches_per_root = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_ROOT;
+        let mut max_watches_per_uid = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_UID;
+        let mut watch_fallback_interval = crate::source::dirwatch::DEFAULT_FALLBACK_INTERVAL;
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -394,6 +413,27 @@ impl Config {
                     return Err(at(s, "max_inventory_entries must be at least 1".into()));
                 }
                 max_inventory_entries = m;
+            }
+            if let Some(m) = e.max_watches_per_root {
+                if m == 0 {
+                    return Err(at(s, "max_watches_per_root must be at least 1".into()));
+                }
+                max_watches_per_root = m;
+            }
+            if let Some(m) = e.max_watches_per_uid {
+                if m == 0 {
+                    return Err(at(s, "max_watches_per_uid must be at least 1".into()));
+                }
+                max_watches_per_uid = m;
+            }
+            if let Some(r) = &e.watch_fallback_interval {
+                let d = humantime::parse_duration(r)
+                    .map_err(|err| at(s, format!("watch_fallback_interval {r:?}: {err}")))?;
+                // A floor, so the fallback can never become a busy loop.
+                if d < Duration::from_secs(1) {
+                    return Err(at(s, format!("watch_fallback_interval {r:?} must be at least 1s")));
+                }
+                watch_fallback_interval = d;
             }
         }
         let mut exec = ExecConfig::default();
@@ -476,6 +516,9 @@ impl Config {
             max_files_per_scan: max_files,
             max_hash_bytes,
             max_inventory_entries,
+            max_watches_per_root,
+            max_watches_per_uid,
+            watch_fallback_interval,
             exec,
             report_url,
         })

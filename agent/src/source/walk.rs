@@ -68,6 +68,19 @@ impl Walk {
     /// Lists up to `max` entries (files and directories) into `files` (paths relative to the
     /// root). Returns true when the walk is complete, false when it stopped at the bound.
     pub fn run(&mut self, root: &OwnedFd, max: usize, files: &mut Vec<PathBuf>) -> bool {
+        self.run_with(root, max, files, &mut |_, _, _| {})
+    }
+
+    /// [`Walk::run`], calling `on_dir` with each directory (relative to the root), its opened
+    /// fd and metadata before it is listed (the watcher watches it there, so nothing created
+    /// in it after the listing goes unseen).
+    pub fn run_with(
+        &mut self,
+        root: &OwnedFd,
+        max: usize,
+        files: &mut Vec<PathBuf>,
+        on_dir: &mut dyn FnMut(&Path, &OwnedFd, &safefs::Meta),
+    ) -> bool {
         let mut seen = 0usize;
         while let Some(dir) = self.pending.pop() {
             if seen >= max {
@@ -90,6 +103,7 @@ impl Walk {
             if !self.visited.insert(m.id) {
                 continue;
             }
+            on_dir(&dir, &fd, &m);
             let Ok(mut entries) = rustix::fs::Dir::new(fd) else { continue };
             let mut subdirs = Vec::new();
             while let Some(Ok(e)) = entries.next() {

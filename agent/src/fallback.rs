@@ -1,0 +1,80 @@
+//! The scan fallback for directories beyond the watch bounds (issue 10, finding 9; the watches
+//! themselves are `source::dirwatch`). While a root has unwatched directories the core loop
+//! rescans it every `watch_fallback_interval`, and about a second after activity in a watched
+//! directory with an unwatched child (at most one rescan per second, however much activity);
+//! while none has, there is no timer at all. Each rescan is an ordinary scan (bounded per loop
+//! turn by `max_files_per_scan`), which also restores watches once the tree fits the bounds.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::enforce::Enforcer;
+use crate::evidence::AuditEvent;
+use crate::source::dirwatch::{DirWatch, Limits};
+
+/// How soon after activity in a directory at the bound the fallback looks.
+const AFTER_ACTIVITY: Duration = Duration::from_secs(1);
+
+/// The folder watcher with the configured bounds, or `None` (logged; status degraded) when
+/// inotify cannot start.
+pub(crate) fn start_dir_watch(
+    cfg: &Config,
+    events: mpsc::UnboundedSender<notify::Result<notify::Event>>,
+) -> Option<DirWatch> {
+    let limits = Limits::new(cfg.max_watches_per_root, cfg.max_watches_per_uid);
+    tracing::info!(
+        per_root = limits.per_root,
+        per_uid = limits.per_uid,
+        total = limits.total,
+        max_user_watches = limits.kernel_max,
+        "folder watch bounds"
+    );
+    match DirWatch::start(limits, events) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the folder watcher: folders are covered by the reconcile after each sync only");
+            None
+        }
+    }
+}
+
+impl Enforcer {
+    /// After a scan: the bounds it reached go to the audit log (once per degradation of a
+    /// root), and the fallback is armed while some root has unwatched directories.
+    pub(crate) fn after_watching(&mut self) {
+        let Some(dirs) = self.folders.dirs.as_mut() else { return };
+        for note in dirs.take_notes() {
+            self.evidence.emit(AuditEvent::WatchBound {
+                root: note.root.display().to_string(),
+                uid: note.uid,
+                bound: note.bound.name().into(),
+                limit: note.bound.limit(),
+                detail: note.bound.to_string(),
+            });
+        }
+        if !dirs.degraded_roots().is_empty() && self.fallback_at.is_none() {
+            self.fallback_at = Some(tokio::time::Instant::now() + self.cfg.watch_fallback_interval);
+        }
+    }
+
+    /// Activity next to unwatched directories: the fallback runs within a second.
+    pub(crate) fn fallback_soon(&mut self) {
+        let soon = tokio::time::Instant::now() + AFTER_ACTIVITY.min(self.cfg.watch_fallback_interval);
+        self.fallback_at = Some(self.fallback_at.map_or(soon, |at| at.min(soon)));
+    }
+
+    /// The fallback's turn: every root with unwatched directories is rescanned (which re-arms
+    /// the timer if one still has them).
+    pub fn run_fallback(&mut self) {
+        self.fallback_at = None;
+        let roots = self.folders.dirs.as_ref().map(DirWatch::degraded_roots).unwrap_or_default();
+        for root in roots {
+            if self.folders.root_paths().contains(&root) {
+                tracing::debug!(root = %root.display(), "scan fallback: rescanning a root with unwatched directories");
+                self.scan_path(&root, Instant::now());
+            }
+        }
+    }
+}
