@@ -85,6 +85,9 @@ fn degraded_by_the_bound(dev: &Device, unwatched: usize) -> (Option<i32>, String
         Ok(s) => s,
         Err(e) => {
             eprintln!("status: {:?}", dev.status());
+            if let Some(s) = dev.status() {
+                eprintln!("inotify watches of embargod: {}", inotify_watches(s["daemon"]["pid"].as_u64().unwrap_or(0)));
+            }
             let log = std::fs::read_to_string(dev.tmp.path().join("embargod.log")).unwrap_or_default();
             eprintln!("embargod log (tail):\n{}", &log[log.len().saturating_sub(4000)..]);
             std::panic::resume_unwind(e)
