@@ -71,9 +71,16 @@ impl Enforcer {
         self.fallback_at = None;
         let roots = self.folders.dirs.as_ref().map(DirWatch::degraded_roots).unwrap_or_default();
         for root in roots {
+            // A pass over it still being continued (a root larger than one scan batch) is
+            // not restarted: it would never complete, and completing is what clears the bound.
+            if self.folders.walking(&root) {
+                continue;
+            }
             if self.folders.root_paths().contains(&root) {
-                tracing::debug!(root = %root.display(), "scan fallback: rescanning a root with unwatched directories");
-                self.scan_path(&root, Instant::now());
+                let t = Instant::now();
+                self.scan_path(&root, t);
+                let unwatched = self.folders.dirs.as_ref().map_or(0, |d| d.unwatched(&root));
+                tracing::debug!(root = %root.display(), elapsed_us = t.elapsed().as_micros() as u64, unwatched, "scan fallback pass");
             }
         }
     }

@@ -194,3 +194,93 @@ fn is_root() -> bool {
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn vm(pid: u64, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The figure for docs/threat-model-agent.md (gated: `EMBARGO_BENCH_WATCH=1`, `--nocapture`):
+/// with the default bounds, nobody creates 20,200 directories (`tree/d0..d199/e0..e99`) in its
+/// Downloads; then, `EMBARGO_BENCH_WATCH_DROPS` times (default 20), a banned AppImage is dropped
+/// into a new directory under an unwatched one and the time until it is gone is taken. Reports
+/// the watches used, the daemon's memory, the fallback passes' durations (from its log) and the
+/// time to detect (median, p90, max); the fallback interval is 5 s.
+#[test]
+fn bench_watch_fallback() {
+    if std::env::var("EMBARGO_BENCH_WATCH").is_err() {
+        eprintln!("bench_watch_fallback: set EMBARGO_BENCH_WATCH=1 to run it");
+        return;
+    }
+    if !is_root() || !need(&["setpriv", "seq"]) {
+        return;
+    }
+    let drops: usize = std::env::var("EMBARGO_BENCH_WATCH_DROPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dev = Device::with_config(WECHAT_KASPERSKY_TOML, "1d", "\n[enforcement]\nwatch_fallback_interval = \"5s\"\n");
+    let downloads = dev.home.join("Downloads");
+    std::os::unix::fs::chown(&downloads, Some(NOBODY), Some(NOBODY)).unwrap();
+    let pid = daemon_pid(&dev);
+    let before = inotify_watches(pid);
+    let rss_before = vm(pid, "VmRSS:");
+    let t = Instant::now();
+    as_nobody(&downloads, "for i in $(seq 0 199); do mkdir -p $(seq -f \"tree/d$i/e%g\" 0 99); done");
+    eprintln!("20,200 directories created in {:?}", t.elapsed());
+    // 20,200 + Downloads = 20,201 directories; 8,192 watches per root.
+    let s = eventually("degraded by the default bound", Duration::from_secs(120), || {
+        let s = dev.status()?;
+        s["daemon"]["reasons"].to_string().contains(&format!("{} directories unwatched", 20_201 - 8192)).then_some(s)
+    });
+    let watches = inotify_watches(pid);
+    eprintln!("degraded {:?} after the first mkdir: {}", t.elapsed(), s["daemon"]["reasons"]);
+    eprintln!(
+        "inotify watches: {before} before, {watches} after (bound 8192 per root; max_user_watches {}); VmRSS {rss_before} -> {}, VmHWM {}",
+        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches").unwrap_or_default().trim(),
+        vm(pid, "VmRSS:"),
+        vm(pid, "VmHWM:")
+    );
+    let src = dev.staging.join("WeChat.src");
+    std::fs::write(&src, appimage("bench wechat")).unwrap();
+    let mut times = Vec::new();
+    for k in 0..drops {
+        let dir = format!("tree/d199/e{}/n{k}", k % 100);
+        let t = Instant::now();
+        as_nobody(&downloads, &format!("mkdir {dir} && cp '{}' {dir}/WeChat-x86_64.AppImage", src.display()));
+        let target = downloads.join(&dir).join("WeChat-x86_64.AppImage");
+        eventually("the dropped AppImage quarantined", Duration::from_secs(30), || (!target.exists()).then_some(()));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "time to detect in an unwatched directory (interval 5 s, {drops} drops): median {:?}, p90 {:?}, max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.9),
+        times[times.len() - 1]
+    );
+    let log = std::fs::read_to_string(dev.tmp.path().join("embargod.log")).unwrap_or_default();
+    let mut passes: Vec<Duration> = log
+        .lines()
+        .filter(|l| l.contains("scan fallback pass"))
+        .filter_map(|l| l.split("elapsed_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    passes.sort();
+    if !passes.is_empty() {
+        eprintln!(
+            "fallback passes over the 20,201-directory root ({}): median {:?}, p90 {:?}, max {:?}",
+            passes.len(),
+            percentile(&passes, 0.5),
+            percentile(&passes, 0.9),
+            passes[passes.len() - 1]
+        );
+    }
+    assert!(watches <= before + 8192);
+    assert_eq!(dev.quarantine_list().len(), drops);
+}

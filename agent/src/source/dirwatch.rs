@@ -365,6 +365,11 @@ impl DirWatch {
         self.roots.get(root).is_some_and(|r| r.frontier.contains_key(dir))
     }
 
+    /// Directories of `root` not watched, as of its last pass.
+    pub fn unwatched(&self, root: &Path) -> usize {
+        self.roots.get(root).map_or(0, |r| r.unwatched)
+    }
+
     /// Roots with unwatched directories (the fallback rescans them).
     pub fn degraded_roots(&self) -> Vec<PathBuf> {
         self.roots.iter().filter(|(_, r)| r.unwatched > 0 || r.bound.is_some()).map(|(p, _)| p.clone()).collect()

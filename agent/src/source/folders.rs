@@ -296,6 +296,11 @@ impl Folders {
         !self.walks.is_empty()
     }
 
+    /// Whether a whole pass over `root` stopped at the bound and is being continued.
+    pub fn walking(&self, root: &Path) -> bool {
+        self.walks.iter().any(|w| w.root == root && w.walk.whole_root)
+    }
+
     /// Continues the walks that stopped at the bound, one batch of `max` entries each.
     pub fn continue_walks(&mut self, max: usize) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
         let mut out = Vec::new();
