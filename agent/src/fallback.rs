@@ -4,6 +4,9 @@
 //! directory with an unwatched child (at most one rescan per second, however much activity);
 //! while none has, there is no timer at all. Each rescan is an ordinary scan (bounded per loop
 //! turn by `max_files_per_scan`), which also restores watches once the tree fits the bounds.
+//! However short the interval or busy the activity, the next pass waits at least
+//! `COST_FACTOR` times as long as the last one took, so the fallback holds the loop at most a
+//! fifth of the time.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,9 @@ use crate::source::dirwatch::{DirWatch, Limits};
 
 /// How soon after activity in a directory at the bound the fallback looks.
 const AFTER_ACTIVITY: Duration = Duration::from_secs(1);
+
+/// The next pass waits at least this many times the last pass's duration.
+const COST_FACTOR: u32 = 4;
 
 /// The folder watcher with the configured bounds, or `None` (logged; status degraded) when
 /// inotify cannot start.
@@ -54,14 +60,22 @@ impl Enforcer {
                 detail: note.bound.to_string(),
             });
         }
-        if !dirs.degraded_roots().is_empty() && self.fallback_at.is_none() {
-            self.fallback_at = Some(tokio::time::Instant::now() + self.cfg.watch_fallback_interval);
+        self.arm_fallback();
+    }
+
+    /// Arms the fallback's timer if some root has unwatched directories and it is not armed.
+    fn arm_fallback(&mut self) {
+        let degraded = self.folders.dirs.as_ref().is_some_and(|d| !d.degraded_roots().is_empty());
+        if degraded && self.fallback_at.is_none() {
+            let wait = self.cfg.watch_fallback_interval.max(self.folders.fallback_cost * COST_FACTOR);
+            self.fallback_at = Some(tokio::time::Instant::now() + wait);
         }
     }
 
     /// Activity next to unwatched directories: the fallback runs within a second.
     pub(crate) fn fallback_soon(&mut self) {
-        let soon = tokio::time::Instant::now() + AFTER_ACTIVITY.min(self.cfg.watch_fallback_interval);
+        let wait = AFTER_ACTIVITY.min(self.cfg.watch_fallback_interval).max(self.folders.fallback_cost * COST_FACTOR);
+        let soon = tokio::time::Instant::now() + wait;
         self.fallback_at = Some(self.fallback_at.map_or(soon, |at| at.min(soon)));
     }
 
@@ -70,6 +84,7 @@ impl Enforcer {
     pub fn run_fallback(&mut self) {
         self.fallback_at = None;
         let roots = self.folders.dirs.as_ref().map(DirWatch::degraded_roots).unwrap_or_default();
+        let started = Instant::now();
         for root in roots {
             // A pass over it still being continued (a root larger than one scan batch) is
             // not restarted: it would never complete, and completing is what clears the bound.
@@ -83,5 +98,9 @@ impl Enforcer {
                 tracing::debug!(root = %root.display(), elapsed_us = t.elapsed().as_micros() as u64, unwatched, "scan fallback pass");
             }
         }
+        // Re-armed with this pass's cost (the scans above armed it with the last one's).
+        self.folders.fallback_cost = started.elapsed();
+        self.fallback_at = None;
+        self.arm_fallback();
     }
 }

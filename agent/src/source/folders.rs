@@ -103,6 +103,8 @@ pub struct Folders {
     pub dirs: Option<DirWatch>,
     /// How often roots with unwatched directories are rescanned (for status).
     pub fallback_interval: std::time::Duration,
+    /// How long the last fallback pass held the core loop (the next one waits in proportion).
+    pub fallback_cost: std::time::Duration,
 }
 
 /// Expands a watch pattern into existing root directories, and the directories to watch
