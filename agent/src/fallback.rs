@@ -104,3 +104,37 @@ impl Enforcer {
         self.arm_fallback();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::Config;
+
+    const BASE: &str =
+        "[policy]\nrepository = \"https://policy.example.invalid/\"\nroot = \"/etc/embargo/root.json\"\n";
+
+    fn parse(enforcement: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/embargo/agent.toml"), &format!("{BASE}[enforcement]\n{enforcement}\n"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The watch bounds parse, and values that would disable them or turn the fallback into a
+    /// busy loop are refused naming the key.
+    #[test]
+    fn watch_bounds_are_validated() {
+        let c =
+            parse("max_watches_per_root = 100\nmax_watches_per_uid = 200\nwatch_fallback_interval = \"2s\"").unwrap();
+        assert_eq!((c.max_watches_per_root, c.max_watches_per_uid), (100, 200));
+        assert_eq!(c.watch_fallback_interval, std::time::Duration::from_secs(2));
+        for (text, key) in [
+            ("max_watches_per_root = 0", "max_watches_per_root"),
+            ("max_watches_per_uid = 0", "max_watches_per_uid"),
+            ("watch_fallback_interval = \"500ms\"", "watch_fallback_interval"),
+            ("watch_fallback_interval = \"soon\"", "watch_fallback_interval"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}

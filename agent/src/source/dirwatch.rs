@@ -570,4 +570,41 @@ mod tests {
         assert!(w.degraded_roots().is_empty());
         assert!(w.state(&root, DEFAULT_FALLBACK_INTERVAL).1.is_none());
     }
+
+    /// The bound per uid counts one owner's directories only: another owner's are still watched,
+    /// and the status reason names the owner refused.
+    #[tokio::test]
+    async fn the_bound_per_uid_spares_other_owners() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: needs root to chown");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        for d in ["u/a", "u/b", "u/c", "r/x"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for d in ["u", "u/a", "u/b", "u/c"] {
+            std::os::unix::fs::chown(root.join(d), Some(65534), Some(65534)).unwrap();
+        }
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut w = DirWatch::start(Limits { per_root: 100, per_uid: 3, total: 100, kernel_max: 400 }, tx).unwrap();
+        let pass = w.begin_pass(&root);
+        let mut refused = Vec::new();
+        for d in ["", "u", "u/a", "u/b", "u/c", "r", "r/x"] {
+            let p = if d.is_empty() { root.clone() } else { root.join(d) };
+            let (fd, m) = dir_meta(&p);
+            if !w.visit(&root, &p, &fd, &m, pass) {
+                refused.push(d);
+            }
+        }
+        w.end_pass(&root, pass, true, refused.len());
+        assert_eq!(refused, ["u/c"], "nobody's fourth directory only");
+        assert_eq!(w.count(), 6);
+        let reason = w.state(&root, DEFAULT_FALLBACK_INTERVAL).1.unwrap();
+        assert!(reason.contains("max_watches_per_uid = 3") && reason.contains("uid 65534"), "{reason}");
+        assert!(reason.contains("1 directories unwatched"), "{reason}");
+        let notes = w.take_notes();
+        assert_eq!((notes.len(), notes[0].uid, notes[0].bound.name()), (1, 65534, "watches per uid"));
+    }
 }
