@@ -571,6 +571,43 @@ mod tests {
         assert!(w.state(&root, DEFAULT_FALLBACK_INTERVAL).1.is_none());
     }
 
+    /// A kernel queue overflow (`IN_Q_OVERFLOW`) reaches the loop as notify's rescan event (the
+    /// folders source turns it into a rescan of everything). The overflow is made deterministic
+    /// by holding the wd table, which the reader needs for every event, while the queue fills.
+    #[tokio::test]
+    async fn an_overflow_becomes_a_rescan_event() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut w = DirWatch::start(Limits { per_root: 10, per_uid: 10, total: 10, kernel_max: 40 }, tx).unwrap();
+        let pass = w.begin_pass(&root);
+        let (fd, m) = dir_meta(&root);
+        assert!(w.visit(&root, &root, &fd, &m, pass));
+        let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16384);
+        {
+            let _held = w.paths.lock().unwrap();
+            // Each creation queues a CREATE and a CLOSE_WRITE.
+            for i in 0..queue / 2 + 16 {
+                std::fs::File::create(root.join(format!("f{i}"))).unwrap();
+            }
+        }
+        let rescan = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                match rx.recv().await {
+                    Some(Ok(ev)) if ev.need_rescan() => return ev,
+                    Some(_) => {}
+                    None => panic!("the reader stopped"),
+                }
+            }
+        })
+        .await
+        .expect("a rescan event after the overflow");
+        assert!(rescan.paths.is_empty());
+    }
+
     /// The bound per uid counts one owner's directories only: another owner's are still watched,
     /// and the status reason names the owner refused.
     #[tokio::test]
