@@ -225,6 +225,15 @@ impl DirWatch {
         if let Some(w) = r.dirs.get_mut(dir) {
             if w.id == m.id {
                 w.pass = w.pass.max(pass);
+                if w.uid != m.uid {
+                    // Chowned since it was watched: its watch counts for its new owner now.
+                    let old = std::mem::replace(&mut w.uid, m.uid);
+                    if let Some(n) = self.per_uid.get_mut(&old) {
+                        *n -= 1;
+                    }
+                    self.per_uid.retain(|_, n| *n > 0);
+                    *self.per_uid.entry(m.uid).or_default() += 1;
+                }
                 return true;
             }
         }
