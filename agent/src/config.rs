@@ -102,6 +102,16 @@ struct RawEnforcement {
     /// file owner (uid); beyond, like `max_inventory_entries`.
     #[serde(default)]
     max_inventory_bytes: Option<usize>,
+    /// Most inotify watches (one per directory) per folder root; directories beyond it are
+    /// covered by the scan fallback and status is degraded (`source::dirwatch`).
+    #[serde(default)]
+    max_watches_per_root: Option<usize>,
+    /// Most inotify watches on directories owned by one uid, over all roots.
+    #[serde(default)]
+    max_watches_per_uid: Option<usize>,
+    /// How often a root with unwatched directories is rescanned.
+    #[serde(default)]
+    watch_fallback_interval: Option<String>,
 }
 
 /// The default `max_scan_path_bytes`: 8 MiB of paths per scan batch (some 100,000 typical
@@ -206,6 +216,12 @@ pub struct Config {
     pub max_scan_path_bytes: usize,
     /// See `RawEnforcement::max_inventory_bytes` (default 16 MiB).
     pub max_inventory_bytes: usize,
+    /// See `RawEnforcement::max_watches_per_root` (default 8,192).
+    pub max_watches_per_root: usize,
+    /// See `RawEnforcement::max_watches_per_uid` (default 16,384).
+    pub max_watches_per_uid: usize,
+    /// See `RawEnforcement::watch_fallback_interval` (default 60 s).
+    pub watch_fallback_interval: Duration,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
     /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
@@ -384,6 +400,9 @@ impl Config {
         let mut max_inventory_entries = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_ENTRIES;
         let mut max_scan_path_bytes = DEFAULT_MAX_SCAN_PATH_BYTES;
         let mut max_inventory_bytes = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_BYTES;
+        let mut max_watches_per_root = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_ROOT;
+        let mut max_watches_per_uid = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_UID;
+        let mut watch_fallback_interval = crate::source::dirwatch::DEFAULT_FALLBACK_INTERVAL;
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -425,6 +444,27 @@ impl Config {
                     return Err(at(s, "max_inventory_bytes must be at least 65536".into()));
                 }
                 max_inventory_bytes = m;
+            }
+            if let Some(m) = e.max_watches_per_root {
+                if m == 0 {
+                    return Err(at(s, "max_watches_per_root must be at least 1".into()));
+                }
+                max_watches_per_root = m;
+            }
+            if let Some(m) = e.max_watches_per_uid {
+                if m == 0 {
+                    return Err(at(s, "max_watches_per_uid must be at least 1".into()));
+                }
+                max_watches_per_uid = m;
+            }
+            if let Some(r) = &e.watch_fallback_interval {
+                let d = humantime::parse_duration(r)
+                    .map_err(|err| at(s, format!("watch_fallback_interval {r:?}: {err}")))?;
+                // A floor, so the fallback can never become a busy loop.
+                if d < Duration::from_secs(1) {
+                    return Err(at(s, format!("watch_fallback_interval {r:?} must be at least 1s")));
+                }
+                watch_fallback_interval = d;
             }
         }
         let mut exec = ExecConfig::default();
@@ -509,6 +549,9 @@ impl Config {
             max_inventory_entries,
             max_scan_path_bytes,
             max_inventory_bytes,
+            max_watches_per_root,
+            max_watches_per_uid,
+            watch_fallback_interval,
             exec,
             report_url,
         })

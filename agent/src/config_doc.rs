@@ -270,6 +270,41 @@ pub const SECTIONS: &[Section] = &[
                       max_files_per_scan, degrades status naming the folder, writes a scan-bound audit \
                       event, and continues the scan where it stopped in the next turns. At least 4096.",
             },
+            Key {
+                name: "max_watches_per_root",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("8192"),
+                example: "2048",
+                doc: "Most inotify watches (one per directory) the agent holds for one watched folder. Directories \
+                      beyond it are not watched: they are rescanned every watch_fallback_interval and soon after \
+                      activity in their watched parent, status is degraded naming the folder, the directories' \
+                      owner and how many are unwatched, and the audit log records the bound once. Whatever the \
+                      bounds, the agent's folder watches never exceed a quarter of fs.inotify.max_user_watches \
+                      (read at start). At least 1.",
+            },
+            Key {
+                name: "max_watches_per_uid",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("16384"),
+                example: "4096",
+                doc: "Most inotify watches on directories owned by one user, over all watched folders (so one \
+                      user's tree cannot take the watches other users' folders need). Beyond it, as for \
+                      max_watches_per_root. At least 1.",
+            },
+            Key {
+                name: "watch_fallback_interval",
+                kind: "duration",
+                required: false,
+                requires: &[],
+                default: Some("\"60s\""),
+                example: "\"5m\"",
+                doc: "How often a watched folder with directories beyond a watch bound is rescanned (only while \
+                      one is; otherwise the agent has no such timer). At least 1s.",
+            },
         ],
     },
     Section {

@@ -152,6 +152,12 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
                 trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
                 continue;
             }
+            // Only while a root has directories beyond the watch bounds (`fallback`).
+            () = tokio::time::sleep_until(state.fallback_at.unwrap_or_else(tokio::time::Instant::now)), if state.fallback_at.is_some() => {
+                state.run_fallback();
+                trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
+                continue;
+            }
             () = tokio::time::sleep_until(trim_at.unwrap_or_else(tokio::time::Instant::now)), if trim_at.is_some() => {
                 trim_at = None;
                 match crate::sys::release_code_pages() {

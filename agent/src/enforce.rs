@@ -118,6 +118,9 @@ pub struct Enforcer {
     pub(crate) sync_waiters: Vec<oneshot::Sender<Response>>,
     /// When to retry removals that wait for a package-manager lock (no timer otherwise).
     pub(crate) retry_at: Option<tokio::time::Instant>,
+    /// When the scan fallback next rescans roots with unwatched directories (`fallback`;
+    /// `None` while every directory is watched: no timer).
+    pub(crate) fallback_at: Option<tokio::time::Instant>,
     retry_attempts: u32,
     /// Package reads and removals run here, off the loop; results come back through
     /// `package_results` (taken by the loop, which wraps them in its `Event`).
@@ -142,6 +145,7 @@ impl Enforcer {
         fs_events: mpsc::UnboundedSender<notify::Result<notify::Event>>,
         sync_tx: mpsc::Sender<crate::sync::Command>,
     ) -> Result<Self, String> {
+        let dir_events = fs_events.clone();
         let watcher = notify::recommended_watcher(move |res| {
             // Never block in the callback: the channel is unbounded, and bursts become rescans
             // downstream rather than losses here.
@@ -159,6 +163,8 @@ impl Enforcer {
         let mut folders = Folders::default();
         folders.inventory.set_bound(cfg.max_inventory_entries);
         folders.inventory.set_byte_bound(cfg.max_inventory_bytes);
+        folders.fallback_interval = cfg.watch_fallback_interval;
+        folders.dirs = crate::fallback::start_dir_watch(&cfg, dir_events);
         // One thread: reads and removals of packages run in the order the loop submits them.
         let (package_worker, package_results) = crate::worker::Worker::spawn("embargo-packages", 1)
             .map_err(|e| format!("starting the package worker: {e}"))?;
@@ -191,6 +197,7 @@ impl Enforcer {
             sync_tx,
             sync_waiters: Vec::new(),
             retry_at: None,
+            fallback_at: None,
             retry_attempts: 0,
             package_worker,
             package_results: Some(package_results),
@@ -271,6 +278,7 @@ impl Enforcer {
                     self.read_packages(i)
                 }
                 Hint::Gone(path) => self.folders.forget_under(&path),
+                Hint::Fallback => self.fallback_soon(),
                 Hint::Path(path) => match std::fs::symlink_metadata(&path) {
                     Ok(m) if m.is_dir() => self.scan_path(&path, since),
                     Ok(m) if m.is_file() => {
@@ -406,6 +414,7 @@ impl Enforcer {
         for (ri, rel) in files {
             self.enforce_file(ri, rel, since);
         }
+        self.after_watching();
     }
 
     fn input<'a>(&self, v: Option<&'a (Verdict, bool)>, hash_known: bool, exempt: bool, held: bool) -> Input<'a> {

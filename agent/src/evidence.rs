@@ -59,6 +59,10 @@ pub enum AuditEvent {
     Action { record: ActionRecord, sha256: Option<String>, mode: String, outcome: Outcome },
     /// A scan of `root` stopped at a bound (`reason`); it continues where it stopped.
     ScanBound { root: String, entries: usize, reason: String },
+    /// A watched folder reached a watch bound (`bound`: watches per root, per uid, share of
+    /// max_user_watches, kernel limit; `uid`: the owner of the first directory refused): its
+    /// directories beyond it are covered by the scan fallback. Written once per degradation.
+    WatchBound { root: String, uid: u32, bound: String, limit: usize, detail: String },
     /// A file was not hashed (`reason`: over `max_hash_bytes`, too slow, unreadable); only rules
     /// that need no hash judged it.
     Unhashed {

@@ -26,6 +26,8 @@
 //!   the running-process sweeps (start-up, every rule-set change) relayed as audit events.
 //! - `exec_gate`: the fanotify exec gate (banned files fail to execute); `running`: the sweep that
 //!   stops banned running processes.
+//! - `fallback`: the scan fallback for folder directories beyond the watch bounds
+//!   (`source::dirwatch` holds the watches).
 //! - `worker`: threads that run the loop's slow jobs (package reads and removals) and send
 //!   each result back as the job owner's own message type.
 //! - `sys`: the only `unsafe` (madvise for the idle trim), each block with its SAFETY argument.
@@ -48,6 +50,7 @@ pub mod evidence;
 pub mod exec_gate;
 pub mod exec_wire;
 mod exempt;
+mod fallback;
 mod handlers;
 mod hashpool;
 pub mod identify;

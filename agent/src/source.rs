@@ -11,6 +11,7 @@
 //! `package::MANAGERS`; a new kind of source (an exec gate) implements [`Source`].
 
 pub mod android;
+pub mod dirwatch;
 pub mod dpkg;
 pub mod flatpak;
 pub mod folders;
@@ -38,6 +39,9 @@ pub enum Hint {
     Gone(PathBuf),
     /// Package root `n`'s database changed.
     Database(usize),
+    /// Activity in a watched directory with an unwatched child directory (a watch bound was
+    /// reached): the scan fallback should look soon (`source::dirwatch`).
+    Fallback,
 }
 
 /// Whether an event says nothing new: opens, reads and non-writing closes — our own reads of a

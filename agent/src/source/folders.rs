@@ -1,6 +1,8 @@
-//! The install-folder source: watch patterns expanded to roots (watched recursively) and anchors
-//! (their parents, watched non-recursively so new users' folders appear), the inventory of what
-//! was identified there, and the walk that lists a root's files.
+//! The install-folder source: watch patterns expanded to roots and anchors (their parents,
+//! watched non-recursively through notify so new users' folders appear), the inventory of what
+//! was identified there, and the walk that lists a root's files. A root's directories are
+//! watched one by one as the walk meets them, under the watch bounds (`dirwatch`); what is
+//! beyond them is rescanned by the scan fallback.
 //!
 //! It lists and remembers; opening a file beneath its root and identifying it is the core loop's
 //! pipeline (`enforce`), and only `act` moves anything.
@@ -18,6 +20,7 @@ use crate::config::Watch;
 use crate::proto::SourceStatus;
 use crate::safefs::{self, FileId};
 
+use super::dirwatch::DirWatch;
 use super::walk::{Batch, Stop, Walk};
 
 pub struct Root {
@@ -76,6 +79,29 @@ struct PendingWalk {
     start: PathBuf,
     walk: Walk,
     unseen: std::collections::HashSet<PathBuf>,
+    /// The watcher's pass over the root, and the directories it left unwatched so far.
+    pass: u64,
+    unwatched: usize,
+}
+
+/// Lists one batch of `walk` beneath `root`, watching each directory it meets (through `dirs`)
+/// before listing it; directories the bounds refuse are counted in `unwatched`.
+fn walk_batch(
+    root: &Root,
+    dirs: Option<&mut DirWatch>,
+    walk: &mut Walk,
+    batch: Batch,
+    files: &mut Vec<PathBuf>,
+    pass: u64,
+    unwatched: &mut usize,
+) -> Option<Stop> {
+    let Some(d) = dirs else { return walk.run(&root.fd, batch, files) };
+    walk.run_with(&root.fd, batch, files, &mut |rel, fd, m| {
+        let full = if rel.as_os_str().is_empty() { root.path.clone() } else { root.path.join(rel) };
+        if !d.visit(&root.path, &full, fd, m, pass) {
+            *unwatched += 1;
+        }
+    })
 }
 
 #[derive(Default)]
@@ -88,6 +114,13 @@ pub struct Folders {
     /// Roots whose last pass needed more than one batch, with the bound it reached (status
     /// shows them degraded).
     over_bound: BTreeMap<PathBuf, String>,
+    /// The roots' directory watches, under their bounds (`None`: inotify could not start; the
+    /// periodic reconcile is all there is).
+    pub dirs: Option<DirWatch>,
+    /// How often roots with unwatched directories are rescanned (for status).
+    pub fallback_interval: std::time::Duration,
+    /// How long the last fallback pass held the core loop (the next one waits in proportion).
+    pub fallback_cost: std::time::Duration,
 }
 
 /// Expands a watch pattern into existing root directories, and the directories to watch
@@ -153,7 +186,14 @@ impl Folders {
         }
         self.anchors = anchors;
         let before = self.roots.len();
-        self.roots.retain(|r| wanted.iter().any(|(k, p)| *k == r.kind && *p == r.path) && r.path.is_dir());
+        let dirs = &mut self.dirs;
+        self.roots.retain(|r| {
+            let keep = wanted.iter().any(|(k, p)| *k == r.kind && *p == r.path) && r.path.is_dir();
+            if let (false, Some(d)) = (keep, dirs.as_mut()) {
+                d.drop_root(&r.path);
+            }
+            keep
+        });
         if self.roots.len() != before {
             let live: Vec<PathBuf> = self.roots.iter().map(|r| r.path.clone()).collect();
             self.inventory.retain(|_, it| live.contains(&it.root));
@@ -170,9 +210,10 @@ impl Folders {
                     continue;
                 }
             };
-            let watch = match watcher.watch(&path, notify::RecursiveMode::Recursive) {
-                Ok(()) => "inotify".to_owned(),
-                Err(e) => format!("degraded: {e} (covered by the periodic reconcile only)"),
+            // Its directories are watched by the scan that follows (`list`).
+            let watch = match &self.dirs {
+                Some(_) => "inotify".to_owned(),
+                None => "degraded: no inotify watcher (covered by the periodic reconcile only)".to_owned(),
             };
             tracing::info!(path = %path.display(), %kind, %watch, "watching");
             self.roots.push(Root { kind, path: path.clone(), fd, watch });
@@ -191,8 +232,11 @@ impl Folders {
             .map(|(i, _)| i)
     }
 
-    /// Forgets everything identified at or beneath `path`.
+    /// Forgets everything identified and watched at or beneath `path`.
     pub fn forget_under(&mut self, path: &Path) {
+        if let Some(d) = self.dirs.as_mut() {
+            d.unwatch_under(path);
+        }
         let gone: Vec<PathBuf> = self
             .inventory
             .range(path.to_path_buf())
@@ -223,7 +267,10 @@ impl Folders {
             self.walks.retain(|w| w.root != root_path || (!rel_start.as_os_str().is_empty() && w.start != rel_start));
             let mut walk = Walk::new(rel_start.clone());
             let mut files = Vec::new();
-            let stop = walk.run(&self.roots[ri].fd, batch, &mut files);
+            let pass = self.dirs.as_mut().map_or(0, |d| d.begin_pass(&root_path));
+            let mut unwatched = 0;
+            let stop =
+                walk_batch(&self.roots[ri], self.dirs.as_mut(), &mut walk, batch, &mut files, pass, &mut unwatched);
             // What the inventory holds under the scanned subtree and this batch did not find
             // (compared by path relative to the root: no second copy of the batch's paths).
             let found: std::collections::HashSet<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -235,6 +282,9 @@ impl Folders {
                 .map(|(p, _)| p.clone());
             match stop {
                 None => {
+                    if let Some(d) = self.dirs.as_mut() {
+                        d.end_pass(&root_path, pass, walk.whole_root, unwatched);
+                    }
                     // Only a walk done in one batch has seen all of the subtree: forget the rest.
                     let gone: Vec<PathBuf> = not_found.collect();
                     for p in gone {
@@ -249,7 +299,14 @@ impl Folders {
                     let hit = BoundHit::new(&root_path, stop, batch);
                     self.over_bound.insert(root_path.clone(), hit.bound.clone());
                     hits.push(hit);
-                    self.walks.push(PendingWalk { root: root_path.clone(), start: rel_start, walk, unseen });
+                    self.walks.push(PendingWalk {
+                        root: root_path.clone(),
+                        start: rel_start,
+                        walk,
+                        unseen,
+                        pass,
+                        unwatched,
+                    });
                 }
             }
             out.extend(files.into_iter().map(|rel| (ri, rel)));
@@ -262,14 +319,27 @@ impl Folders {
         !self.walks.is_empty()
     }
 
+    /// Whether a whole pass over `root` stopped at the bound and is being continued.
+    pub fn walking(&self, root: &Path) -> bool {
+        self.walks.iter().any(|w| w.root == root && w.walk.whole_root)
+    }
+
     /// Continues the walks that stopped at the bound, one batch each.
     pub fn continue_walks(&mut self, batch: Batch) -> (Vec<(usize, PathBuf)>, Vec<BoundHit>) {
         let mut out = Vec::new();
         let mut hits = Vec::new();
-        for PendingWalk { root: root_path, start, mut walk, mut unseen } in std::mem::take(&mut self.walks) {
+        for PendingWalk { root: root_path, start, mut walk, mut unseen, pass, mut unwatched } in
+            std::mem::take(&mut self.walks)
+        {
             let Some(ri) = self.roots.iter().position(|r| r.path == root_path) else { continue };
             let mut files = Vec::new();
-            let stop = walk.run(&self.roots[ri].fd, batch, &mut files);
+            let stop =
+                walk_batch(&self.roots[ri], self.dirs.as_mut(), &mut walk, batch, &mut files, pass, &mut unwatched);
+            if stop.is_none() {
+                if let Some(d) = self.dirs.as_mut() {
+                    d.end_pass(&root_path, pass, walk.whole_root, unwatched);
+                }
+            }
             for f in &files {
                 unseen.remove(&root_path.join(f));
             }
@@ -282,7 +352,7 @@ impl Folders {
                 }
                 Some(stop) => {
                     hits.push(BoundHit::new(&root_path, stop, batch));
-                    self.walks.push(PendingWalk { root: root_path, start, walk, unseen });
+                    self.walks.push(PendingWalk { root: root_path, start, walk, unseen, pass, unwatched });
                 }
             }
             out.extend(files.into_iter().map(|rel| (ri, rel)));
@@ -314,6 +384,16 @@ impl Source for Folders {
                 continue;
             }
             let Some(ri) = root else { continue };
+            // Activity in a watched directory whose child is beyond the watch bound: the scan
+            // fallback looks soon (writes excepted: a download in progress is not a reason).
+            if !matches!(ev.kind, EventKind::Modify(ModifyKind::Data(_)) | EventKind::Access(_))
+                && path
+                    .parent()
+                    .zip(self.dirs.as_ref())
+                    .is_some_and(|(parent, d)| d.is_frontier(&self.roots[ri].path, parent))
+            {
+                hints.push(Hint::Fallback);
+            }
             match ev.kind {
                 EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
                     hints.push(Hint::Gone(path.clone()));
@@ -341,14 +421,22 @@ impl Source for Folders {
             ));
         }
         for r in &self.roots {
-            if r.watch != "inotify" {
-                reasons.push(format!("watch of {} {}", r.path.display(), r.watch));
-            }
+            let watch = match &self.dirs {
+                Some(d) => {
+                    let (watch, reason) = d.state(&r.path, self.fallback_interval);
+                    reasons.extend(reason);
+                    watch
+                }
+                None => {
+                    reasons.push(format!("watch of {} {}", r.path.display(), r.watch));
+                    r.watch.clone()
+                }
+            };
             out.push(SourceStatus {
                 kind: r.kind.to_string(),
                 path: r.path.display().to_string(),
                 apps_seen: self.inventory.in_root(&r.path),
-                watch: r.watch.clone(),
+                watch,
             });
         }
     }

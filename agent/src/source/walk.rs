@@ -115,6 +115,19 @@ impl Walk {
     /// must still be the same (device, inode); one replaced meanwhile (renamed away, another
     /// renamed in) is left, because that rename is itself an event that scans the new one.
     pub fn run(&mut self, root: &OwnedFd, batch: Batch, files: &mut Vec<PathBuf>) -> Option<Stop> {
+        self.run_with(root, batch, files, &mut |_, _, _| {})
+    }
+
+    /// [`Walk::run`], calling `on_dir` with each directory (relative to the root), its opened
+    /// fd and metadata before it is first listed (the watcher watches it there, so nothing
+    /// created in it after the listing goes unseen); not again when a batch resumes in it.
+    pub fn run_with(
+        &mut self,
+        root: &OwnedFd,
+        batch: Batch,
+        files: &mut Vec<PathBuf>,
+        on_dir: &mut dyn FnMut(&Path, &OwnedFd, &safefs::Meta),
+    ) -> Option<Stop> {
         if !self.started {
             self.started = true;
             self.levels.push(Level { name: OsString::new(), id: None, resume: 0 });
@@ -153,19 +166,25 @@ impl Walk {
             };
             let depth = self.levels.len();
             let level = &mut self.levels[depth - 1];
-            match level.id {
-                None => level.id = Some(m.id),
+            let first_opening = match level.id {
+                None => {
+                    level.id = Some(m.id);
+                    true
+                }
                 Some(id) if id != m.id => {
                     self.levels.pop();
                     continue;
                 }
-                Some(_) => {}
-            }
+                Some(_) => false,
+            };
             // A directory that is its own ancestor is not entered (mounts are never crossed,
             // so this cannot happen on Linux; kept as a guard that costs nothing).
             if self.levels[..depth - 1].iter().any(|l| l.id == Some(m.id)) {
                 self.levels.pop();
                 continue;
+            }
+            if first_opening {
+                on_dir(&dir, &fd, &m);
             }
             let resume = self.levels[depth - 1].resume;
             let Ok(mut entries) = rustix::fs::Dir::new(fd) else {
