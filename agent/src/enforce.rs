@@ -732,6 +732,7 @@ impl Enforcer {
             path: path.display().to_string(),
             quarantine_id,
             micros: elapsed.as_micros() as u64,
+            app_version: app.version.clone(),
         };
         self.evidence.emit(AuditEvent::Action {
             record,

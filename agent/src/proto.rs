@@ -151,6 +151,10 @@ pub struct ActionRecord {
     pub quarantine_id: Option<String>,
     /// From the filesystem event (or scan) to the action being done.
     pub micros: u64,
+    /// The app's version as the agent read it (package version, APK version code, an
+    /// AppImage's `X-AppImage-Version`), when it knows one; fleet reports carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
