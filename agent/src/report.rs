@@ -319,19 +319,7 @@ impl Reporter {
                 tracing::warn!(dropped = dropped.len(), first, last, "report spool full: oldest reports dropped");
                 gap = Some(wire::Gap { dropped: dropped.len() as u64, first_sequence: *first, last_sequence: *last });
             }
-            let mut rules: BTreeMap<String, Vec<wire::AppState>> = BTreeMap::new();
-            for ((rule, kind, id, path), a) in &s.apps {
-                rules.entry(rule.clone()).or_default().push(wire::AppState {
-                    kind: kind.clone(),
-                    id: id.clone(),
-                    version: a.version.clone(),
-                    path: (!path.is_empty()).then(|| path.clone()),
-                    state: a.state,
-                    found_at: a.found_at,
-                    since: a.since,
-                    detail: a.detail.clone(),
-                });
-            }
+            let rules = rule_states(&s);
             let health = health(&s);
             let r = wire::Report {
                 version: wire::REPORT_VERSION,
@@ -342,7 +330,7 @@ impl Reporter {
                 mode: self.mode,
                 policy: s.policy.clone(),
                 health,
-                rules: rules.into_iter().map(|(rule, apps)| wire::RuleState { rule, apps }).collect(),
+                rules,
                 events: std::mem::take(&mut s.events),
                 gap,
             };
@@ -520,6 +508,24 @@ fn spooled(dir: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// The per-rule app states a report carries, rules in id order.
+fn rule_states(s: &Shared) -> Vec<wire::RuleState> {
+    let mut rules: BTreeMap<String, Vec<wire::AppState>> = BTreeMap::new();
+    for ((rule, kind, id, path), a) in &s.apps {
+        rules.entry(rule.clone()).or_default().push(wire::AppState {
+            kind: kind.clone(),
+            id: id.clone(),
+            version: a.version.clone(),
+            path: (!path.is_empty()).then(|| path.clone()),
+            state: a.state,
+            found_at: a.found_at,
+            since: a.since,
+            detail: a.detail.clone(),
+        });
+    }
+    rules.into_iter().map(|(rule, apps)| wire::RuleState { rule, apps }).collect()
+}
+
 /// The health a report carries: the agent's degraded reasons (as `status` shows them), then the
 /// reporter's own, within the format's bounds.
 fn health(s: &Shared) -> wire::Health {
@@ -619,7 +625,9 @@ mod tests {
             let s = shared.lock().unwrap();
             let app = s.apps.values().next().unwrap();
             assert_eq!(app.state, wire::AppStatus::Quarantined);
-            assert_eq!(app.version.as_deref(), Some("4.0.1"), "the version the agent read is reported");
+            assert_eq!(app.version.as_deref(), Some("4.0.1"), "the version the agent read is kept");
+            let rules = rule_states(&s);
+            assert_eq!(rules[0].apps[0].version.as_deref(), Some("4.0.1"), "and reported: {rules:?}");
             assert_eq!(s.events[0].seq, 42);
             assert_eq!(s.events[0].rule.as_deref(), Some("wechat"));
             assert!(s.dirty);

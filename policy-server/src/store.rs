@@ -495,7 +495,16 @@ async fn insert_rows(
 /// statement each for the timeline, the rule states, the rules newly compliant, the history,
 /// the rules first seen and the events, each only when it has rows. On PostgreSQL every
 /// statement is a round trip, so a report with 512 events costs the same as one with none.
-async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+/// A rule a report matched that its device had no row for: (rule, received at, policy version).
+/// The writer stores these for its whole batch in one sorted statement (see `write_batches`).
+type FirstSeen = (String, i64, Option<i64>);
+
+async fn ingest_in(
+    tx: &mut AnyConnection,
+    device: &str,
+    report: &Report,
+    now: u64,
+) -> Result<(Ingested, Vec<FirstSeen>), StoreError> {
     let seq = report.sequence as i64;
     let now_i = now as i64;
     let policy = report.policy.as_ref();
@@ -544,7 +553,7 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        return Ok(Ingested { acked: acked as u64, stored: false });
+        return Ok((Ingested { acked: acked as u64, stored: false }, Vec::new()));
     }
     let policy_version = policy.map(|p| p.version as i64);
     let dev = || Val::Text(device.to_owned());
@@ -608,7 +617,7 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
         }
         if known.is_none() {
             // A rule this device has a row for is already in `rules`.
-            first_seen.push(vec![Val::Text(rule.rule.clone()), Val::Int(now_i), Val::OptInt(policy_version)]);
+            first_seen.push((rule.rule.clone(), now_i, policy_version));
         }
         states.push(vec![
             dev(),
@@ -659,16 +668,6 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
         )
         .await?;
     }
-    if !first_seen.is_empty() {
-        insert_rows(
-            tx,
-            "INSERT INTO rules (rule, first_seen, first_policy_version)",
-            "ON CONFLICT DO NOTHING",
-            3,
-            &first_seen,
-        )
-        .await?;
-    }
     if !report.events.is_empty() {
         let rows: Vec<Vec<Val>> = report
             .events
@@ -694,7 +693,24 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
         )
         .await?;
     }
-    Ok(Ingested { acked: report.sequence, stored: true })
+    Ok((Ingested { acked: report.sequence, stored: true }, first_seen))
+}
+
+/// Records when rules were first reported, for a whole batch in one statement, sorted by rule id.
+/// `rules` is the one table reports of different devices share: inserting its rows report by
+/// report in several concurrent PostgreSQL batches could take its row locks in different
+/// orders (and deadlock); one sorted statement per batch takes them in one order.
+async fn insert_first_seen(tx: &mut AnyConnection, mut rows: Vec<FirstSeen>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // The earliest time and lowest policy version of a rule first seen twice in the batch.
+    rows.sort();
+    rows.dedup_by(|b, a| a.0 == b.0);
+    let rows: Vec<Vec<Val>> =
+        rows.into_iter().map(|(rule, at, v)| vec![Val::Text(rule), Val::Int(at), Val::OptInt(v)]).collect();
+    insert_rows(tx, "INSERT INTO rules (rule, first_seen, first_policy_version)", "ON CONFLICT DO NOTHING", 3, &rows)
+        .await
 }
 
 /// Reports queued for the writers; a sender waits when it is full.
@@ -734,15 +750,18 @@ async fn write_batches(pool: AnyPool, rx: std::sync::Arc<tokio::sync::Mutex<toki
             let mut tx = pool.begin().await?;
             let mut results = Vec::with_capacity(jobs.len());
             if let [j] = jobs.as_slice() {
-                let r = ingest_in(&mut tx, &j.device, &j.report, j.now).await?;
+                let (r, first) = ingest_in(&mut tx, &j.device, &j.report, j.now).await?;
+                insert_first_seen(&mut tx, first).await?;
                 tx.commit().await?;
                 return Ok::<_, StoreError>(vec![Ok(r)]);
             }
+            let mut first_seen = Vec::new();
             for j in &jobs {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
                 match ingest_in(&mut sp, &j.device, &j.report, j.now).await {
-                    Ok(r) => {
+                    Ok((r, first)) => {
                         sp.commit().await?;
+                        first_seen.extend(first);
                         results.push(Ok(r));
                     }
                     Err(e) => {
@@ -751,6 +770,7 @@ async fn write_batches(pool: AnyPool, rx: std::sync::Arc<tokio::sync::Mutex<toki
                     }
                 }
             }
+            insert_first_seen(&mut tx, first_seen).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(results)
         }
