@@ -110,6 +110,17 @@ fn the_agent_reports_a_quarantine_and_spools_while_the_server_is_down() {
     let summary = fleet_json(&db);
     let wechat = summary["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "wechat").unwrap();
     assert_eq!(wechat["compliant"], 1, "{summary}");
+    // The policy the agent applies (named by the sha256 it reports) is read from the server's
+    // repository: its rule nothing matched is listed too, the device compliant with it.
+    let kaspersky =
+        eventually_or(&log, &db, "the policy's unmatched rule to be listed", Duration::from_secs(40), || {
+            fleet_json(&db)["rules"].as_array()?.iter().find(|r| r["rule"] == "kaspersky").cloned()
+        });
+    assert_eq!(
+        (kaspersky["compliant"].as_u64(), kaspersky["matched"].as_bool()),
+        (Some(1), Some(false)),
+        "{kaspersky}"
+    );
     let status = dev.status().unwrap();
     eventually("status to show an accepted report", Duration::from_secs(20), || {
         let s = dev.status()?;
