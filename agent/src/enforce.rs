@@ -828,6 +828,7 @@ impl Enforcer {
             quarantine_id,
             micros: elapsed.as_micros() as u64,
             owner_uid,
+            app_version: app.version.clone(),
         };
         self.evidence.emit(AuditEvent::Action {
             record,

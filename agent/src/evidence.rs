@@ -220,6 +220,7 @@ mod tests {
             quarantine_id: None,
             micros: 1,
             owner_uid: None,
+            app_version: None,
         };
         ev.emit(AuditEvent::Action { record, sha256: None, mode: "enforce".into(), outcome: Outcome::Quarantined });
         ev.emit(AuditEvent::NeedsConfirmation { apps: 3, files: 1, packages: 2, cap: 2 });

@@ -156,6 +156,10 @@ pub struct ActionRecord {
     /// of `events` and `status` see the records they own (issue 10, finding 14).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uid: Option<u32>,
+    /// The app's version as the agent read it (package version, APK version code, an
+    /// AppImage's `X-AppImage-Version`), when it knows one; fleet reports carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

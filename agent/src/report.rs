@@ -48,6 +48,8 @@ pub struct ReportStatus {
 #[derive(Debug, Clone)]
 struct App {
     state: wire::AppStatus,
+    /// The version the agent read from the app (package, APK, AppImage desktop entry).
+    version: Option<String>,
     found_at: u64,
     since: u64,
     detail: Option<String>,
@@ -114,6 +116,7 @@ impl Sink for ReportSink {
                 let key = (clip(&record.rule), clip(&record.app_kind), clip(&record.app_id), clip(&record.path));
                 let detail = matches!(outcome, Outcome::Failed | Outcome::NeedsAdmin | Outcome::Protected)
                     .then(|| clip(&record.result));
+                let version = record.app_version.as_deref().map(clip);
                 let per_rule = s.apps.keys().filter(|k| k.0 == key.0).count();
                 let rules = s.apps.keys().map(|k| &k.0).collect::<std::collections::BTreeSet<_>>().len();
                 match s.apps.get_mut(&key) {
@@ -123,10 +126,14 @@ impl Sink for ReportSink {
                         }
                         a.state = state;
                         a.detail = detail;
+                        // An upgrade in place (same path, new version) shows the new version.
+                        if version.is_some() {
+                            a.version = version;
+                        }
                     }
                     // Beyond the wire bounds an app is not tracked (its events still go out).
                     None if per_rule < limits::MAX_APPS && rules < limits::MAX_RULES => {
-                        s.apps.insert(key, App { state, found_at: now, since: now, detail });
+                        s.apps.insert(key, App { state, version, found_at: now, since: now, detail });
                     }
                     None => {}
                 }
@@ -262,7 +269,13 @@ impl Reporter {
                     let at = m.quarantined_at.0;
                     s.apps.insert(
                         key,
-                        App { state: wire::AppStatus::Quarantined, found_at: at, since: at, detail: None },
+                        App {
+                            state: wire::AppStatus::Quarantined,
+                            version: None,
+                            found_at: at,
+                            since: at,
+                            detail: None,
+                        },
                     );
                 }
             }
@@ -306,19 +319,7 @@ impl Reporter {
                 tracing::warn!(dropped = dropped.len(), first, last, "report spool full: oldest reports dropped");
                 gap = Some(wire::Gap { dropped: dropped.len() as u64, first_sequence: *first, last_sequence: *last });
             }
-            let mut rules: BTreeMap<String, Vec<wire::AppState>> = BTreeMap::new();
-            for ((rule, kind, id, path), a) in &s.apps {
-                rules.entry(rule.clone()).or_default().push(wire::AppState {
-                    kind: kind.clone(),
-                    id: id.clone(),
-                    version: None,
-                    path: (!path.is_empty()).then(|| path.clone()),
-                    state: a.state,
-                    found_at: a.found_at,
-                    since: a.since,
-                    detail: a.detail.clone(),
-                });
-            }
+            let rules = rule_states(&s);
             let health = health(&s);
             let r = wire::Report {
                 version: wire::REPORT_VERSION,
@@ -329,7 +330,7 @@ impl Reporter {
                 mode: self.mode,
                 policy: s.policy.clone(),
                 health,
-                rules: rules.into_iter().map(|(rule, apps)| wire::RuleState { rule, apps }).collect(),
+                rules,
                 events: std::mem::take(&mut s.events),
                 gap,
             };
@@ -507,6 +508,24 @@ fn spooled(dir: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// The per-rule app states a report carries, rules in id order.
+fn rule_states(s: &Shared) -> Vec<wire::RuleState> {
+    let mut rules: BTreeMap<String, Vec<wire::AppState>> = BTreeMap::new();
+    for ((rule, kind, id, path), a) in &s.apps {
+        rules.entry(rule.clone()).or_default().push(wire::AppState {
+            kind: kind.clone(),
+            id: id.clone(),
+            version: a.version.clone(),
+            path: (!path.is_empty()).then(|| path.clone()),
+            state: a.state,
+            found_at: a.found_at,
+            since: a.since,
+            detail: a.detail.clone(),
+        });
+    }
+    rules.into_iter().map(|(rule, apps)| wire::RuleState { rule, apps }).collect()
+}
+
 /// The health a report carries: the agent's degraded reasons (as `status` shows them), then the
 /// reporter's own, within the format's bounds.
 fn health(s: &Shared) -> wire::Health {
@@ -595,6 +614,7 @@ mod tests {
             quarantine_id: Some("q1".into()),
             micros: 1,
             owner_uid: None,
+            app_version: Some("4.0.1".into()),
         };
         sink.record(&AuditEvent::Action {
             record,
@@ -606,6 +626,9 @@ mod tests {
             let s = shared.lock().unwrap();
             let app = s.apps.values().next().unwrap();
             assert_eq!(app.state, wire::AppStatus::Quarantined);
+            assert_eq!(app.version.as_deref(), Some("4.0.1"), "the version the agent read is kept");
+            let rules = rule_states(&s);
+            assert_eq!(rules[0].apps[0].version.as_deref(), Some("4.0.1"), "and reported: {rules:?}");
             assert_eq!(s.events[0].seq, 42);
             assert_eq!(s.events[0].rule.as_deref(), Some("wechat"));
             assert!(s.dirty);

@@ -10,7 +10,8 @@
 //!
 //! Modules: `limits` (connection counts, I/O timeouts), `tls` (certificates and who a client is),
 //! `files` (the repository documents, streamed), `store` (SQLite/PostgreSQL through sqlx),
-//! `summary` (compliance counts and series), `web` (`/v1/reports` and `/admin/`).
+//! `summary` (compliance counts and series), `web` (`/v1/reports` and `/admin/`), `upkeep` (the
+//! repository's policy rule lists into the store, event retention; off the request path).
 #![forbid(unsafe_code)]
 
 pub mod files;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod store;
 pub mod summary;
 pub mod tls;
+pub mod upkeep;
 pub mod web;
 
 use std::future::Future;
@@ -81,8 +83,10 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let Options { repo, limits, signer, fleet } = options;
     let mut app = axum::Router::new().fallback(files::serve).with_state(AppState { repo: Arc::new(repo.clone()) });
+    let mut upkeep = None;
     if let Some(fleet) = fleet {
         use axum::routing::{get, post};
+        upkeep = Some(tokio::spawn(upkeep::run(repo.clone(), fleet.store.clone(), fleet.retention)));
         let fleet_routes = axum::Router::new()
             .route("/v1/reports", post(web::post_report))
             .route("/admin/", get(web::admin_index))
@@ -149,7 +153,7 @@ pub async fn run(
             }
         });
     }
-    if let Some(task) = resigner {
+    for task in resigner.into_iter().chain(upkeep) {
         task.abort();
     }
     Ok(())

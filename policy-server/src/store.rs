@@ -2,7 +2,9 @@
 //! the repository) or PostgreSQL (`--database postgres://…`), through sqlx's `Any` driver, with
 //! one schema and one set of queries written in the SQL both accept.
 //!
-//! Owns: migrations, `ingest` (one transaction per report), and the read queries the admin view,
+//! Owns: migrations, `ingest` (batched: one transaction per batch of queued reports, a constant
+//! number of statements per report), event retention, the rule lists of the repository's
+//! signed policies, and the read queries the admin view,
 //! the exports and `embargo-server fleet` share. It holds no state of its own besides the pool,
 //! so several server processes can share one PostgreSQL.
 //! **Invariant:** a report's sequence is stored at most once per device: the device row's
@@ -31,10 +33,11 @@ pub enum StoreError {
 }
 
 /// The schema, version by version. Portable SQL: SQLite and PostgreSQL run the same text.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "fleet compliance",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "fleet compliance",
+        r#"
 CREATE TABLE devices (
     device TEXT PRIMARY KEY,
     first_seen BIGINT NOT NULL,
@@ -92,7 +95,24 @@ CREATE TABLE events (
     PRIMARY KEY (device, seq)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "policies from the repository, event retention",
+        r#"
+CREATE TABLE policies (
+    sha256 TEXT PRIMARY KEY,
+    fleet TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    rules TEXT NOT NULL,
+    first_seen BIGINT NOT NULL
+);
+ALTER TABLE events ADD COLUMN received BIGINT;
+UPDATE events SET received = at;
+CREATE INDEX events_received ON events (received);
+"#,
+    ),
+];
 
 fn migrator() -> Migrator {
     let migrations = MIGRATIONS
@@ -107,8 +127,8 @@ fn migrator() -> Migrator {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite only: the single writer's queue.
-    writer: Option<tokio::sync::mpsc::Sender<Job>>,
+    /// The batching writers' queue.
+    writer: tokio::sync::mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,12 +184,18 @@ impl Store {
             .await
             .map_err(err)?;
         migrator().run(&pool).await?;
-        let writer = (backend == Backend::Sqlite).then(|| {
-            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-            tokio::spawn(write_batches(pool.clone(), rx));
-            tx
-        });
-        Ok(Store { pool, backend, writer })
+        // SQLite has one writer; PostgreSQL takes several at once (the pool's other connections
+        // serve the admin view's reads).
+        let writers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => PG_WRITERS,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(write_batches(pool.clone(), rx.clone()));
+        }
+        Ok(Store { pool, backend, writer: tx })
     }
 
     pub fn backend(&self) -> Backend {
@@ -180,20 +206,96 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Stores `report` for `device` (from the client certificate), received at `now`. On SQLite
-    /// the report joins the single writer's next batch (one transaction for up to
-    /// `BATCH` queued reports, each in its own savepoint); on PostgreSQL it is its own transaction.
+    /// Stores `report` for `device` (from the client certificate), received at `now`. The
+    /// report joins a writer's next batch: one transaction for up to `BATCH` queued reports,
+    /// each in its own savepoint. SQLite has one writer, PostgreSQL `PG_WRITERS`.
     pub async fn ingest(&self, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
-        if let Some(writer) = &self.writer {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let job = Job { device: device.to_owned(), report: report.clone(), now, reply };
-            writer.send(job).await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
-            return answer.await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job { device: device.to_owned(), report: report.clone(), now, reply };
+        self.writer.send(job).await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Batch("the store's writer has stopped".into()))?
+    }
+
+    /// Deletes audit events received before `now - retention` and, per device, all but the
+    /// newest `max_per_device`. Returns the rows deleted. Run by the server's upkeep task, never
+    /// on a request's path.
+    pub async fn prune_events(&self, now: u64, retention: &Retention) -> Result<u64, StoreError> {
+        let cutoff = now.saturating_sub(retention.max_age.as_secs()) as i64;
+        let mut deleted = sqlx::query("DELETE FROM events WHERE received < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        // Only devices over the bound are touched; for each, events below its Nth newest go.
+        let over: Vec<String> =
+            sqlx::query("SELECT device FROM events GROUP BY device HAVING COUNT(*) > $1 ORDER BY device")
+                .bind(retention.max_per_device as i64)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, sqlx::Error>>()?;
+        for device in over {
+            deleted += sqlx::query(
+                "DELETE FROM events WHERE device = $1 AND seq < \
+                 (SELECT seq FROM events WHERE device = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(&device)
+            .bind(retention.max_per_device.saturating_sub(1) as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         }
-        let mut tx = self.pool.begin().await?;
-        let done = ingest_in(&mut tx, device, report, now).await?;
-        tx.commit().await?;
-        Ok(done)
+        Ok(deleted)
+    }
+
+    /// The sha256 of every policy whose rule list is stored.
+    pub async fn policy_hashes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        sqlx::query("SELECT sha256 FROM policies")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Stores a verified policy's rule ids (once per sha256; several servers may race).
+    pub async fn add_policy(&self, p: &PolicyRules, now: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO policies (sha256, fleet, version, rules, first_seen) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(p.sha256.as_str())
+        .bind(p.fleet.as_str())
+        .bind(p.version as i64)
+        .bind(serde_json::to_string(&p.rules).expect("strings serialize"))
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stored rule lists of the policies some device reports applying, by version.
+    pub async fn applied_policies(&self) -> Result<Vec<PolicyRules>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sha256, fleet, version, rules FROM policies \
+             WHERE sha256 IN (SELECT policy_sha256 FROM devices WHERE policy_sha256 IS NOT NULL) \
+             ORDER BY version, sha256",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PolicyRules {
+                    sha256: r.try_get(0)?,
+                    fleet: r.try_get(1)?,
+                    version: r.try_get::<i64, _>(2)? as u64,
+                    rules: serde_json::from_str(&r.try_get::<String, _>(3)?).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Every device, most recently seen first.
@@ -332,9 +434,79 @@ impl Store {
     }
 }
 
+/// A value bound into a statement built at run time (multi-row `VALUES`).
+#[derive(Debug, Clone)]
+enum Val {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+}
+
+/// Most bind parameters in one statement (SQLite's limit is 32,766, PostgreSQL's 65,535).
+const MAX_PARAMS: usize = 30_000;
+
+/// Runs `head VALUES (…), (…) tail` for `rows` (each `width` values), in as few statements as
+/// the parameter limit allows: with the format's bounds (1,024 rules, 512 events) that is one.
+async fn insert_rows(
+    tx: &mut AnyConnection,
+    head: &str,
+    tail: &str,
+    width: usize,
+    rows: &[Vec<Val>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks((MAX_PARAMS / width).max(1)) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for (i, _) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for c in 0..width {
+                n += 1;
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        let mut q = sqlx::query(&sql);
+        for v in chunk.iter().flatten() {
+            q = match v {
+                Val::Int(x) => q.bind(*x),
+                Val::OptInt(x) => q.bind(*x),
+                Val::Text(x) => q.bind(x.clone()),
+                Val::OptText(x) => q.bind(x.clone()),
+            };
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 /// Stores one report through `tx` (a transaction or savepoint the caller commits).
-async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u64) -> Result<Ingested, StoreError> {
+///
+/// Round trips: a constant number per report whatever it holds — read the device, the
+/// conditional upsert, read the device's rules (not on a first report), then one multi-row
+/// statement each for the timeline, the rule states, the rules newly compliant, the history,
+/// the rules first seen and the events, each only when it has rows. On PostgreSQL every
+/// statement is a round trip, so a report with 512 events costs the same as one with none.
+/// A rule a report matched that its device had no row for: (rule, received at, policy version).
+/// The writer stores these for its whole batch in one sorted statement (see `write_batches`).
+type FirstSeen = (String, i64, Option<i64>);
+
+async fn ingest_in(
+    tx: &mut AnyConnection,
+    device: &str,
+    report: &Report,
+    now: u64,
+) -> Result<(Ingested, Vec<FirstSeen>), StoreError> {
     let seq = report.sequence as i64;
+    let now_i = now as i64;
     let policy = report.policy.as_ref();
     let reasons = serde_json::to_string(&report.health.reasons).expect("strings serialize");
     let previous: Option<(i64, Option<i64>)> =
@@ -356,7 +528,7 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
          WHERE devices.last_sequence < excluded.last_sequence",
     )
     .bind(device)
-    .bind(now as i64)
+    .bind(now_i)
     .bind(seq)
     .bind(report.at as i64)
     .bind(report.agent_version.as_str())
@@ -381,9 +553,10 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        return Ok(Ingested { acked: acked as u64, stored: false });
+        return Ok((Ingested { acked: acked as u64, stored: false }, Vec::new()));
     }
     let policy_version = policy.map(|p| p.version as i64);
+    let dev = || Val::Text(device.to_owned());
     // The device's timeline: first contact, policy changes, declared gaps.
     let mut timeline = Vec::new();
     match previous {
@@ -404,113 +577,148 @@ async fn ingest_in(tx: &mut AnyConnection, device: &str, report: &Report, now: u
     if report.health.degraded {
         timeline.push(format!("degraded: {}", report.health.reasons.join("; ")));
     }
-    for what in timeline {
-        sqlx::query(
-            "INSERT INTO device_history (device, sequence, at, what) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(device)
-        .bind(seq)
-        .bind(now as i64)
-        .bind(what)
-        .execute(&mut *tx)
-        .await?;
+    if !timeline.is_empty() {
+        let rows: Vec<Vec<Val>> =
+            timeline.into_iter().map(|what| vec![dev(), Val::Int(seq), Val::Int(now_i), Val::Text(what)]).collect();
+        insert_rows(tx, "INSERT INTO device_history (device, sequence, at, what)", "ON CONFLICT DO NOTHING", 4, &rows)
+            .await?;
     }
-    let current: HashMap<String, String> = sqlx::query("SELECT rule, status FROM device_rules WHERE device = $1")
-        .bind(device)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    // A device's first report has no rules stored yet: one read saved.
+    let current: HashMap<String, String> = if previous.is_none() {
+        HashMap::new()
+    } else {
+        sqlx::query("SELECT rule, status FROM device_rules WHERE device = $1")
+            .bind(device)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?
+    };
+    let history_row = |rule: &str, status: &str| {
+        vec![
+            dev(),
+            Val::Text(rule.to_owned()),
+            Val::Int(seq),
+            Val::Int(now_i),
+            Val::Text(status.to_owned()),
+            Val::OptInt(policy_version),
+        ]
+    };
     let mut reported = std::collections::HashSet::new();
+    let (mut states, mut history, mut first_seen) = (Vec::new(), Vec::new(), Vec::new());
     for rule in &report.rules {
         reported.insert(rule.rule.as_str());
         let status = rule.status().as_str();
         let apps = serde_json::to_string(&rule.apps).expect("apps serialize");
-        let changed = current.get(&rule.rule).map(String::as_str) != Some(status);
-        sqlx::query(
-            "INSERT INTO device_rules (device, rule, status, since, updated, apps) VALUES ($1, $2, $3, $4, $4, $5) \
-             ON CONFLICT (device, rule) DO UPDATE SET updated = excluded.updated, apps = excluded.apps, \
+        let known = current.get(&rule.rule).map(String::as_str);
+        if known != Some(status) {
+            history.push(history_row(&rule.rule, status));
+        }
+        if known.is_none() {
+            // A rule this device has a row for is already in `rules`.
+            first_seen.push((rule.rule.clone(), now_i, policy_version));
+        }
+        states.push(vec![
+            dev(),
+            Val::Text(rule.rule.clone()),
+            Val::Text(status.to_owned()),
+            Val::Int(now_i),
+            Val::Int(now_i),
+            Val::Text(apps),
+        ]);
+    }
+    if !states.is_empty() {
+        insert_rows(
+            tx,
+            "INSERT INTO device_rules (device, rule, status, since, updated, apps)",
+            "ON CONFLICT (device, rule) DO UPDATE SET updated = excluded.updated, apps = excluded.apps, \
              status = excluded.status, \
              since = CASE WHEN device_rules.status = excluded.status THEN device_rules.since ELSE excluded.since END",
+            6,
+            &states,
         )
-        .bind(device)
-        .bind(rule.rule.as_str())
-        .bind(status)
-        .bind(now as i64)
-        .bind(apps)
-        .execute(&mut *tx)
-        .await?;
-        if changed {
-            history(&mut *tx, device, &rule.rule, seq, now, status, policy_version).await?;
-        }
-        sqlx::query(
-            "INSERT INTO rules (rule, first_seen, first_policy_version) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(rule.rule.as_str())
-        .bind(now as i64)
-        .bind(policy_version)
-        .execute(&mut *tx)
         .await?;
     }
     // A rule no longer reported has nothing left on the device.
-    for (rule, status) in &current {
-        if !reported.contains(rule.as_str()) && status != RuleStatus::Compliant.as_str() {
-            sqlx::query("UPDATE device_rules SET status = $1, since = $2, updated = $2, apps = '[]' WHERE device = $3 AND rule = $4")
-                .bind(RuleStatus::Compliant.as_str())
-                .bind(now as i64)
-                .bind(device)
-                .bind(rule.as_str())
-                .execute(&mut *tx)
-                .await?;
-            history(&mut *tx, device, rule, seq, now, RuleStatus::Compliant.as_str(), policy_version).await?;
+    let gone: Vec<&str> = current
+        .iter()
+        .filter(|(rule, status)| !reported.contains(rule.as_str()) && *status != RuleStatus::Compliant.as_str())
+        .map(|(rule, _)| rule.as_str())
+        .collect();
+    if !gone.is_empty() {
+        let list = (0..gone.len()).map(|i| format!("${}", i + 4)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "UPDATE device_rules SET status = $1, since = $2, updated = $2, apps = '[]' WHERE device = $3 AND rule IN ({list})"
+        );
+        let mut q = sqlx::query(&sql).bind(RuleStatus::Compliant.as_str()).bind(now_i).bind(device);
+        for rule in &gone {
+            q = q.bind(*rule);
+            history.push(history_row(rule, RuleStatus::Compliant.as_str()));
         }
+        q.execute(&mut *tx).await?;
     }
-    for e in &report.events {
-        sqlx::query(
-            "INSERT INTO events (device, seq, at, kind, rule, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    if !history.is_empty() {
+        insert_rows(
+            tx,
+            "INSERT INTO rule_history (device, rule, sequence, at, status, policy_version)",
+            "ON CONFLICT DO NOTHING",
+            6,
+            &history,
         )
-        .bind(device)
-        .bind(e.seq as i64)
-        .bind(e.at as i64)
-        .bind(e.kind.as_str())
-        .bind(e.rule.clone())
-        .bind(e.detail.as_str())
-        .execute(&mut *tx)
         .await?;
     }
-    Ok(Ingested { acked: report.sequence, stored: true })
+    if !report.events.is_empty() {
+        let rows: Vec<Vec<Val>> = report
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    dev(),
+                    Val::Int(e.seq as i64),
+                    Val::Int(e.at as i64),
+                    Val::Text(e.kind.clone()),
+                    Val::OptText(e.rule.clone()),
+                    Val::Text(e.detail.clone()),
+                    Val::Int(now_i),
+                ]
+            })
+            .collect();
+        insert_rows(
+            tx,
+            "INSERT INTO events (device, seq, at, kind, rule, detail, received)",
+            "ON CONFLICT DO NOTHING",
+            7,
+            &rows,
+        )
+        .await?;
+    }
+    Ok((Ingested { acked: report.sequence, stored: true }, first_seen))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn history(
-    tx: &mut AnyConnection,
-    device: &str,
-    rule: &str,
-    seq: i64,
-    now: u64,
-    status: &str,
-    policy_version: Option<i64>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO rule_history (device, rule, sequence, at, status, policy_version) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(device)
-    .bind(rule)
-    .bind(seq)
-    .bind(now as i64)
-    .bind(status)
-    .bind(policy_version)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+/// Records when rules were first reported, for a whole batch in one statement, sorted by rule id.
+/// `rules` is the one table reports of different devices share: inserting its rows report by
+/// report in several concurrent PostgreSQL batches could take its row locks in different
+/// orders (and deadlock); one sorted statement per batch takes them in one order.
+async fn insert_first_seen(tx: &mut AnyConnection, mut rows: Vec<FirstSeen>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // The earliest time and lowest policy version of a rule first seen twice in the batch.
+    rows.sort();
+    rows.dedup_by(|b, a| a.0 == b.0);
+    let rows: Vec<Vec<Val>> =
+        rows.into_iter().map(|(rule, at, v)| vec![Val::Text(rule), Val::Int(at), Val::OptInt(v)]).collect();
+    insert_rows(tx, "INSERT INTO rules (rule, first_seen, first_policy_version)", "ON CONFLICT DO NOTHING", 3, &rows)
+        .await
 }
 
-/// Reports queued for the SQLite writer; the sender waits when it is full.
+/// Reports queued for the writers; a sender waits when it is full.
 const QUEUE: usize = 4096;
-/// Reports per SQLite transaction at most.
+/// Reports per transaction at most.
 const BATCH: usize = 64;
+/// Writers (connections writing at once) on PostgreSQL, of the pool's 8.
+const PG_WRITERS: usize = 4;
 
 struct Job {
     device: String,
@@ -519,26 +727,41 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Ingested, StoreError>>,
 }
 
-/// SQLite's single writer: takes whatever reports are queued (up to `BATCH`) and stores them in
-/// one transaction, each in its own savepoint so one failing report fails alone. One commit per
-/// batch instead of per report: under load the queue drains in batches, idle it is one report.
-async fn write_batches(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+/// A writer: takes whatever reports are queued (up to `BATCH`) and stores them in one
+/// transaction, each in its own savepoint so one failing report fails alone (a batch of one
+/// needs none). One commit per batch instead of per report: under load the queue drains in
+/// batches, idle it is one report. Several writers share the queue (PostgreSQL); the lock is
+/// held only while a batch is taken.
+async fn write_batches(pool: AnyPool, rx: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
             }
-        }
+            jobs
+        };
         let outcome = async {
             let mut tx = pool.begin().await?;
             let mut results = Vec::with_capacity(jobs.len());
+            if let [j] = jobs.as_slice() {
+                let (r, first) = ingest_in(&mut tx, &j.device, &j.report, j.now).await?;
+                insert_first_seen(&mut tx, first).await?;
+                tx.commit().await?;
+                return Ok::<_, StoreError>(vec![Ok(r)]);
+            }
+            let mut first_seen = Vec::new();
             for j in &jobs {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
                 match ingest_in(&mut sp, &j.device, &j.report, j.now).await {
-                    Ok(r) => {
+                    Ok((r, first)) => {
                         sp.commit().await?;
+                        first_seen.extend(first);
                         results.push(Ok(r));
                     }
                     Err(e) => {
@@ -547,6 +770,7 @@ async fn write_batches(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Job>) 
                     }
                 }
             }
+            insert_first_seen(&mut tx, first_seen).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(results)
         }
@@ -565,6 +789,35 @@ async fn write_batches(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Job>) 
             }
         }
     }
+}
+
+/// How long audit events are kept, and how many per device (`--event-retention`,
+/// `--event-max-per-device`), checked every `--event-prune-interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: std::time::Duration,
+    pub max_per_device: u64,
+    /// How often the upkeep task prunes (`--event-prune-interval`).
+    pub every: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: std::time::Duration::from_secs(90 * 86_400),
+            max_per_device: 10_000,
+            every: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// A signed policy's rule ids, as the server read them from its repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyRules {
+    pub sha256: String,
+    pub fleet: String,
+    pub version: u64,
+    pub rules: Vec<String>,
 }
 
 /// A URL with any password replaced, for error messages.

@@ -41,6 +41,8 @@ pub struct Fleet {
     pub admin_password: Option<String>,
     pub staleness: Staleness,
     pub body_timeout: Duration,
+    /// Audit-event retention, applied by the upkeep task (`upkeep.rs`).
+    pub retention: crate::store::Retention,
     rate: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -52,7 +54,14 @@ impl std::fmt::Debug for Fleet {
 
 impl Fleet {
     pub fn new(store: Store, admin_password: Option<String>, staleness: Staleness, body_timeout: Duration) -> Self {
-        Fleet { store, admin_password, staleness, body_timeout, rate: Mutex::new(HashMap::new()) }
+        Fleet {
+            store,
+            admin_password,
+            staleness,
+            body_timeout,
+            retention: crate::store::Retention::default(),
+            rate: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Token bucket per device; `Err(wait)` when the device is over its rate.
@@ -422,11 +431,12 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
         s.current_policy_version.map_or("none".into(), |v| v.to_string()),
         fmt_time(s.generated_at)
     );
-    b.push_str("<h2>Rules</h2><table id=rules><tr><th>rule</th><th>since policy</th><th>compliant</th><th>still installed</th><th>removal pending</th><th>failed / needs admin</th></tr>");
+    b.push_str("<h2>Rules</h2><table id=rules><tr><th>rule</th><th>since policy</th><th>in</th><th>compliant</th><th>still installed</th><th>removal pending</th><th>failed / needs admin</th></tr>");
     for r in &s.rules {
         let _ = write!(
             b,
-            "<tr data-rule=\"{r_}\"><td>{r_}</td><td class=n>{v}</td><td class=\"n compliant\">{}</td><td class=\"n installed\">{}</td><td class=\"n pending\">{}</td><td class=\"n failed\">{}</td></tr>",
+            "<tr data-rule=\"{r_}\"><td>{r_}</td><td class=n>{v}</td><td class=in>{}</td><td class=\"n compliant\">{}</td><td class=\"n installed\">{}</td><td class=\"n pending\">{}</td><td class=\"n failed\">{}</td></tr>",
+            esc(&summary::in_policies(r)),
             r.compliant,
             r.installed,
             r.pending,
@@ -436,7 +446,28 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
         );
     }
     b.push_str("</table>");
-    for r in &s.rules {
+    b.push_str("<h2>Policies applied</h2><table id=policies><tr><th>version</th><th>rules</th><th>devices</th><th>sha256</th></tr>");
+    for p in &s.policies {
+        let _ = write!(
+            b,
+            "<tr data-policy=\"{}\"><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>",
+            p.version,
+            p.version,
+            p.rules,
+            p.devices,
+            esc(&p.sha256)
+        );
+    }
+    b.push_str("</table>");
+    if s.devices_policy_unknown > 0 {
+        let _ = write!(
+            b,
+            "<p>{} devices apply a policy this server's repository does not hold: their rules are known only from their matches.</p>",
+            s.devices_policy_unknown
+        );
+    }
+    // Charts for rules with a history; a rule never matched is all compliant.
+    for r in s.rules.iter().filter(|r| r.matched) {
         let _ = write!(b, "<h3>{} since {}</h3>{}", esc(&r.rule), fmt_time(r.first_seen), chart_svg(r));
     }
     let device_table = |id: &str, title: &str, rows: &[crate::store::DeviceRow]| {
@@ -464,7 +495,7 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
     let devices = fleet.store.devices().await.unwrap_or_default();
     b.push_str(&device_table("devices", "All devices", &devices));
     b.push_str("<h2>Exports</h2><p>");
-    for t in ["rules", "devices", "device_rules", "stale", "old_policy"] {
+    for t in ["rules", "policies", "devices", "device_rules", "stale", "old_policy"] {
         let _ =
             write!(b, "{t}: <a href=\"/admin/export/{t}.csv\">CSV</a> <a href=\"/admin/export/{t}.json\">JSON</a> · ");
     }
@@ -560,6 +591,8 @@ pub(crate) async fn admin_export(
                 "installed",
                 "pending",
                 "failed",
+                "in_policy_versions",
+                "matched",
             ],
             s.rules
                 .iter()
@@ -573,6 +606,24 @@ pub(crate) async fn admin_export(
                         r.installed.to_string(),
                         r.pending.to_string(),
                         r.failed.to_string(),
+                        r.in_policy_versions.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+                        r.matched.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        "policies" => (
+            vec!["policy_version", "version", "fleet", "sha256", "rules", "devices"],
+            s.policies
+                .iter()
+                .map(|p| {
+                    vec![
+                        pv.clone(),
+                        p.version.to_string(),
+                        p.fleet.clone(),
+                        p.sha256.clone(),
+                        p.rules.to_string(),
+                        p.devices.to_string(),
                     ]
                 })
                 .collect(),

@@ -6,6 +6,7 @@ mod fleet_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use embargo_e2e::*;
 use fleet_common::*;
@@ -38,6 +39,16 @@ fn pg_command(bin: &Path, as_nobody: bool) -> Command {
 
 impl Postgres {
     pub fn start() -> Option<Postgres> {
+        Self::start_with("")
+    }
+
+    /// The server log (`pg_ctl -l`), e.g. with `-c log_statement=all`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Starts a cluster with `extra` server options (`-c name=value …`).
+    pub fn start_with(extra: &str) -> Option<Postgres> {
         let (Some(initdb), Some(pg_ctl)) = (pg_bin("initdb"), pg_bin("pg_ctl")) else {
             skip("needs PostgreSQL (initdb, pg_ctl)");
             return None;
@@ -60,7 +71,7 @@ impl Postgres {
             .unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let port = free_port();
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}", dir.path().display());
         let out = pg_command(&pg_ctl, as_nobody)
             .args([
                 "-D",
@@ -231,7 +242,10 @@ fn ingest_and_view(database: &str) {
     let summary = fleet_summary(database);
     let line = summary.lines().find(|l| l.starts_with("wechat")).unwrap_or_else(|| panic!("{summary}"));
     let n: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&n[1..], ["2", "0", "0", "1"], "{summary}");
+    assert_eq!(&n[1..5], ["2", "0", "0", "1"], "{summary}");
+    // The repository's policy (sha256 of its file) is not the one these reports name, so the
+    // rule is known only from matches.
+    assert_eq!(&n[5..], ["matched", "only"], "{summary}");
     assert!(summary.contains("devices: 3"), "{summary}");
     let (_, _, page) = http(port, &admin, "GET", "/admin/device/laptop-2", "", b"");
     assert!(page.contains("rule wechat: installed") && page.contains("rule wechat: compliant"), "{page}");
@@ -248,4 +262,198 @@ fn reports_and_admin_view_on_sqlite() {
 fn reports_and_admin_view_on_postgresql() {
     let Some(pg) = Postgres::start() else { return };
     ingest_and_view(&pg.url);
+}
+
+/// The repository's one signed policy: (version, sha256 = its file name).
+fn repo_policy(repo: &Path) -> (u64, String) {
+    let entry = std::fs::read_dir(repo.join("policy")).unwrap().flatten().next().expect("a signed policy");
+    let sha = entry.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
+    let env = embargo_policy::dsse::Envelope::decode_owned(std::fs::read(entry.path()).unwrap()).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(env.payload()).unwrap();
+    (payload["version"].as_u64().unwrap(), sha)
+}
+
+/// A report applying the policy (`version`, `sha256`) with `events` audit events numbered
+/// `first_event..`.
+fn report_on(
+    device: &str,
+    sequence: u64,
+    policy: &(u64, String),
+    rules: serde_json::Value,
+    events: std::ops::Range<u64>,
+) -> Vec<u8> {
+    let mut r: serde_json::Value = serde_json::from_slice(&report(device, sequence, policy.0, rules)).unwrap();
+    r["policy"]["sha256"] = json!(policy.1);
+    r["events"] = events
+        .map(|i| json!({"seq": i, "at": 1_790_000_000u64 + i, "kind": "action", "rule": "wechat", "detail": format!("ev-{i}")}))
+        .collect();
+    serde_json::to_vec(&r).unwrap()
+}
+
+/// The audit events the admin timeline of `device` shows, by detail.
+fn timeline_events(port: u16, admin: &tokio_rustls::TlsConnector, device: &str) -> Vec<String> {
+    let (code, _, page) = http(port, admin, "GET", &format!("/admin/device/{device}"), "", b"");
+    assert_eq!(code, 200, "{page}");
+    page.split("event action [wechat]: ").skip(1).map(|s| s.split('<').next().unwrap().to_owned()).collect()
+}
+
+/// Every rule of the applied policy is listed, matched or not (the server reads the signed
+/// policy from its repository), and audit events are pruned by count per device and by age.
+fn whole_policy_and_event_retention(database: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path(), embargo_policy::example::WECHAT_KASPERSKY_TOML);
+    let policy = repo_policy(&repo.dir);
+    let ca = test_ca(tmp.path());
+    let devices = issuer(tmp.path(), "devices");
+    let admins = issuer(tmp.path(), "admins");
+    let server = |extra: &[&str]| {
+        let mut args = vec![
+            "--client-ca",
+            devices.pem.to_str().unwrap(),
+            "--admin-ca",
+            admins.pem.to_str().unwrap(),
+            "--database",
+            database,
+            "--event-prune-interval",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        start_server(&repo.dir, &ca, &args)
+    };
+    let (running, url) = server(&["--event-max-per-device", "5"]);
+    let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    let admin = tls_client(&ca, Some(&client_cert(&admins, "alice-admin")));
+    let json_ct = "Content-Type: application/json\r\n";
+    let laptop1 = tls_client(&ca, Some(&client_cert(&devices, "laptop-1")));
+    let laptop2 = tls_client(&ca, Some(&client_cert(&devices, "laptop-2")));
+    let body = report_on("laptop-1", 1, &policy, wechat("quarantined"), 1..21);
+    assert_eq!(http(port, &laptop1, "POST", "/v1/reports", json_ct, &body).0, 200);
+    let body = report_on("laptop-2", 1, &policy, json!([]), 1..2);
+    assert_eq!(http(port, &laptop2, "POST", "/v1/reports", json_ct, &body).0, 200);
+
+    // kaspersky matched nothing anywhere, yet it is a rule of the policy both devices apply.
+    let page = eventually("the admin view to list the policy's unmatched rule", Duration::from_secs(20), || {
+        let (_, _, page) = http(port, &admin, "GET", "/admin/", "", b"");
+        page.contains("<tr data-rule=\"kaspersky\">").then_some(page)
+    });
+    let row = |rule: &str| {
+        page.split(&format!("<tr data-rule=\"{rule}\">")).nth(1).unwrap().split("</tr>").next().unwrap().to_owned()
+    };
+    let k = row("kaspersky");
+    assert!(k.contains("compliant\">2<") && k.contains("installed\">0<") && k.contains("failed\">0<"), "{k}");
+    assert!(k.contains(&format!("policy {}", policy.0)), "{k}");
+    let w = row("wechat");
+    assert!(w.contains("compliant\">2<") && w.contains(&format!("policy {}", policy.0)), "{w}");
+    let policies = page.split("id=policies").nth(1).unwrap().split("</table>").next().unwrap();
+    assert!(policies.contains(&policy.1) && policies.contains(&format!("data-policy=\"{}\"", policy.0)), "{policies}");
+    let (_, _, csv) = http(port, &admin, "GET", "/admin/export/rules.csv", "", b"");
+    let line = csv.lines().find(|l| l.contains(",kaspersky,")).unwrap_or_else(|| panic!("{csv}"));
+    assert!(line.ends_with(&format!(",2,0,0,0,{},false", policy.0)), "{line}");
+    let (_, _, js) = http(port, &admin, "GET", "/admin/export/policies.json", "", b"");
+    let js: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert_eq!(js["rows"][0]["sha256"], policy.1.as_str(), "{js}");
+    assert_eq!(js["rows"][0]["devices"], "2", "{js}");
+    let summary = fleet_summary(database);
+    let line = summary.lines().find(|l| l.starts_with("kaspersky")).unwrap_or_else(|| panic!("{summary}"));
+    let n: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&n[1..5], ["2", "0", "0", "0"], "{summary}");
+    assert!(summary.contains(&policy.1), "{summary}");
+
+    // At most 5 events per device are kept: the newest.
+    let kept = eventually("events over the per-device bound to be pruned", Duration::from_secs(20), || {
+        let ev = timeline_events(port, &admin, "laptop-1");
+        (ev.len() == 5).then_some(ev)
+    });
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(kept, ["ev-16", "ev-17", "ev-18", "ev-19", "ev-20"]);
+    assert_eq!(timeline_events(port, &admin, "laptop-2"), ["ev-1"], "a device under the bound keeps its events");
+
+    // With a retention of 1 s, every event is older than that: all go, the rule state stays.
+    drop(running);
+    let (_running, url) = server(&["--event-retention", "1s"]);
+    let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    eventually("events past the retention to be pruned", Duration::from_secs(20), || {
+        (timeline_events(port, &admin, "laptop-1").is_empty() && timeline_events(port, &admin, "laptop-2").is_empty())
+            .then_some(())
+    });
+    let (_, _, page) = http(port, &admin, "GET", "/admin/device/laptop-1", "", b"");
+    assert!(page.contains("rule wechat: compliant"), "{page}");
+}
+
+#[test]
+fn whole_policy_and_event_retention_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", tmp.path().join("fleet.db").display());
+    whole_policy_and_event_retention(&db);
+}
+
+#[test]
+fn whole_policy_and_event_retention_on_postgresql() {
+    let Some(pg) = Postgres::start() else { return };
+    whole_policy_and_event_retention(&pg.url);
+}
+
+/// PostgreSQL ingest costs a constant number of statements (round trips) per report, whatever
+/// the report holds: counted in the server's own statement log (`log_statement=all`).
+#[test]
+fn postgresql_ingest_round_trips_do_not_grow_with_the_report() {
+    let Some(pg) = Postgres::start_with("-c log_statement=all") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path(), embargo_policy::example::WECHAT_KASPERSKY_TOML);
+    let ca = test_ca(tmp.path());
+    let devices = issuer(tmp.path(), "devices");
+    let (_server, url) =
+        start_server(&repo.dir, &ca, &["--client-ca", devices.pem.to_str().unwrap(), "--database", &pg.url]);
+    let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+    let json_ct = "Content-Type: application/json\r\n";
+    let policy = (1, "ab".repeat(32));
+    let three_rules = json!([
+        {"rule": "wechat", "apps": wechat("found")[0]["apps"]},
+        {"rule": "kaspersky", "apps": wechat("needs_admin")[0]["apps"]},
+        {"rule": "zoom", "apps": wechat("quarantined")[0]["apps"]},
+    ]);
+    // Warm up: connections opened and statements prepared.
+    for d in 0..4 {
+        let name = format!("warm-{d}");
+        let c = tls_client(&ca, Some(&client_cert(&devices, &name)));
+        assert_eq!(
+            http(port, &c, "POST", "/v1/reports", json_ct, &report_on(&name, 1, &policy, three_rules.clone(), 1..3)).0,
+            200
+        );
+    }
+    let statements = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("LOG:  execute") || l.contains("LOG:  statement:"))
+            // The upkeep task's own statements (retention, policy lists) are not the report's.
+            .filter(|l| !l.contains("policies") && !l.contains("DELETE FROM events") && !l.contains("GROUP BY device"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let laptop = tls_client(&ca, Some(&client_cert(&devices, "laptop-1")));
+    let mut per_report = Vec::new();
+    for (seq, rules, events) in [(1, three_rules.clone(), 1..201), (2, json!([]), 201..401)] {
+        let before = statements(&pg.log()).len();
+        let body = report_on("laptop-1", seq, &policy, rules, events);
+        assert_eq!(http(port, &laptop, "POST", "/v1/reports", json_ct, &body).0, 200);
+        let after = eventually("the statement log to be written", Duration::from_secs(10), || {
+            let s = statements(&pg.log());
+            s.iter().skip(before).any(|l| l.contains("COMMIT")).then_some(s)
+        });
+        per_report.push(after[before..].to_vec());
+    }
+    for (i, s) in per_report.iter().enumerate() {
+        // Before batching: ~5 + 3 per rule + 1 per event (over 200 here).
+        assert!(s.len() <= 12, "report {}: {} statements:\n{}", i + 1, s.len(), s.join("\n"));
+        let events = s.iter().filter(|l| l.contains("INSERT INTO events")).count();
+        assert_eq!(events, 1, "report {}: all 200 events in one statement:\n{}", i + 1, s.join("\n"));
+    }
+    // The second report made laptop-1 compliant for all three (the four warm-up devices still
+    // have wechat installed and kaspersky failed; zoom is quarantined everywhere).
+    let out = Command::new(bin("embargo-server")).args(["fleet", "--database", &pg.url, "--json"]).output().unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (rule, compliant) in [("wechat", 1), ("kaspersky", 1), ("zoom", 5)] {
+        let r = summary["rules"].as_array().unwrap().iter().find(|r| r["rule"] == rule).unwrap();
+        assert_eq!(r["compliant"].as_u64(), Some(compliant), "{rule}: {summary}");
+    }
 }

@@ -110,6 +110,17 @@ fn the_agent_reports_a_quarantine_and_spools_while_the_server_is_down() {
     let summary = fleet_json(&db);
     let wechat = summary["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "wechat").unwrap();
     assert_eq!(wechat["compliant"], 1, "{summary}");
+    // The policy the agent applies (named by the sha256 it reports) is read from the server's
+    // repository: its rule nothing matched is listed too, the device compliant with it.
+    let kaspersky =
+        eventually_or(&log, &db, "the policy's unmatched rule to be listed", Duration::from_secs(40), || {
+            fleet_json(&db)["rules"].as_array()?.iter().find(|r| r["rule"] == "kaspersky").cloned()
+        });
+    assert_eq!(
+        (kaspersky["compliant"].as_u64(), kaspersky["matched"].as_bool()),
+        (Some(1), Some(false)),
+        "{kaspersky}"
+    );
     let status = dev.status().unwrap();
     eventually("status to show an accepted report", Duration::from_secs(20), || {
         let s = dev.status()?;
@@ -174,4 +185,17 @@ fn the_agent_reports_a_quarantine_and_spools_while_the_server_is_down() {
     assert!(apps.contains(p.to_str().unwrap()), "{apps}");
     let actions = sql(&db, "SELECT count(*) FROM events WHERE device = 'laptop-7' AND kind = 'action'");
     assert_eq!(actions, "5", "{}", sql(&db, "SELECT seq, detail FROM events WHERE device = 'laptop-7'"));
+
+    // A real AppImage's version (its desktop entry's X-AppImage-Version) reaches the server.
+    if !need(&["mksquashfs"]) {
+        return;
+    }
+    let image = RealAppImage::new("com.tencent.WeChat", "WeChat", "4.0.1.11").build(dev.tmp.path());
+    let p = dev.install("Downloads/WeChat-real.AppImage", &image);
+    eventually("the real AppImage to be quarantined", Duration::from_secs(20), || (!p.exists()).then_some(()));
+    let apps = eventually_or(&log, &db, "the server to store the app's version", Duration::from_secs(60), || {
+        let apps = sql(&db, "SELECT apps FROM device_rules WHERE device = 'laptop-7' AND rule = 'wechat'");
+        apps.contains("\"version\":\"4.0.1.11\"").then_some(apps)
+    });
+    assert!(apps.contains(p.to_str().unwrap()), "{apps}");
 }

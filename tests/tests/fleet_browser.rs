@@ -170,7 +170,7 @@ fn an_admin_signs_in_with_chromium_and_sees_the_rule_the_device_and_the_chart() 
     });
     let row = row.as_str().unwrap_or_default().to_owned();
     let cells: Vec<&str> = row.split('\t').map(str::trim).collect();
-    assert_eq!(cells, ["wechat", "1", "1", "1", "0", "0"], "rendered rule row: {row:?}");
+    assert_eq!(cells, ["wechat", "1", "matched only", "1", "1", "0", "0"], "rendered rule row: {row:?}");
     let device_row = device_row.as_str().unwrap_or_default();
     assert!(device_row.starts_with("laptop-2") && device_row.contains("0.1.0"), "rendered device row: {device_row:?}");
     assert_eq!(polylines, json!(4), "the chart's four series");

@@ -1,5 +1,6 @@
 //! `embargo-server --repo DIR --listen ADDR --tls-cert F --tls-key F [--timestamp-key F --timestamp-ttl D]
-//! [--client-ca F] [--admin-ca F] [--database URL] [--admin-password-file F] [limits]`
+//! [--client-ca F] [--admin-ca F] [--database URL] [--admin-password-file F] [limits]
+//! [--event-retention D] [--event-max-per-device N] [--event-prune-interval D]`
 //! `embargo-server fleet --database URL` prints the compliance summary.
 //! Thin: parses arguments, sets up logging (EMBARGO_LOG), runs until Ctrl-C or SIGTERM.
 //! Exit codes: 0 clean shutdown, 1 runtime failure, 64 bad usage or configuration.
@@ -72,6 +73,15 @@ struct Args {
     admin_password_file: Option<PathBuf>,
     #[command(flatten)]
     staleness: StalenessArgs,
+    /// Audit events received longer ago than this are deleted (by a background task).
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    event_retention: Duration,
+    /// At most this many audit events are kept per device (the newest).
+    #[arg(long, default_value_t = embargo_server::store::Retention::default().max_per_device)]
+    event_max_per_device: u64,
+    /// How often the background task applies the two event bounds above.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    event_prune_interval: Duration,
 }
 
 #[derive(clap::Args)]
@@ -214,6 +224,9 @@ fn main() -> ExitCode {
             Err(e) => return usage(format!("{}: {e}", p.display())),
         },
     };
+    if args.event_retention.is_zero() || args.event_max_per_device == 0 || args.event_prune_interval.is_zero() {
+        return usage("--event-retention, --event-max-per-device and --event-prune-interval must be above zero".into());
+    }
     let fleet_enabled = args.client_ca.is_some() || args.admin_ca.is_some() || args.database.is_some();
     let database = args.database.clone().unwrap_or_else(|| {
         let dir = repo.canonicalize().unwrap_or(repo.clone());
@@ -241,12 +254,14 @@ fn main() -> ExitCode {
         let fleet = if fleet_enabled {
             let store = embargo_server::store::Store::open(&database).await?;
             tracing::info!(database = %database.split('@').next_back().unwrap_or(""), "fleet store open");
-            Some(std::sync::Arc::new(embargo_server::web::Fleet::new(
-                store,
-                admin_password,
-                args.staleness.get(),
-                limits.body_timeout,
-            )))
+            let mut fleet =
+                embargo_server::web::Fleet::new(store, admin_password, args.staleness.get(), limits.body_timeout);
+            fleet.retention = embargo_server::store::Retention {
+                max_age: args.event_retention,
+                max_per_device: args.event_max_per_device,
+                every: args.event_prune_interval,
+            };
+            Some(std::sync::Arc::new(fleet))
         } else {
             None
         };
