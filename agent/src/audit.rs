@@ -135,13 +135,7 @@ impl Page {
 }
 
 fn open_current(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .custom_flags(O_NOFOLLOW)
-        .open(path)
+    std::fs::OpenOptions::new().create(true).append(true).read(true).mode(0o600).custom_flags(O_NOFOLLOW).open(path)
 }
 
 /// The log is never opened through a symlink.

@@ -94,6 +94,37 @@ struct RawEnforcement {
     /// files are enforced at each look but not remembered, and status is degraded.
     #[serde(default)]
     max_inventory_entries: Option<usize>,
+    /// Size past which the audit log is rotated (the hash chain runs on across files).
+    #[serde(default)]
+    audit_max_bytes: Option<u64>,
+    /// Rotated audit log files kept; older ones are deleted, each recorded in the chain.
+    #[serde(default)]
+    audit_keep_files: Option<usize>,
+    /// Most quarantined items kept per file owner (uid); beyond, that owner's oldest are purged.
+    #[serde(default)]
+    quarantine_max_items_per_uid: Option<usize>,
+    /// Most bytes (allocated, so sparse files count what they use) kept in quarantine per owner.
+    #[serde(default)]
+    quarantine_max_bytes_per_uid: Option<u64>,
+}
+
+/// The per-owner bound of the quarantine store (issue 10, finding 11; docs/threat-model-agent.md
+/// "Quarantine store and audit log bounds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantineQuota {
+    pub max_items: usize,
+    pub max_bytes: u64,
+}
+
+/// The default `quarantine_max_items_per_uid`.
+pub const DEFAULT_QUARANTINE_MAX_ITEMS_PER_UID: usize = 1000;
+/// The default `quarantine_max_bytes_per_uid`.
+pub const DEFAULT_QUARANTINE_MAX_BYTES_PER_UID: u64 = 8 << 30;
+
+impl Default for QuarantineQuota {
+    fn default() -> Self {
+        Self { max_items: DEFAULT_QUARANTINE_MAX_ITEMS_PER_UID, max_bytes: DEFAULT_QUARANTINE_MAX_BYTES_PER_UID }
+    }
 }
 
 /// The default `max_hash_bytes`: larger than any app we know of, small enough that hashing it
@@ -189,6 +220,10 @@ pub struct Config {
     pub max_hash_bytes: u64,
     /// See `RawEnforcement::max_inventory_entries` (default 20,000).
     pub max_inventory_entries: usize,
+    /// `audit_max_bytes` and `audit_keep_files` (defaults 64 MiB, 8 files).
+    pub audit_rotation: crate::audit::Rotation,
+    /// `quarantine_max_items_per_uid` and `quarantine_max_bytes_per_uid` (defaults 1000, 8 GiB).
+    pub quarantine_quota: QuarantineQuota,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
     /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
@@ -365,6 +400,8 @@ impl Config {
         let (mut retention, mut max_actions, mut max_files) = (Duration::from_secs(30 * 86400), 100, 200_000);
         let mut max_hash_bytes = DEFAULT_MAX_HASH_BYTES;
         let mut max_inventory_entries = crate::source::inventory_map::DEFAULT_MAX_INVENTORY_ENTRIES;
+        let mut audit_rotation = crate::audit::Rotation::default();
+        let mut quarantine_quota = QuarantineQuota::default();
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -394,6 +431,30 @@ impl Config {
                     return Err(at(s, "max_inventory_entries must be at least 1".into()));
                 }
                 max_inventory_entries = m;
+            }
+            if let Some(m) = e.audit_max_bytes {
+                if m < 4096 {
+                    return Err(at(s, "audit_max_bytes must be at least 4096".into()));
+                }
+                audit_rotation.max_bytes = m;
+            }
+            if let Some(m) = e.audit_keep_files {
+                if m == 0 {
+                    return Err(at(s, "audit_keep_files must be at least 1".into()));
+                }
+                audit_rotation.keep = m;
+            }
+            if let Some(m) = e.quarantine_max_items_per_uid {
+                if m == 0 {
+                    return Err(at(s, "quarantine_max_items_per_uid must be at least 1".into()));
+                }
+                quarantine_quota.max_items = m;
+            }
+            if let Some(m) = e.quarantine_max_bytes_per_uid {
+                if m == 0 {
+                    return Err(at(s, "quarantine_max_bytes_per_uid must be at least 1".into()));
+                }
+                quarantine_quota.max_bytes = m;
             }
         }
         let mut exec = ExecConfig::default();
@@ -476,6 +537,8 @@ impl Config {
             max_files_per_scan: max_files,
             max_hash_bytes,
             max_inventory_entries,
+            audit_rotation,
+            quarantine_quota,
             exec,
             report_url,
         })

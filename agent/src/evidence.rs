@@ -171,6 +171,11 @@ impl Evidence {
     pub fn audit_path(&self) -> &Path {
         self.log.path()
     }
+
+    /// The audit log (its in-memory tail answers `events`).
+    pub fn audit(&self) -> &AuditLog {
+        &self.log
+    }
 }
 
 #[cfg(test)]

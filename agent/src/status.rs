@@ -124,6 +124,28 @@ impl Enforcer {
         s
     }
 
+    /// One page of the quarantine index, oldest id first, as `viewer` may see it: `items` after
+    /// the id `after` (at most `limit`), `next` (the `after` of the following page, absent on the
+    /// last), and `hidden` (other users' items) for callers other than root. Costs one page.
+    pub fn quarantine_page(&self, after: Option<String>, limit: usize, viewer: Option<u32>) -> serde_json::Value {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = self
+            .qindex
+            .range::<String, _>((from, Bound::Unbounded))
+            .map(|(_, m)| m)
+            .filter(|m| viewer.is_none_or(|v| m.uid == v));
+        let items: Vec<_> = rest.by_ref().take(limit).collect();
+        let mut body = serde_json::json!({ "items": items });
+        if let (Some(last), true) = (items.last(), rest.next().is_some()) {
+            body["next"] = last.id.clone().into();
+        }
+        if let Some(v) = viewer {
+            body["hidden"] = self.qindex.values().filter(|m| m.uid != v).count().into();
+        }
+        body
+    }
+
     /// The quarantine items `viewer` owns (`None`: not needed, empty).
     pub fn own_quarantine_ids(&self, viewer: Option<u32>) -> std::collections::HashSet<String> {
         match viewer {
