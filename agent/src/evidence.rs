@@ -91,6 +91,18 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A quarantine of a file of `uid` (costing `cost` allocated bytes) reached that owner's
+    /// quota: `purged` of their oldest items made room, or (`disposal`) the file was deleted in
+    /// place because it cannot fit (see `quota`).
+    QuarantineQuota {
+        uid: u32,
+        path: String,
+        cost: u64,
+        max_items: usize,
+        max_bytes: u64,
+        purged: Vec<String>,
+        disposal: String,
+    },
 }
 
 /// Somewhere evidence goes.

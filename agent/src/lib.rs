@@ -52,6 +52,7 @@ mod handlers;
 mod hashpool;
 pub mod identify;
 pub mod proto;
+mod quota;
 pub mod report;
 pub mod running;
 pub mod safefs;

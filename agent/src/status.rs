@@ -50,6 +50,7 @@ impl Enforcer {
         if crate::act::quarantine::hardlinks_protected() == Some(false) {
             reasons.push("fs.protected_hardlinks is 0: users may hard link others' files into watched folders (such files are refused, not acted on)".into());
         }
+        self.quota_hits.reasons(self.cfg.quarantine_quota, &mut reasons);
         let q = &self.qindex;
         proto::Status {
             schema_version: proto::STATUS_SCHEMA_VERSION,
