@@ -374,6 +374,12 @@ impl AuditLog {
                 "last_hash": last.as_ref().map(|e| e.hash.clone()),
             }))?;
             std::fs::remove_file(&p)?;
+            // What is gone from disk is not served from memory either.
+            if let Some(last) = &last {
+                while self.tail.front().is_some_and(|e| e.seq <= last.seq) {
+                    self.tail.pop_front();
+                }
+            }
             tracing::info!(file = %p.display(), "deleted a rotated audit log file beyond audit_keep_files");
         }
         sync_dir(&self.path);
