@@ -135,8 +135,10 @@ fn twenty_thousand_quarantined_items_and_a_read_flood_do_not_hold_enforcement_up
     // Default bounds: nobody's 20,000 items exceed the per-uid quota, which is checked only when
     // one more of nobody's files is quarantined (the drops below are root's).
     let mut dev = Device::new(WECHAT_KASPERSKY_TOML);
+    let t0 = Instant::now();
     dev.stop_agent();
     fill_state(&dev, ITEMS, NOBODY);
+    eprintln!("[{:?}] state filled", t0.elapsed());
     let started = Instant::now();
     dev.start_agent();
     eprintln!("embargod with {ITEMS} quarantined items up in {:?}", started.elapsed());
@@ -155,8 +157,10 @@ fn twenty_thousand_quarantined_items_and_a_read_flood_do_not_hold_enforcement_up
     assert_eq!(events["result"]["entries"].as_array().unwrap().len(), embargo_agent::audit::EVENTS_PAGE);
     assert_eq!(events["result"]["more"], true);
     // The CLI pages through all of it.
+    let t = Instant::now();
     let listed = dev.quarantine_list();
     assert_eq!(listed.len(), ITEMS);
+    eprintln!("`embargoctl quarantine list --json` of {ITEMS} items (40 pages): {:?}", t.elapsed());
 
     // Baseline: drop-to-quarantine latency without the flood.
     let mut quiet: Vec<Duration> = (0..5).map(|i| drop_and_time(&dev, i)).collect();
@@ -175,6 +179,7 @@ fn twenty_thousand_quarantined_items_and_a_read_flood_do_not_hold_enforcement_up
         .collect();
     // Let the flood get going (each client has completed a request).
     std::thread::sleep(Duration::from_millis(500));
+    eprintln!("[{:?}] flood started", t0.elapsed());
     let mut flooded: Vec<Duration> = (5..15).map(|i| drop_and_time(&dev, i)).collect();
     // Root's own reads while the flood runs: each answered, and timed.
     let (mut status, mut list, mut recent) = (Vec::new(), Vec::new(), Vec::new());
@@ -201,6 +206,7 @@ fn twenty_thousand_quarantined_items_and_a_read_flood_do_not_hold_enforcement_up
     eprintln!("during the flood, one `quarantine_list` page of 500: {}", spread(&mut list));
     eprintln!("during the flood, one `events` page of 1000 from the start of the log: {}", spread(&mut recent));
 
+    eprintln!("[{:?}] flood stopped", t0.elapsed());
     // The whole chain (the filled records and everything since) verifies, off the loop.
     let t = Instant::now();
     let out = dev.ctl(&["events", "--verify"]);
@@ -211,6 +217,9 @@ fn twenty_thousand_quarantined_items_and_a_read_flood_do_not_hold_enforcement_up
     // nobody may not run the verification (it reads every file).
     let out = as_nobody(&ctl).arg("--socket").arg(&dev.socket).args(["events", "--verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("[{:?}] done", t0.elapsed());
+    // Stopped before its state directory is deleted (40,000 files).
+    dev.stop_agent();
 }
 
 /// Copies `bytes` into `dir` (owned by nobody) as nobody would: written in nobody's staging
