@@ -332,11 +332,14 @@ impl AuditLog {
     /// `audit-rotated` record chained to the old file's last hash, and deletes rotated files
     /// beyond `keep`, each after an `audit-dropped` record (see the module header).
     pub fn rotate(&mut self) -> std::io::Result<()> {
-        if self.first_seq == 0 {
+        if self.bytes == 0 {
             return Ok(());
         }
+        // A file whose first line did not parse is still rotated (named after the next entry):
+        // it must not grow without bound.
+        let first = if self.first_seq == 0 { self.seq + 1 } else { self.first_seq };
         let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("audit.log").to_owned();
-        let rotated = self.path.with_file_name(format!("{name}.{:020}", self.first_seq));
+        let rotated = self.path.with_file_name(format!("{name}.{first:020}"));
         if std::fs::symlink_metadata(&rotated).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -345,7 +348,7 @@ impl AuditLog {
         }
         std::fs::rename(&self.path, &rotated)?;
         sync_dir(&self.path);
-        let (first, last_seq, last_hash) = (self.first_seq, self.seq, self.last.clone());
+        let (last_seq, last_hash) = (self.seq, self.last.clone());
         self.file = open_current(&self.path)?;
         self.bytes = 0;
         self.first_seq = 0;

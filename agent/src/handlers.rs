@@ -65,14 +65,17 @@ impl Enforcer {
                 // Recent entries come from the log's in-memory tail, here; older ones are read
                 // from the files on a blocking thread, a bounded number of bytes per request.
                 let limit = limit.clamp(1, crate::audit::EVENTS_PAGE);
-                let own = self.own_quarantine_ids(viewer);
-                let tail = self
-                    .evidence
-                    .audit()
-                    .tail_page(since, limit, |e| viewer.is_none() || crate::status::event_visible(&e.event, &own));
+                let qindex = &self.qindex;
+                let tail = self.evidence.audit().tail_page(since, limit, |e| {
+                    viewer.is_none_or(|v| {
+                        crate::status::event_visible_by(&e.event, |id| qindex.get(id).is_some_and(|m| m.uid == v))
+                    })
+                });
                 match tail {
                     Some(page) => Response::ok(events_body(page, viewer)),
                     None => {
+                        // The viewer's ids go with the read (the index stays on the loop).
+                        let own = self.own_quarantine_ids(viewer);
                         let path = self.evidence.audit_path().to_path_buf();
                         off_loop(reply, move || {
                             let keep = |e: &crate::audit::Entry| {
