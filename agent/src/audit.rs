@@ -215,6 +215,22 @@ fn read_tail(f: &std::fs::File, len: u64, max: u64) -> std::io::Result<VecDeque<
     Ok(out)
 }
 
+/// The length of `f` (of length `len`) up to and including its last newline (0 if none).
+fn complete_prefix(f: &std::fs::File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(f, chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// The first parsable entry of the file at `path`.
 fn first_entry(path: &Path) -> std::io::Result<Option<Entry>> {
     let mut lines = Lines::new(std::fs::File::open(path)?);
@@ -267,7 +283,20 @@ impl AuditLog {
     /// rotated file. Reads at most a few MiB, whatever the log's size.
     pub fn open_with(path: &Path, rotation: Rotation) -> std::io::Result<Self> {
         let file = open_current(path)?;
-        let bytes = file.metadata()?.len();
+        let mut bytes = file.metadata()?.len();
+        // A last line without its newline is a write cut short (power loss): that entry was
+        // never complete, so it is cut off rather than merged with the next line.
+        if bytes > 0 {
+            let mut last = [0u8; 1];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, bytes - 1)?;
+            if last[0] != b'\n' {
+                let keep = complete_prefix(&file, bytes)?;
+                tracing::warn!(path = %path.display(), cut = bytes - keep, "the audit log ends in a cut line: removed");
+                file.set_len(keep)?;
+                file.sync_data()?;
+                bytes = keep;
+            }
+        }
         let tail = read_tail(&file, bytes, OPEN_TAIL_BYTES)?;
         let first_seq = if bytes == 0 { 0 } else { first_entry(path)?.map_or(0, |e| e.seq) };
         let (seq, last) = match tail.back() {
@@ -755,5 +784,9 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"seq\":7,\"ti").unwrap();
         assert_eq!(verify_files(&p).unwrap().last_seq, 6);
         assert_eq!(read_page(&p, 0, 100, |_| true).unwrap().entries.len(), 6);
+        // The next start cuts it off, and the chain goes on.
+        let mut log = small(&p);
+        log.append(serde_json::json!({"type": "start", "pid": 6})).unwrap();
+        assert_eq!(verify_files(&p).unwrap().last_seq, 7);
     }
 }

@@ -346,3 +346,37 @@ fn the_audit_log_rotates_and_its_chain_verifies_across_files() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("BROKEN"));
 }
+
+/// Finding 11, crash safety: with the log rotating every few records, embargod is killed with
+/// SIGKILL again and again while banned files arrive (so some kills land during a rotation: the
+/// rename, the first record of the new file, a drop record and its unlink), and restarted each
+/// time; in the end the chain across the kept files verifies.
+#[test]
+fn kill_9_while_the_audit_log_rotates_leaves_a_chain_that_verifies() {
+    let mut dev = Device::with_config(
+        WECHAT_KASPERSKY_TOML,
+        "1d",
+        "\n[enforcement]\naudit_max_bytes = 4096\naudit_keep_files = 3\n",
+    );
+    let mut n = 0;
+    for round in 0..10 {
+        for _ in 0..=round % 3 {
+            dev.install(&format!("Applications/WeChat-{n}-x86_64.AppImage"), &appimage("wechat"));
+            n += 1;
+        }
+        dev.stop_agent(); // SIGKILL
+        dev.start_agent();
+    }
+    for i in 0..n {
+        let p = dev.home.join(format!("Applications/WeChat-{i}-x86_64.AppImage"));
+        eventually("every banned file to be handled", WAIT, || gone(&p));
+    }
+    let rotated = std::fs::read_dir(&dev.state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().unwrap().starts_with("audit.log."))
+        .count();
+    assert!((1..=3).contains(&rotated), "{rotated} rotated files");
+    let out = dev.ctl(&["events", "--verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
