@@ -596,7 +596,7 @@ impl Enforcer {
                 // The owner's quarantine quota: their oldest items make room, or a file too large
                 // for it is deleted rather than left in place (`quota`).
                 let cost = act::quarantine::allocated_bytes(&file).unwrap_or(meta.size);
-                if !self.make_room(meta.uid, cost, &full) {
+                if !self.make_room(ri, &file, meta.uid, cost, &full) {
                     return self.delete_over_quota(ri, &rel, &file, &meta, &app, &v, &full, since);
                 }
                 let Some((deep, base_path, base_rel)) = self.base_of(ri, &rel) else { return };

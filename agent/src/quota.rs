@@ -66,8 +66,18 @@ impl Enforcer {
     /// Makes room for one more quarantined item of `uid` costing `cost` bytes, purging that
     /// owner's oldest items while one more would pass either bound. `false`: it cannot fit (on
     /// its own larger than the byte bound, or a purge failed) and is to be deleted in place.
-    pub(crate) fn make_room(&mut self, uid: u32, cost: u64, path: &Path) -> bool {
+    /// A file the quarantine would refuse (several hard links, not the folder's user's: see
+    /// `quarantine::check_acceptable`) makes no room: it is refused and reported as before, and
+    /// a hard link to another user's file can never evict that user's items.
+    pub(crate) fn make_room(&mut self, ri: usize, file: &std::fs::File, uid: u32, cost: u64, path: &Path) -> bool {
         if uid == 0 {
+            return true;
+        }
+        let acceptable = crate::safefs::meta(file)
+            .ok()
+            .zip(crate::safefs::meta(&self.folders.roots[ri].fd).ok())
+            .is_some_and(|(m, root)| crate::act::quarantine::check_acceptable(&m, root.uid).is_ok());
+        if !acceptable {
             return true;
         }
         let q = self.cfg.quarantine_quota;

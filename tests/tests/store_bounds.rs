@@ -301,6 +301,24 @@ fn the_quarantine_quota_cannot_be_used_to_keep_a_banned_file() {
     assert!(events.contains("\"type\":\"quarantine-quota\""), "{events}");
     assert!(events.contains("deleted in place"), "{events}");
     assert!(events.contains("oldest purged to make room"), "{events}");
+
+    // A banned name that is a second hard link to nobody's file (made here by root; a user can
+    // where fs.protected_hardlinks=0) is refused, and makes no room: nobody's items stay.
+    let before: Vec<serde_json::Value> =
+        dev.quarantine_list().into_iter().filter(|m| m["uid"] == NOBODY).map(|m| m["id"].clone()).collect();
+    let outside = dev.tmp.path().join("nobody-file");
+    std::fs::write(&outside, appimage("linked")).unwrap();
+    std::os::unix::fs::chown(&outside, Some(NOBODY), Some(NOBODY)).unwrap();
+    let link = dev.home.join("Downloads/WeChat-link-x86_64.AppImage");
+    std::fs::hard_link(&outside, &link).unwrap();
+    eventually("the hard link to be refused", WAIT, || {
+        let ev = String::from_utf8_lossy(&dev.ctl(&["events", "--json"]).stdout).into_owned();
+        ev.contains("2 hard links").then_some(())
+    });
+    assert!(link.exists(), "refused, left in place");
+    let after: Vec<serde_json::Value> =
+        dev.quarantine_list().into_iter().filter(|m| m["uid"] == NOBODY).map(|m| m["id"].clone()).collect();
+    assert_eq!(after, before, "a refused file made no room");
 }
 
 /// Finding 11, rotation end to end: with a small `audit_max_bytes` the log rotates as the agent
