@@ -112,6 +112,37 @@ struct RawEnforcement {
     /// How often a root with unwatched directories is rescanned.
     #[serde(default)]
     watch_fallback_interval: Option<String>,
+    /// Size past which the audit log is rotated (the hash chain runs on across files).
+    #[serde(default)]
+    audit_max_bytes: Option<u64>,
+    /// Rotated audit log files kept; older ones are deleted, each recorded in the chain.
+    #[serde(default)]
+    audit_keep_files: Option<usize>,
+    /// Most quarantined items kept per file owner (uid); beyond, that owner's oldest are purged.
+    #[serde(default)]
+    quarantine_max_items_per_uid: Option<usize>,
+    /// Most bytes (allocated, so sparse files count what they use) kept in quarantine per owner.
+    #[serde(default)]
+    quarantine_max_bytes_per_uid: Option<u64>,
+}
+
+/// The per-owner bound of the quarantine store (issue 10, finding 11; docs/threat-model-agent.md
+/// "Quarantine store and audit log bounds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantineQuota {
+    pub max_items: usize,
+    pub max_bytes: u64,
+}
+
+/// The default `quarantine_max_items_per_uid`.
+pub const DEFAULT_QUARANTINE_MAX_ITEMS_PER_UID: usize = 1000;
+/// The default `quarantine_max_bytes_per_uid`.
+pub const DEFAULT_QUARANTINE_MAX_BYTES_PER_UID: u64 = 8 << 30;
+
+impl Default for QuarantineQuota {
+    fn default() -> Self {
+        Self { max_items: DEFAULT_QUARANTINE_MAX_ITEMS_PER_UID, max_bytes: DEFAULT_QUARANTINE_MAX_BYTES_PER_UID }
+    }
 }
 
 /// The default `max_scan_path_bytes`: 8 MiB of paths per scan batch (some 100,000 typical
@@ -222,6 +253,10 @@ pub struct Config {
     pub max_watches_per_uid: usize,
     /// See `RawEnforcement::watch_fallback_interval` (default 60 s).
     pub watch_fallback_interval: Duration,
+    /// `audit_max_bytes` and `audit_keep_files` (defaults 64 MiB, 8 files).
+    pub audit_rotation: crate::audit::Rotation,
+    /// `quarantine_max_items_per_uid` and `quarantine_max_bytes_per_uid` (defaults 1000, 8 GiB).
+    pub quarantine_quota: QuarantineQuota,
     /// The `[exec]` section (exec gate and running-process sweep).
     pub exec: ExecConfig,
     /// `[report] url`, without a trailing `/` (reports go to `<url>/v1/reports`); `None`: the
@@ -403,6 +438,8 @@ impl Config {
         let mut max_watches_per_root = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_ROOT;
         let mut max_watches_per_uid = crate::source::dirwatch::DEFAULT_MAX_WATCHES_PER_UID;
         let mut watch_fallback_interval = crate::source::dirwatch::DEFAULT_FALLBACK_INTERVAL;
+        let mut audit_rotation = crate::audit::Rotation::default();
+        let mut quarantine_quota = QuarantineQuota::default();
         if let Some(e) = &raw.enforcement {
             let s = e.span().start;
             let e = e.get_ref();
@@ -465,6 +502,30 @@ impl Config {
                     return Err(at(s, format!("watch_fallback_interval {r:?} must be at least 1s")));
                 }
                 watch_fallback_interval = d;
+            }
+            if let Some(m) = e.audit_max_bytes {
+                if m < 4096 {
+                    return Err(at(s, "audit_max_bytes must be at least 4096".into()));
+                }
+                audit_rotation.max_bytes = m;
+            }
+            if let Some(m) = e.audit_keep_files {
+                if m == 0 {
+                    return Err(at(s, "audit_keep_files must be at least 1".into()));
+                }
+                audit_rotation.keep = m;
+            }
+            if let Some(m) = e.quarantine_max_items_per_uid {
+                if m == 0 {
+                    return Err(at(s, "quarantine_max_items_per_uid must be at least 1".into()));
+                }
+                quarantine_quota.max_items = m;
+            }
+            if let Some(m) = e.quarantine_max_bytes_per_uid {
+                if m == 0 {
+                    return Err(at(s, "quarantine_max_bytes_per_uid must be at least 1".into()));
+                }
+                quarantine_quota.max_bytes = m;
             }
         }
         let mut exec = ExecConfig::default();
@@ -552,6 +613,8 @@ impl Config {
             max_watches_per_root,
             max_watches_per_uid,
             watch_fallback_interval,
+            audit_rotation,
+            quarantine_quota,
             exec,
             report_url,
         })

@@ -305,6 +305,52 @@ pub const SECTIONS: &[Section] = &[
                 doc: "How often a watched folder with directories beyond a watch bound is rescanned (only while \
                       one is; otherwise the agent has no such timer). At least 1s.",
             },
+            Key {
+                name: "audit_max_bytes",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("67108864"),
+                example: "16777216",
+                doc: "Size in bytes past which the audit log (state_dir/audit.log) is rotated to \
+                      audit.log.<first sequence>; the new file's first record chains to the last hash of the \
+                      old one, so `embargoctl events --verify` checks one chain across files. At least 4096.",
+            },
+            Key {
+                name: "audit_keep_files",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("8"),
+                example: "4",
+                doc: "Rotated audit log files kept. Before an older one is deleted, an audit-dropped record \
+                      naming its sequence range and last hash is appended, so the deletion is part of the \
+                      chain and never silent. At least 1.",
+            },
+            Key {
+                name: "quarantine_max_items_per_uid",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("1000"),
+                example: "200",
+                doc: "Most quarantined items kept per file owner (uid other than root). A new quarantine \
+                      beyond it purges that owner's oldest items first (never another user's); the hit is \
+                      audited and status is degraded naming the uid and the bound. At least 1.",
+            },
+            Key {
+                name: "quarantine_max_bytes_per_uid",
+                kind: "integer",
+                required: false,
+                requires: &[],
+                default: Some("8589934592"),
+                example: "1073741824",
+                doc: "Most bytes (allocated blocks, so a sparse file counts what it uses) kept in \
+                      quarantine per file owner (uid other than root). Beyond it the owner's oldest items \
+                      are purged first; a single banned file larger than the bound is deleted in place \
+                      rather than kept, so the quota can never leave a banned file where it was. Audited, \
+                      and status is degraded naming the uid and the bound. At least 1.",
+            },
         ],
     },
     Section {

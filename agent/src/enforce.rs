@@ -109,6 +109,8 @@ pub struct Enforcer {
     /// uid filter never read the whole store on the loop (issue 10, finding 11). Read once at
     /// start; kept in step by every change the agent makes to the store.
     pub(crate) qindex: std::collections::BTreeMap<String, act::quarantine::Manifest>,
+    /// Owners whose quarantine quota was hit (`quota`; status names them).
+    pub(crate) quota_hits: crate::quota::QuotaHits,
     /// Paths dropped because the backlog was full (status shows it until it drains).
     pub(crate) backlog_dropped: u64,
     self_exe: Option<FileId>,
@@ -192,6 +194,7 @@ impl Enforcer {
             backlogged: HashSet::new(),
             backlog_dropped: 0,
             qindex,
+            quota_hits: Default::default(),
             self_exe,
             started: Instant::now(),
             sync_tx,
@@ -432,7 +435,7 @@ impl Enforcer {
     /// The directory fd, its path and the name relative to it through which `rel` (beneath root
     /// `ri`) is opened and moved: the root itself, or — for a path longer than one resolution
     /// allows — its parent, opened in chunks beneath the root. `None`: the parent is gone.
-    fn base_of(&self, ri: usize, rel: &Path) -> Option<(Option<rustix::fd::OwnedFd>, PathBuf, PathBuf)> {
+    pub(crate) fn base_of(&self, ri: usize, rel: &Path) -> Option<(Option<rustix::fd::OwnedFd>, PathBuf, PathBuf)> {
         let root = &self.folders.roots[ri];
         if crate::source::walk::is_long(rel) {
             let parent = rel.parent().unwrap_or(Path::new(""));
@@ -683,6 +686,12 @@ impl Enforcer {
             }
             Decision::Protected(why) => recorded_once(self, "skip", &format!("protected: {why}"), Outcome::Protected),
             Decision::Act(_) => {
+                // The owner's quarantine quota: their oldest items make room, or a file too large
+                // for it is deleted rather than left in place (`quota`).
+                let cost = act::quarantine::allocated_bytes(&file).unwrap_or(meta.size);
+                if !self.make_room(ri, &file, meta.uid, cost, &full) {
+                    return self.delete_over_quota(ri, &rel, &file, &meta, &app, &v, &full, since);
+                }
                 let Some((deep, base_path, base_rel)) = self.base_of(ri, &rel) else { return };
                 let base_fd = match &deep {
                     Some(fd) => fd,
@@ -804,7 +813,7 @@ impl Enforcer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(
+    pub(crate) fn record(
         &mut self,
         action: &str,
         result: &str,
@@ -1146,7 +1155,18 @@ impl Enforcer {
     pub fn reconcile(&mut self) {
         self.refresh_roots();
         self.rescan_all(Instant::now());
-        for m in self.store.purge_expired(self.clock.now()) {
+        // Expired items are found in the in-memory index, not by reading every manifest.
+        let now = self.clock.now();
+        let expired: Vec<String> =
+            self.qindex.values().filter(|m| m.purge_after.is_some_and(|t| t <= now)).map(|m| m.id.clone()).collect();
+        for id in expired {
+            let m = match self.store.purge(&id) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "purging an expired quarantined item failed");
+                    continue;
+                }
+            };
             self.qindex.remove(&m.id);
             self.evidence.emit(AuditEvent::Purge {
                 id: m.id,

@@ -117,6 +117,18 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner_uid: Option<u32>,
     },
+    /// A quarantine of a file of `uid` (costing `cost` allocated bytes) reached that owner's
+    /// quota: `purged` of their oldest items made room, or (`disposal`) the file was deleted in
+    /// place because it cannot fit (see `quota`).
+    QuarantineQuota {
+        uid: u32,
+        path: String,
+        cost: u64,
+        max_items: usize,
+        max_bytes: u64,
+        purged: Vec<String>,
+        disposal: String,
+    },
 }
 
 /// Somewhere evidence goes.
@@ -196,6 +208,11 @@ impl Evidence {
 
     pub fn audit_path(&self) -> &Path {
         self.log.path()
+    }
+
+    /// The audit log (its in-memory tail answers `events`).
+    pub fn audit(&self) -> &AuditLog {
+        &self.log
     }
 }
 

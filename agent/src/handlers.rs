@@ -8,7 +8,34 @@ use tokio::sync::oneshot;
 
 use crate::enforce::Enforcer;
 use crate::evidence::AuditEvent;
-use crate::proto::{Request, Response};
+use crate::proto::{Request, Response, QUARANTINE_PAGE};
+
+/// Whether an `events --verify` is running (one at a time).
+static VERIFYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `work` on a blocking thread and sends its answer (inline when there is no runtime, as in
+/// unit tests). The core loop goes on meanwhile.
+fn off_loop(reply: oneshot::Sender<Response>, work: impl FnOnce() -> Response + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn_blocking(move || {
+                let _ = reply.send(work());
+            });
+        }
+        Err(_) => {
+            let _ = reply.send(work());
+        }
+    }
+}
+
+/// An `events` answer: `entries`, `next`, `more`, and `hidden` for callers other than root.
+fn events_body(page: crate::audit::Page, viewer: Option<u32>) -> serde_json::Value {
+    let mut v = serde_json::to_value(&page).unwrap_or(serde_json::Value::Null);
+    if let (None, Some(o)) = (viewer, v.as_object_mut()) {
+        o.remove("hidden");
+    }
+    v
+}
 
 impl Enforcer {
     pub fn on_control(&mut self, request: Request, uid: u32, reply: oneshot::Sender<Response>) {
@@ -29,38 +56,62 @@ impl Enforcer {
                 viewer,
             )),
             Request::Evaluate { app } => Response::ok(self.rules.matches(&app)),
-            Request::QuarantineList => {
-                let mut list: Vec<_> = self.qindex.values().cloned().collect();
-                if let Some(v) = viewer {
-                    list.retain(|m| m.uid == v);
-                }
-                Response::ok(list)
-            }
-            Request::Events { since, limit } => match crate::audit::read_entries(self.evidence.audit_path()) {
-                Ok(entries) => {
-                    let chain = crate::audit::verify(&entries);
-                    let own = self.own_quarantine_ids(viewer);
-                    let mut hidden = 0usize;
-                    let out: Vec<_> = entries
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| e.seq > since)
-                        .filter(|e| {
-                            let shown = viewer.is_none_or(|v| crate::status::event_visible(&e.event, v, &own));
-                            hidden += usize::from(!shown);
-                            shown
-                        })
-                        .take(limit.min(10_000))
-                        .collect();
-                    let mut body =
-                        serde_json::json!({"entries": out, "chain_ok": chain.is_ok(), "chain_break": chain.err()});
-                    if viewer.is_some() {
-                        body["hidden"] = hidden.into();
+            Request::QuarantineList { after, limit } => Response::ok(self.quarantine_page(
+                after,
+                limit.unwrap_or(QUARANTINE_PAGE).clamp(1, QUARANTINE_PAGE),
+                viewer,
+            )),
+            Request::Events { since, limit } => {
+                // Recent entries come from the log's in-memory tail, here; older ones are read
+                // from the files on a blocking thread, a bounded number of bytes per request.
+                let limit = limit.clamp(1, crate::audit::EVENTS_PAGE);
+                let qindex = &self.qindex;
+                let tail = self.evidence.audit().tail_page(since, limit, |e| {
+                    viewer.is_none_or(|v| {
+                        crate::status::event_visible_by(&e.event, v, |id| qindex.get(id).is_some_and(|m| m.uid == v))
+                    })
+                });
+                match tail {
+                    Some(page) => Response::ok(events_body(page, viewer)),
+                    None => {
+                        // The viewer's ids go with the read (the index stays on the loop).
+                        let own = self.own_quarantine_ids(viewer);
+                        let path = self.evidence.audit_path().to_path_buf();
+                        off_loop(reply, move || {
+                            let keep = |e: &crate::audit::Entry| {
+                                viewer.is_none_or(|v| crate::status::event_visible(&e.event, v, &own))
+                            };
+                            match crate::audit::read_page(&path, since, limit, keep) {
+                                Ok(page) => Response::ok(events_body(page, viewer)),
+                                Err(e) => Response::err("failed", format!("{}: {e}", path.display())),
+                            }
+                        });
+                        return;
                     }
-                    Response::ok(body)
                 }
-                Err(e) => Response::err("failed", format!("{}: {e}", self.evidence.audit_path().display())),
-            },
+            }
+            Request::EventsVerify => {
+                // It reads the whole log (every rotated file): root only, one at a time, off the loop.
+                if uid != 0 && uid != me {
+                    let _ =
+                        reply.send(Response::err("denied", "permission denied: verifying the audit log requires root"));
+                    return;
+                }
+                if VERIFYING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let _ = reply.send(Response::err("busy", "a verification of the audit log is already running"));
+                    return;
+                }
+                let path = self.evidence.audit_path().to_path_buf();
+                off_loop(reply, move || {
+                    let r = crate::audit::verify_files(&path);
+                    VERIFYING.store(false, std::sync::atomic::Ordering::Release);
+                    match r {
+                        Ok(summary) => Response::ok(serde_json::json!({"chain_ok": true, "summary": summary})),
+                        Err(e) => Response::ok(serde_json::json!({"chain_ok": false, "error": e.to_string()})),
+                    }
+                });
+                return;
+            }
             Request::Sync => {
                 if self.sync_tx.try_send(crate::sync::Command::Now).is_err() {
                     let _ = reply.send(Response::err("busy", "a sync is already queued"));

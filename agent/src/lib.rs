@@ -55,6 +55,7 @@ mod handlers;
 mod hashpool;
 pub mod identify;
 pub mod proto;
+mod quota;
 pub mod report;
 pub mod running;
 pub mod safefs;
@@ -147,7 +148,7 @@ pub async fn run_with_clock(
     tracing::info!(policy = ?state.policy().map(|p| p.version), rules = rules.len(), "enforcing the persisted policy before any network access");
     let store = act::quarantine::QuarantineStore::open(&cfg.state_dir.join("quarantine"))
         .map_err(|e| AgentError::Runtime(e.to_string()))?;
-    let log = audit::AuditLog::open(&cfg.state_dir.join("audit.log"))
+    let log = audit::AuditLog::open_with(&cfg.state_dir.join("audit.log"), cfg.audit_rotation)
         .map_err(|e| AgentError::Runtime(format!("audit log: {e}")))?;
     let audit_seq = log.seq();
     let mut evidence = evidence::Evidence::new(log);

@@ -20,6 +20,8 @@ pub struct Frame {
 
 /// Most inventory entries one `inventory` answer carries (the daemon never builds more at once).
 pub const INVENTORY_PAGE: usize = 1000;
+/// Most manifests one `quarantine list` answer carries.
+pub const QUARANTINE_PAGE: usize = 500;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
@@ -37,11 +39,24 @@ pub enum Request {
     Evaluate {
         app: App,
     },
-    QuarantineList,
+    /// One page of the quarantine store, oldest first: at most `limit` (≤ `QUARANTINE_PAGE`)
+    /// items after the id `after`; the answer's `next` is the `after` of the following page,
+    /// absent on the last one.
+    QuarantineList {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Audit log entries after `since`, at most `limit` (≤ `audit::EVENTS_PAGE`); the answer's
+    /// `next` is the `since` of the following page and `more` says whether there is one.
     Events {
         since: u64,
         limit: usize,
     },
+    /// Checks the audit log's whole hash chain across its rotated files (root; off the loop,
+    /// one at a time).
+    EventsVerify,
     Sync,
     Scan,
     QuarantineRestore {

@@ -50,6 +50,7 @@ impl Enforcer {
         if crate::act::quarantine::hardlinks_protected() == Some(false) {
             reasons.push("fs.protected_hardlinks is 0: users may hard link others' files into watched folders (such files are refused, not acted on)".into());
         }
+        self.quota_hits.reasons(self.cfg.quarantine_quota, &mut reasons);
         let q = &self.qindex;
         proto::Status {
             schema_version: proto::STATUS_SCHEMA_VERSION,
@@ -127,6 +128,28 @@ impl Enforcer {
         s
     }
 
+    /// One page of the quarantine index, oldest id first, as `viewer` may see it: `items` after
+    /// the id `after` (at most `limit`), `next` (the `after` of the following page, absent on the
+    /// last), and `hidden` (other users' items) for callers other than root. Costs one page.
+    pub fn quarantine_page(&self, after: Option<String>, limit: usize, viewer: Option<u32>) -> serde_json::Value {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = self
+            .qindex
+            .range::<String, _>((from, Bound::Unbounded))
+            .map(|(_, m)| m)
+            .filter(|m| viewer.is_none_or(|v| m.uid == v));
+        let items: Vec<_> = rest.by_ref().take(limit).collect();
+        let mut body = serde_json::json!({ "items": items });
+        if let (Some(last), true) = (items.last(), rest.next().is_some()) {
+            body["next"] = last.id.clone().into();
+        }
+        if let Some(v) = viewer {
+            body["hidden"] = self.qindex.values().filter(|m| m.uid != v).count().into();
+        }
+        body
+    }
+
     /// The quarantine items `viewer` owns (`None`: not needed, empty).
     pub fn own_quarantine_ids(&self, viewer: Option<u32>) -> std::collections::HashSet<String> {
         match viewer {
@@ -179,12 +202,18 @@ impl Enforcer {
     }
 }
 
-/// Whether an audit event may be shown to `viewer`, a user who is not root: events that name no
-/// file (start, policy, sync, confirmation); actions whose record names the viewer as owner
+/// Whether an audit event may be shown to `viewer`, a user who is not root: events that name no file
+/// (start, policy, sync, confirmation); actions whose record names the viewer as owner
 /// (audit-only verdicts included) or whose quarantine item is theirs (records written before
 /// the owner was recorded); unhashed files and exec events of theirs; restores and purges of
 /// their items (by the owner they record, or, for older lines, if the item is still stored).
 pub fn event_visible(event: &serde_json::Value, viewer: u32, own: &std::collections::HashSet<String>) -> bool {
+    event_visible_by(event, viewer, |id| own.contains(id))
+}
+
+/// [`event_visible`] with `own` as a predicate on quarantine ids (on the loop: a lookup in the
+/// index, instead of a set of the viewer's ids built per request).
+pub fn event_visible_by(event: &serde_json::Value, viewer: u32, own: impl Fn(&str) -> bool) -> bool {
     let ty = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
     let uid_is_viewer = |v: Option<&serde_json::Value>| v.and_then(|u| u.as_u64()) == Some(u64::from(viewer));
     match ty {
@@ -192,15 +221,11 @@ pub fn event_visible(event: &serde_json::Value, viewer: u32, own: &std::collecti
         "action" => {
             let record = event.get("record");
             uid_is_viewer(record.and_then(|r| r.get("owner_uid")))
-                || record
-                    .and_then(|r| r.get("quarantine_id"))
-                    .and_then(|i| i.as_str())
-                    .is_some_and(|id| own.contains(id))
+                || record.and_then(|r| r.get("quarantine_id")).and_then(|i| i.as_str()).is_some_and(&own)
         }
         "unhashed" | "exec-denied" | "exec-timeout" | "process-killed" => uid_is_viewer(event.get("uid")),
         "restore" | "purge" => {
-            uid_is_viewer(event.get("owner_uid"))
-                || event.get("id").and_then(|i| i.as_str()).is_some_and(|id| own.contains(id))
+            uid_is_viewer(event.get("owner_uid")) || event.get("id").and_then(|i| i.as_str()).is_some_and(&own)
         }
         _ => false,
     }

@@ -66,6 +66,8 @@ fn banned_appimage_is_quarantined_allowed_stays_and_restore_works_after_the_rule
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"type\":\"restore\"") && text.contains("quarantined"), "{text}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    let out = dev.ctl(&["events", "--verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]

@@ -62,4 +62,7 @@ fn kill_9_at_any_instant_loses_nothing() {
     let out = dev.ctl(&["events", "--json"]);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The audit chain survived the kills.
+    let out = dev.ctl(&["events", "--verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -21,7 +21,7 @@
 //! idempotent `cmd package unsuspend` per user listed) undoes. `recover` keeps such entries;
 //! `restore` and `purge` here refuse them (the daemon routes them to the package worker).
 
-use std::io::{Seek as _, Write as _};
+use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -99,6 +99,15 @@ pub struct Manifest {
     /// An Android app suspended through `cmd package suspend` instead of a moved file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspension: Option<Suspension>,
+    /// Bytes the file had allocated on disk when it was quarantined (what it costs its owner's
+    /// quota; a sparse file counts its data, not its length). Absent in older manifests: `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<u64>,
+}
+
+/// Bytes `f` has allocated on disk (st_blocks × 512).
+pub fn allocated_bytes(f: &std::fs::File) -> std::io::Result<u64> {
+    Ok((rustix::fs::fstat(f)?.st_blocks as u64).saturating_mul(512))
 }
 
 /// What a suspension entry undoes: `cmd package unsuspend --user U PACKAGE` for each user.
@@ -139,6 +148,11 @@ fn path_from(text: &str, hex: Option<&str>) -> PathBuf {
 }
 
 impl Manifest {
+    /// What the item costs its owner's quarantine quota, in bytes.
+    pub fn cost(&self) -> u64 {
+        self.allocated.unwrap_or(self.size)
+    }
+
     /// The watched root the file was in, losslessly.
     pub fn root_path(&self) -> PathBuf {
         path_from(&self.root, self.root_hex.as_deref())
@@ -324,6 +338,7 @@ impl QuarantineStore {
             rel_hex: hex_unless_utf8(r.rel),
             payload_dir: None,
             suspension: None,
+            allocated: Some(allocated_bytes(r.file).unwrap_or(r.meta.size)),
         };
         // On another filesystem than the main store: move into that filesystem's own store, so
         // the quarantine stays a rename (no copy of a large or sparse file onto the system disk).
@@ -354,7 +369,7 @@ impl QuarantineStore {
                 }
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-                if let Err(reason) = self.copy_fits(r.meta.size) {
+                if let Err(reason) = self.copy_fits(manifest.cost()) {
                     let _ = self.remove_manifest(&id);
                     return Err(QuarantineError::Refused { path: shown, reason });
                 }
@@ -379,12 +394,13 @@ impl QuarantineStore {
         Ok(manifest)
     }
 
-    /// Whether a copy of `size` bytes into the main store is allowed: at most `COPY_MAX`, and the
-    /// store's filesystem keeps `COPY_RESERVE_PERCENT` of its space free afterwards.
+    /// Whether a copy of `size` allocated bytes into the main store is allowed: at most
+    /// `COPY_MAX`, and the store's filesystem keeps `COPY_RESERVE_PERCENT` of its space free
+    /// afterwards. (The copy keeps holes, so a sparse file costs its data only.)
     fn copy_fits(&self, size: u64) -> Result<(), String> {
         if size > COPY_MAX {
             return Err(format!(
-                "on another filesystem with no per-filesystem store, and larger ({size} bytes) than the {COPY_MAX}-byte copy limit"
+                "on another filesystem with no per-filesystem store, and more data ({size} bytes allocated) than the {COPY_MAX}-byte copy limit"
             ));
         }
         let st = rustix::fs::fstatvfs(&self.fd).map_err(|e| format!("statvfs of the store: {e}"))?;
@@ -417,9 +433,10 @@ impl QuarantineStore {
         )
         .map_err(|e| io(&shown)(e.into()))?;
         let mut out = std::fs::File::from(fd);
-        let mut src = r.file.try_clone().map_err(io(&shown))?;
-        src.seek(std::io::SeekFrom::Start(0)).map_err(io(&shown))?;
-        std::io::copy(&mut src, &mut out).map_err(io(&shown))?;
+        if let Err(e) = copy_sparse(r.file, &out, r.meta.size, COPY_MAX) {
+            let _ = safefs::unlink_at(&self.fd, bin);
+            return Err(io(&shown)(e));
+        }
         let _ = safefs::set_xattr(&out, XATTR, record).or_else(|_| safefs::set_xattr(&out, XATTR_USER, record));
         out.flush().and_then(|()| out.sync_all()).map_err(io(&shown))?;
         match safefs::meta_at(parent, name) {
@@ -429,6 +446,28 @@ impl QuarantineStore {
                 Err(QuarantineError::Raced { path: shown })
             }
         }
+    }
+
+    /// Deletes a banned file where it is, instead of quarantining it (its owner's quarantine
+    /// quota cannot hold it: see `quota`). The same checks as `quarantine` come first (the name
+    /// still is that inode, one link, the folder's user's file), then processes running it are
+    /// killed and the name unlinked through its parent's fd. Returns the killed pids.
+    pub fn delete_in_place(&self, r: &Request<'_>) -> Result<Vec<i32>, QuarantineError> {
+        let shown = r.root_path.join(r.rel).display().to_string();
+        let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
+        match safefs::meta_at(&parent, name) {
+            Ok(m) if m.id == r.meta.id => {}
+            Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
+        }
+        let now = safefs::meta(r.file).map_err(io(&shown))?;
+        let root_owner = safefs::meta(r.root_fd).map_err(io(r.root_path.display()))?.uid;
+        check_acceptable(&now, root_owner)
+            .map_err(|reason| QuarantineError::Refused { path: shown.clone(), reason })?;
+        let killed = super::process::kill_processes_running(r.meta.id);
+        // Whatever the name holds by now is in the folder's user's own directory (or a
+        // root-owned one), so unlinking it removes only a name that user could remove.
+        safefs::unlink_at(&parent, name).map_err(io(&shown))?;
+        Ok(killed)
     }
 
     /// Completes and writes the manifest of an item moved before its hash was known (the
@@ -553,9 +592,10 @@ impl QuarantineStore {
                     rustix::fs::Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| io(&m.original_path)(e.into()))?;
-                let mut out = std::fs::File::from(fd);
-                std::io::copy(&mut std::fs::File::from(payload.try_clone().map_err(io(&m.original_path))?), &mut out)
-                    .map_err(io(&m.original_path))?;
+                let out = std::fs::File::from(fd);
+                // Holes stay holes on the way back too.
+                let stored = std::fs::File::from(payload.try_clone().map_err(io(&m.original_path))?);
+                copy_sparse(&stored, &out, m.size, u64::MAX).map_err(io(&m.original_path))?;
                 out.sync_all().map_err(io(&m.original_path))?;
                 restore_owner(&out, &m);
                 safefs::unlink_at(&store, &bin).map_err(io(&m.original_path))?;
@@ -606,6 +646,8 @@ impl QuarantineStore {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
+        // A set, so recovery stays linear in the store's size (20,000 items: two lookups each).
+        let present: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         for n in &names {
             if n.starts_with('.') && n.contains(".tmp.") {
                 // A manifest write that a crash interrupted before its rename.
@@ -615,7 +657,7 @@ impl QuarantineStore {
                 continue;
             }
             if let Some(id) = n.strip_suffix(".bin") {
-                if names.iter().any(|x| *x == format!("{id}.json")) {
+                if present.contains(format!("{id}.json").as_str()) {
                     continue;
                 }
                 let Ok(fd) = rustix::fs::openat(
@@ -648,7 +690,7 @@ impl QuarantineStore {
                         safefs::meta_at(&d, format!("{id}.bin"))
                             .is_ok_and(|p| p.id == FileId { dev: m.dev, ino: m.ino })
                     }),
-                    None => names.iter().any(|x| *x == format!("{id}.bin")),
+                    None => present.contains(format!("{id}.bin").as_str()),
                 };
                 if Self::valid_id(id) && !payload_there {
                     // The payload was restored (or never moved): the manifest is stale.
@@ -684,6 +726,53 @@ impl QuarantineStore {
         .ok()?;
         crate::identify::sha256_of(&mut std::fs::File::from(fd)).ok()
     }
+}
+
+/// Copies `src` (of length `size`) into `dst` keeping its holes: only the data ranges that
+/// SEEK_DATA/SEEK_HOLE report are read and written, so a sparse file costs the store what it
+/// costs its owner. Fails (the caller removes the partial copy) past `max_data` bytes of data,
+/// which only a file written to while it is copied reaches (the caller checked its allocation).
+fn copy_sparse(src: &std::fs::File, dst: &std::fs::File, size: u64, max_data: u64) -> std::io::Result<u64> {
+    use rustix::fs::SeekFrom;
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut off, mut data) = (0u64, 0u64);
+    while off < size {
+        let start = match rustix::fs::seek(src, SeekFrom::Data(off)) {
+            Ok(p) => p,
+            // No data after `off`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            // A filesystem without SEEK_DATA: all of it is data.
+            Err(rustix::io::Errno::INVAL) => off,
+            Err(e) => return Err(e.into()),
+        };
+        let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
+            Ok(p) => p.min(size),
+            Err(_) => size,
+        };
+        if end <= start {
+            break;
+        }
+        let mut pos = start;
+        while pos < end {
+            let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(buf.len());
+            let n = src.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                break;
+            }
+            data += n as u64;
+            if data > max_data {
+                return Err(std::io::Error::other(format!(
+                    "more than {max_data} bytes of data (written to while being copied)"
+                )));
+            }
+            dst.write_all_at(&buf[..n], pos)?;
+            pos += n as u64;
+        }
+        off = end;
+    }
+    dst.set_len(size)?;
+    Ok(data)
 }
 
 fn restore_owner(fd: impl AsFd, m: &Manifest) {
@@ -896,6 +985,67 @@ mod tests {
         assert!(store.list().is_empty());
     }
 
+    /// Finding 12: where no per-filesystem store can be used (the filesystem's top directory is
+    /// writable by all and not sticky), the copy into the main store keeps holes: a 4 GiB
+    /// sparse file with 128 KiB of data costs the store about 128 KiB, is charged that to its
+    /// owner (`allocated`), and restores with the same bytes and holes.
+    #[test]
+    fn a_sparse_file_copied_across_filesystems_allocates_only_its_data() {
+        use std::os::unix::fs::{FileExt as _, MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(fs) = Tmpfs::mount(&tmp.path().join("home")) else {
+            assert!(std::env::var("EMBARGO_REQUIRE_TOOLS").as_deref() != Ok("1"), "needs root to mount a tmpfs");
+            eprintln!("SKIP: needs root to mount a tmpfs");
+            return;
+        };
+        // Writable by all, not sticky: a user could rename a store there away, so none is used.
+        std::fs::set_permissions(&fs.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let root = fs.0.join("alice/Downloads");
+        std::fs::create_dir_all(&root).unwrap();
+        let big = root.join("WeChat.AppImage");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(4 << 30).unwrap();
+        f.write_all_at(&[0xAB; 65536], 0).unwrap();
+        f.write_all_at(&[0xCD; 65536], 2 << 30).unwrap();
+        drop(f);
+        let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
+        let root_fd = safefs::open_root(&root).unwrap();
+        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
+        let m = store
+            .quarantine(Request {
+                root_path: &root,
+                root_fd: &root_fd,
+                rel: Path::new("WeChat.AppImage"),
+                file: &file,
+                meta: &meta,
+                sha256: "00",
+                rule: "r",
+                action: Action::Quarantine,
+                app_kind: "appimage",
+                app_id: "WeChat",
+                purge_after: None,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(file);
+        assert!(!big.exists());
+        assert!(m.payload_dir.is_none(), "copied into the main store");
+        assert!(!fs.0.join(FS_STORE).exists(), "no per-filesystem store under a world-writable top");
+        let stored = std::fs::metadata(store.dir().join(format!("{}.bin", m.id))).unwrap();
+        assert_eq!(stored.len(), 4 << 30);
+        let on_disk = stored.blocks() * 512;
+        eprintln!("4 GiB sparse file with 128 KiB of data: {on_disk} bytes allocated in the store");
+        assert!(on_disk < 4 << 20, "the copy allocated {on_disk} bytes");
+        assert!(m.cost() < 4 << 20 && m.cost() >= 128 << 10, "charged {}", m.cost());
+        store.restore(&m.id).unwrap();
+        let back = std::fs::File::open(&big).unwrap();
+        let mut buf = [0u8; 4];
+        back.read_exact_at(&mut buf, 2 << 30).unwrap();
+        assert_eq!(buf, [0xCD; 4]);
+        back.read_exact_at(&mut buf, 1 << 30).unwrap();
+        assert_eq!(buf, [0; 4]);
+        assert!(back.metadata().unwrap().blocks() * 512 < 4 << 20, "restored sparse");
+    }
+
     #[test]
     fn manifests_written_before_name_bytes_still_load() {
         let old = r#"{"schema_version":1,"id":"q1","original_path":"/r/a","root":"/r","rel":"a","uid":0,"gid":0,"mode":420,"size":1,"sha256":"00","rule":"r","action":"quarantine","app_kind":"file","app_id":"a","quarantined_at":"2026-01-01T00:00:00Z","purge_after":null,"dev":1,"ino":2}"#;
@@ -1000,6 +1150,7 @@ mod tests {
             root_hex: None,
             rel_hex: None,
             payload_dir: None,
+            allocated: None,
             suspension: Some(Suspension {
                 package: "com.tencent.mm".into(),
                 users: vec![0, 10],

@@ -75,12 +75,15 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
-    /// The audit log (hash-chained).
+    /// The audit log (hash-chained, rotated by size).
     Events {
         #[arg(long)]
         follow: bool,
         #[arg(long)]
         json: bool,
+        /// Check the whole hash chain across the rotated files instead of listing (root; exit 1 if it breaks).
+        #[arg(long, conflicts_with = "follow")]
+        verify: bool,
     },
     /// Act on apps a policy update held back for exceeding the action cap (root).
     Confirm,
@@ -88,9 +91,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QuarantineCommand {
+    /// Quarantined items, oldest first (every page, or one page with --limit).
     List {
         #[arg(long)]
         json: bool,
+        /// Show at most N items (one page; the daemon answers at most 500 at once).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after the item with this id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Put a quarantined file back where it was, or unsuspend a suspended Android app (root).
     Restore { id: String },
@@ -237,49 +247,113 @@ fn main() -> ExitCode {
             });
         }
         Command::Quarantine { command } => match command {
-            QuarantineCommand::List { json } => {
-                let r = call(Request::QuarantineList, short);
-                return show(r, |v| {
-                    if json {
-                        print_json(v, true);
-                    } else {
-                        for m in v.as_array().into_iter().flatten() {
-                            if let Some(s) = m.get("suspension").filter(|s| s.is_object()) {
-                                // An Android app suspended through its package manager.
-                                let users: Vec<String> = s["users"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .filter_map(|u| u.as_u64())
-                                    .map(|u| u.to_string())
-                                    .collect();
-                                println!(
-                                    "{}  {}  rule {}  suspended {} for users {} ({})",
-                                    m["id"].as_str().unwrap_or(""),
-                                    m["quarantined_at"].as_str().unwrap_or(""),
-                                    m["rule"].as_str().unwrap_or(""),
-                                    s["package"].as_str().unwrap_or(""),
-                                    users.join(","),
-                                    s["state"].as_str().unwrap_or("")
-                                );
-                                continue;
-                            }
+            QuarantineCommand::List { json, limit, after } => {
+                // Page by page (the daemon answers at most `QUARANTINE_PAGE` items at once).
+                let mut items: Vec<serde_json::Value> = Vec::new();
+                let mut after = after;
+                let (next, hidden) = loop {
+                    let want = limit.map(|l| l.saturating_sub(items.len()));
+                    let r = call(Request::QuarantineList { after: after.clone(), limit: want }, short);
+                    let v = match r {
+                        Err(e) => {
+                            eprintln!("embargoctl: {}", escape(&e));
+                            return ExitCode::from(3);
+                        }
+                        Ok(r) => match decode::<serde_json::Value>(r) {
+                            Ok(v) => v,
+                            Err(code) => return code,
+                        },
+                    };
+                    items.extend(v["items"].as_array().into_iter().flatten().cloned());
+                    let hidden = v["hidden"].as_u64().unwrap_or(0);
+                    let next = v["next"].as_str().map(str::to_owned);
+                    match &next {
+                        Some(n) if limit.is_none_or(|l| items.len() < l) && after.as_ref() != Some(n) => {
+                            after = Some(n.clone())
+                        }
+                        _ => break (next, hidden),
+                    }
+                };
+                if hidden > 0 {
+                    eprintln!("embargoctl: {hidden} quarantined items of other users are not shown");
+                }
+                if let (Some(n), Some(_)) = (&next, limit) {
+                    eprintln!("embargoctl: more items follow: --after {}", escape(n));
+                }
+                if json {
+                    print_json(&items, true);
+                } else {
+                    for m in &items {
+                        if let Some(s) = m.get("suspension").filter(|s| s.is_object()) {
+                            // An Android app suspended through its package manager.
+                            let users: Vec<String> = s["users"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|u| u.as_u64())
+                                .map(|u| u.to_string())
+                                .collect();
                             println!(
-                                "{}  {}  rule {}  {}  {}",
+                                "{}  {}  rule {}  suspended {} for users {} ({})",
                                 m["id"].as_str().unwrap_or(""),
                                 m["quarantined_at"].as_str().unwrap_or(""),
                                 m["rule"].as_str().unwrap_or(""),
-                                m["sha256"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
-                                m["original_path"].as_str().unwrap_or("")
+                                s["package"].as_str().unwrap_or(""),
+                                users.join(","),
+                                s["state"].as_str().unwrap_or("")
                             );
+                            continue;
                         }
+                        println!(
+                            "{}  {}  rule {}  {}  {}",
+                            m["id"].as_str().unwrap_or(""),
+                            m["quarantined_at"].as_str().unwrap_or(""),
+                            m["rule"].as_str().unwrap_or(""),
+                            m["sha256"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or(""),
+                            m["original_path"].as_str().unwrap_or("")
+                        );
                     }
-                });
+                }
+                return ExitCode::SUCCESS;
             }
             QuarantineCommand::Restore { id } => call(Request::QuarantineRestore { id }, short),
             QuarantineCommand::Purge { id } => call(Request::QuarantinePurge { id }, short),
         },
-        Command::Events { follow, json } => {
+        Command::Events { verify: true, json, .. } => {
+            // The daemon reads every rotated file for this, off its loop; it may take a while.
+            let r = call(Request::EventsVerify, Duration::from_secs(600));
+            let v = match r {
+                Err(e) => {
+                    eprintln!("embargoctl: {}", escape(&e));
+                    return ExitCode::from(3);
+                }
+                Ok(r) => match decode::<serde_json::Value>(r) {
+                    Ok(v) => v,
+                    Err(code) => return code,
+                },
+            };
+            let ok = v["chain_ok"] == true;
+            if json {
+                print_json(&v, true);
+            } else if ok {
+                let s = &v["summary"];
+                println!(
+                    "audit log chain verified: {} entries (seq {}..{}) in {} files{}",
+                    s["entries"],
+                    s["first_seq"],
+                    s["last_seq"],
+                    s["files"],
+                    s["dropped_through"]
+                        .as_u64()
+                        .map(|d| format!("; entries 1..{d} were in rotated files deleted beyond audit_keep_files, as the chain records"))
+                        .unwrap_or_default()
+                );
+            } else {
+                println!("audit log chain BROKEN: {}", v["error"].as_str().unwrap_or("?"));
+            }
+            return ExitCode::from(if ok { 0 } else { 1 });
+        }
+        Command::Events { follow, json, .. } => {
             let mut since = 0;
             loop {
                 let r = match call(Request::Events { since, limit: 1000 }, short) {
@@ -293,9 +367,6 @@ fn main() -> ExitCode {
                     Ok(v) => v,
                     Err(code) => return code,
                 };
-                if v["chain_ok"] == false {
-                    eprintln!("embargoctl: WARNING: the audit log's hash chain breaks at entry {}", v["chain_break"]);
-                }
                 for e in v["entries"].as_array().into_iter().flatten() {
                     since = since.max(e["seq"].as_u64().unwrap_or(0));
                     if json {
@@ -303,6 +374,11 @@ fn main() -> ExitCode {
                     } else {
                         println!("{:>6} {} {}", e["seq"], e["time"].as_str().unwrap_or(""), e["event"]);
                     }
+                }
+                // Entries the caller may not see still move the cursor on.
+                since = since.max(v["next"].as_u64().unwrap_or(0));
+                if v["more"] == true {
+                    continue;
                 }
                 if !follow {
                     return ExitCode::SUCCESS;

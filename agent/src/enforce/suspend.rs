@@ -82,6 +82,7 @@ impl Enforcer {
                     root_hex: None,
                     rel_hex: None,
                     payload_dir: None,
+                    allocated: None,
                     suspension: Some(Suspension {
                         package: name.to_owned(),
                         users: Vec::new(),
