@@ -203,3 +203,52 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
     assert_eq!(run(&sleeper), Err(EPERM), "the newly banned file cannot start again");
     drop(d);
 }
+
+#[test]
+fn embargod_in_monitor_mode_lets_banned_files_run_and_records_what_it_would_have_denied_and_killed() {
+    let Some(p) = Private::new() else { return };
+    let banned = elf("/bin/true", "banned by hash, monitored");
+    let sleeper_bytes = elf("/bin/sleep", "sleeper, monitored");
+    let tool = install(&p.fs, "tool", &banned);
+    let sleeper = install(&p.fs, "sleeper", &sleeper_bytes);
+    let extra = format!("\n[exec]\nenabled = true\nmounts = [\"{}\"]\n", p.dir.path().display());
+    let mut d = Device::with_config(&hash_rule("tool-by-hash", &banned), "1d", &extra);
+    d.reconfigure(|text| {
+        assert!(text.contains("mode = \"enforce\""), "{text}");
+        text.replace("mode = \"enforce\"", "mode = \"monitor\"")
+    });
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    eventually("the monitoring daemon to have the policy", Duration::from_secs(30), || {
+        // The ban is in force once the gate has judged the file: before that an exec is simply
+        // allowed too, so wait for the record rather than for the exec's outcome.
+        assert_eq!(run(&tool), Ok(true), "monitor mode: a banned file runs");
+        audit_entry(&d, "exec-denied", "tool-by-hash")
+    });
+    let entry = audit_entry(&d, "exec-denied", "tool-by-hash").unwrap();
+    let text = entry.to_string();
+    assert!(text.contains("would-deny (monitor)"), "{text}");
+    assert!(text.contains(tool.to_str().unwrap()), "{text}");
+    let s = d.status().unwrap();
+    assert_eq!(s["exec_gate"]["denied"].as_u64(), Some(0), "nothing denied in monitor mode: {s}");
+
+    // A banned process running when the policy that bans it arrives: recorded, not killed.
+    let mut running = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start the sleeper"));
+    d.publish(&hash_rule("sleeper-by-hash", &sleeper_bytes));
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recorded = eventually("a process-killed record for the sleeper", Duration::from_secs(120), || {
+        audit_entry(&d, "process-killed", "sleeper-by-hash")
+    });
+    let text = recorded.to_string();
+    assert!(text.contains(&running.0.id().to_string()), "{text}");
+    assert!(text.contains("\"killed\":false"), "{text}");
+    assert!(text.contains("monitor"), "{text}");
+    assert!(running.0.try_wait().unwrap().is_none(), "monitor mode kills nothing");
+    let again = Command::new(&sleeper).arg("0").status().map(|s| s.success()).map_err(|e| e.raw_os_error());
+    assert_eq!(again, Ok(true), "monitor mode: the newly banned file still starts");
+    let s = d.status().unwrap();
+    assert_eq!(s["enforcement"]["counters"]["processes_killed"].as_u64(), Some(0), "{s}");
+    drop(d);
+}
