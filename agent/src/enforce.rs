@@ -70,6 +70,8 @@ pub struct Enforcer {
     /// The exec gate, when `[exec] enabled` (its counters go into `status`; dropping the
     /// enforcer stops it).
     pub(crate) exec_gate: Option<crate::exec_gate::ExecGate>,
+    /// The exec gate's protected set, refreshed after every package read.
+    pub(crate) exec_protected: Option<crate::exec_wire::ProtectedPaths>,
     /// The fleet reporter's state (pending reports, last accepted), when `[report]` is set.
     pub reports: Option<Arc<std::sync::Mutex<crate::report::Shared>>>,
     pub(crate) held: Held,
@@ -151,6 +153,7 @@ impl Enforcer {
             store,
             evidence,
             exec_gate: None,
+            exec_protected: None,
             reports: None,
             held: Held::default(),
             exempt,
@@ -784,7 +787,13 @@ impl Enforcer {
                 r.reading = false;
                 r.read_once = true;
                 let todo = match result {
-                    Ok(read) => r.apply_read(read, &rules, &self.rules),
+                    Ok(read) => {
+                        let todo = r.apply_read(read, &rules, &self.rules);
+                        if let Some(p) = &self.exec_protected {
+                            p.refresh_root(r.manager, &r.root, r.packages.values().map(|it| &it.installed));
+                        }
+                        todo
+                    }
                     Err(e) => {
                         tracing::warn!(root = %r.root.display(), error = %e, "cannot read the package database");
                         Vec::new()

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use embargo_policy::matcher::RuleSet;
 use tokio::sync::{mpsc, watch};
 
+use embargo_policy::app::Kind;
+
 use crate::config::{Config, Mode};
 use crate::evidence::AuditEvent;
 use crate::exec_gate::{
@@ -22,39 +24,168 @@ use crate::exec_gate::{
     SpareReason,
 };
 use crate::running::{StopReason, SweepReport};
+use crate::source::package::{InstalledPackage, PackageManager};
 
-/// What must never be denied or killed, as absolute paths: the agent's own executable, the
-/// programs of the package managers and of every package the package sources call protected
-/// (dpkg: Essential, Priority: required, the package managers, the agent), each also under its
-/// canonical name (a merged /usr lists `/bin/sh`, the kernel names `/usr/bin/sh`).
-/// Read once at start-up; only the host's dpkg database is read (rpm, flatpak and snap
-/// protections are not in this set yet: docs/exec-gate.md).
-pub fn protected_paths() -> HashSet<PathBuf> {
-    let mut set = HashSet::new();
-    let mut add = |p: PathBuf| {
-        if let Ok(c) = std::fs::canonicalize(&p) {
-            set.insert(c);
-        }
-        set.insert(p);
-    };
-    if let Ok(me) = std::env::current_exe() {
-        add(me);
+/// What must never be denied or killed: absolute paths, each an executable or a directory
+/// everything beneath which is protected (a flatpak or snap deployment).
+#[derive(Debug, Default, Clone)]
+pub struct ProtectedSet {
+    paths: HashSet<PathBuf>,
+}
+
+impl ProtectedSet {
+    /// Whether `path` or a directory it lies in is protected.
+    pub fn contains(&self, path: &Path) -> bool {
+        path.ancestors().any(|a| self.paths.contains(a))
     }
-    // Package managers by their usual paths, whether or not their package is known.
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Adds `p`, and its canonical name when that differs (a merged /usr lists `/bin/sh`, the
+    /// kernel names `/usr/bin/sh`). The root directory itself is never added.
+    fn add(&mut self, p: PathBuf) {
+        if p.parent().is_none() || p.as_os_str().is_empty() {
+            return;
+        }
+        if let Ok(c) = std::fs::canonicalize(&p) {
+            if c.parent().is_some() {
+                self.paths.insert(c);
+            }
+        }
+        self.paths.insert(p);
+    }
+
+    fn extend(&mut self, other: &ProtectedSet) {
+        self.paths.extend(other.paths.iter().cloned());
+    }
+}
+
+/// The files (absolute, as this process names them) of the packages under `root` that
+/// `manager` calls protected: for dpkg and rpm their executables, for flatpak and snap their
+/// deployments (protected whole).
+pub fn protected_of<'a>(
+    manager: &dyn PackageManager,
+    root: &Path,
+    packages: impl IntoIterator<Item = &'a InstalledPackage>,
+) -> ProtectedSet {
+    let mut set = ProtectedSet::default();
+    for p in packages.into_iter().filter(|p| manager.protected(&p.package).is_some()) {
+        for f in &p.files {
+            set.add(root.join(f.trim_start_matches('/')));
+        }
+    }
+    set
+}
+
+/// What is protected whatever the packages say: the agent's own executable and the package
+/// managers by their usual paths, whether or not their package is known.
+pub fn base_protected() -> ProtectedSet {
+    let mut set = ProtectedSet::default();
+    if let Ok(me) = std::env::current_exe() {
+        set.add(me);
+    }
     for name in ["dpkg", "apt", "apt-get", "rpm", "dnf", "yum", "zypper", "flatpak", "snap", "snapd", "embargod"] {
         for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib/snapd"] {
-            add(Path::new(dir).join(name));
+            set.add(Path::new(dir).join(name));
         }
     }
-    let root = Path::new("/");
-    if let Ok(pkgs) = crate::source::dpkg::installed(root) {
-        for p in pkgs.iter().filter(|p| crate::source::dpkg::protected(p).is_some()) {
-            for f in crate::source::package::executables_of(crate::source::dpkg::files(root, p)) {
-                add(PathBuf::from(f));
+    set
+}
+
+/// The protected set at start-up: [`base_protected`] and the protected packages of the host's
+/// own package databases (dpkg, rpm and snap at `/`, flatpak's system installation), each read
+/// with its manager's `protected`. The roots the agent watches are added as they are read
+/// ([`ProtectedPaths::refresh_root`]).
+pub fn protected_paths() -> ProtectedSet {
+    let mut set = base_protected();
+    for m in crate::source::package::MANAGERS {
+        let root = match m.kind() {
+            Kind::Deb | Kind::Rpm | Kind::Snap => Path::new("/"),
+            Kind::Flatpak => Path::new(crate::source::flatpak::SYSTEM_INSTALLATION),
+            _ => continue,
+        };
+        if !m.has_database(root) {
+            continue;
+        }
+        match m.installed(root) {
+            Ok(pkgs) => set.extend(&protected_of(*m, root, &pkgs)),
+            Err(e) => {
+                tracing::warn!(kind = %m.kind(), error = %e, "exec gate: cannot read the host's packages for the protected set")
             }
         }
     }
     set
+}
+
+/// The protected set the gate and the sweeps read, refreshed by the core loop whenever a
+/// watched package root is read again (the `Packages` event), not only at start-up.
+#[derive(Clone)]
+pub struct ProtectedPaths {
+    inner: Arc<std::sync::RwLock<Arc<ProtectedSet>>>,
+    /// The start-up set, and per watched root the protected packages (name, version) and their
+    /// files as last read.
+    sources: Arc<std::sync::Mutex<Sources>>,
+}
+
+#[derive(Default)]
+struct Sources {
+    start: ProtectedSet,
+    roots: std::collections::BTreeMap<PathBuf, (Vec<(String, String)>, ProtectedSet)>,
+}
+
+impl ProtectedPaths {
+    pub fn new(start: ProtectedSet) -> Self {
+        let current = Arc::new(start.clone());
+        Self {
+            inner: Arc::new(std::sync::RwLock::new(current)),
+            sources: Arc::new(std::sync::Mutex::new(Sources { start, roots: Default::default() })),
+        }
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> Arc<ProtectedSet> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.current().contains(path)
+    }
+
+    /// Root `root` of `manager` was read again: when its protected packages changed (by name
+    /// and version), recompute its part and publish the union. Returns whether the set changed.
+    pub fn refresh_root<'a>(
+        &self,
+        manager: &dyn PackageManager,
+        root: &Path,
+        packages: impl IntoIterator<Item = &'a InstalledPackage> + Clone,
+    ) -> bool {
+        let mut key: Vec<(String, String)> = packages
+            .clone()
+            .into_iter()
+            .filter(|p| manager.protected(&p.package).is_some())
+            .map(|p| (p.package.name.clone(), p.package.version.clone()))
+            .collect();
+        key.sort();
+        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if src.roots.get(root).is_some_and(|(k, _)| *k == key) {
+            return false;
+        }
+        let part = protected_of(manager, root, packages);
+        src.roots.insert(root.to_path_buf(), (key, part));
+        let mut all = src.start.clone();
+        for (_, part) in src.roots.values() {
+            all.extend(part);
+        }
+        tracing::info!(root = %root.display(), paths = all.len(), "exec gate: protected set refreshed");
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
+        true
+    }
 }
 
 /// The gate's configuration from `[exec]` and the agent's mode.
@@ -74,21 +205,23 @@ pub fn gate_config(cfg: &Config) -> GateConfig {
 }
 
 /// Arms the gate and starts the task that turns its events and the sweeps' reports into audit
-/// events on `evidence`. Must be called inside the tokio runtime.
+/// events on `evidence`. Must be called inside the tokio runtime. The returned
+/// [`ProtectedPaths`] is what the core loop refreshes after package reads.
 pub fn start(
     cfg: &Config,
     rules: &watch::Sender<Arc<RuleSet>>,
     evidence: mpsc::Sender<AuditEvent>,
-) -> Result<(ExecGate, tokio::task::JoinHandle<()>), GateError> {
-    let set = Arc::new(protected_paths());
-    tracing::info!(paths = set.len(), "exec gate: protected executables");
+) -> Result<(ExecGate, tokio::task::JoinHandle<()>, ProtectedPaths), GateError> {
+    let set = ProtectedPaths::new(protected_paths());
+    tracing::info!(paths = set.current().len(), "exec gate: protected executables");
+    let handle = set.clone();
     let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
     let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
     let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
     let mode = gate_config(cfg).mode;
     let max_kills = cfg.max_actions_per_update;
     let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, mode, max_kills, evidence));
-    Ok((gate, task))
+    Ok((gate, task, handle))
 }
 
 /// Relays gate events to the core loop, and (in its own task, so a long sweep never holds up
@@ -399,9 +532,37 @@ mod tests {
     }
 
     #[test]
+    fn flatpak_and_snap_protections_cover_their_deployments_and_refresh_follows_the_packages() {
+        use crate::source::package::{InstalledPackage, Package};
+        let pkg =
+            |name: &str, file: &str| InstalledPackage { package: Package::new(name, "1"), files: vec![file.into()] };
+        let root = Path::new("/var/lib/flatpak");
+        let runtime = pkg("org.freedesktop.Platform", "/runtime/org.freedesktop.Platform/x86_64/23.08");
+        let app = pkg("com.tencent.WeChat", "/app/com.tencent.WeChat/x86_64/stable");
+        let set = protected_of(&crate::source::flatpak::Flatpak, root, [&runtime, &app]);
+        assert!(set.contains(&root.join("runtime/org.freedesktop.Platform/x86_64/23.08/active/files/bin/sh")));
+        assert!(!set.contains(&root.join("app/com.tencent.WeChat/x86_64/stable/active/files/wechat")));
+        let core = pkg("core22", "/snap/core22/current");
+        let snap_app = pkg("wechat", "/snap/wechat/current");
+        let set = protected_of(&crate::source::snap::Snap, Path::new("/"), [&core, &snap_app]);
+        assert!(set.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+        assert!(!set.contains(Path::new("/snap/wechat/current/wechat")));
+        assert!(!set.contains(Path::new("/snap/core22-evil/x")), "whole components only");
+
+        let paths = ProtectedPaths::new(ProtectedSet::default());
+        let snap_root = Path::new("/");
+        assert!(paths.refresh_root(&crate::source::snap::Snap, snap_root, [&core, &snap_app]));
+        assert!(paths.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+        assert!(!paths.refresh_root(&crate::source::snap::Snap, snap_root, [&core, &snap_app]), "unchanged");
+        assert!(paths.refresh_root(&crate::source::snap::Snap, snap_root, [&snap_app]), "core22 removed");
+        assert!(!paths.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+    }
+
+    #[test]
     fn the_agent_itself_is_protected() {
         let set = protected_paths();
         let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
         assert!(set.contains(&me));
+        assert!(!set.contains(Path::new("/tmp/anything")));
     }
 }

@@ -252,3 +252,83 @@ fn embargod_in_monitor_mode_lets_banned_files_run_and_records_what_it_would_have
     assert_eq!(s["enforcement"]["counters"]["processes_killed"].as_u64(), Some(0), "{s}");
     drop(d);
 }
+
+/// An rpm named `name` with one script, `/usr/bin/<exe>` (`script` is its text), built with the
+/// real rpmbuild.
+fn build_rpm(dir: &Path, name: &str, exe: &str, script: &str) -> PathBuf {
+    let spec = dir.join(format!("{name}.spec"));
+    let payload = dir.join(format!("{name}.payload"));
+    std::fs::write(&payload, script).unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: 1.0\nRelease: 1\nSummary: test\nLicense: none\nBuildArch: noarch\nAutoReqProv: no\n%description\ntest\n%install\nmkdir -p %{{buildroot}}/usr/bin\ncp {payload} %{{buildroot}}/usr/bin/{exe}\nchmod 755 %{{buildroot}}/usr/bin/{exe}\n%files\n/usr/bin/{exe}\n",
+            payload = payload.display()
+        ),
+    )
+    .unwrap();
+    let top = dir.join("rpmbuild");
+    let o = Command::new("rpmbuild")
+        .args(["-bb", "--define", &format!("_topdir {}", top.display())])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpmbuild: {}", String::from_utf8_lossy(&o.stderr));
+    top.join(format!("RPMS/noarch/{name}-1.0-1.noarch.rpm"))
+}
+
+fn rpm(root: &Path, args: &[&str]) {
+    let o = Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .arg("--dbpath=/var/lib/rpm")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpm {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_package_rpm_protects_installed_after_start_is_never_denied() {
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["rpm", "rpmbuild"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The rpm root lives on the gated tmpfs, so the gate sees execs of its files.
+    let root = p.fs.join("sysroot");
+    std::fs::create_dir_all(root.join("var/lib/rpm")).unwrap();
+    rpm(&root, &["--initdb"]);
+    // The same script in rpm's protected base package `setup` and in an ordinary package; both
+    // banned by hash.
+    let script = "#!/bin/sh\nexit 0\n";
+    let protected_rpm = build_rpm(work.path(), "setup", "setup-tool", script);
+    let other_rpm = build_rpm(work.path(), "othertool", "other-tool", script);
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"rpm\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(&hash_rule("script-by-hash", script.as_bytes()), "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    // Installed after the daemon started: only a refresh on the package event protects it.
+    rpm(&root, &["-i", protected_rpm.to_str().unwrap(), other_rpm.to_str().unwrap()]);
+    let protected_exe = root.join("usr/bin/setup-tool");
+    let other_exe = root.join("usr/bin/other-tool");
+    eventually("the ordinary package's script to be denied", Duration::from_secs(20), || {
+        (run(&other_exe) == Err(EPERM)).then_some(())
+    });
+    eventually("rpm's protected package to be spared", Duration::from_secs(20), || {
+        (run(&protected_exe) == Ok(true)).then_some(())
+    });
+    let spared = eventually("an audit entry for the spared exec", Duration::from_secs(10), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("allowed: protected") && t.contains(protected_exe.to_str().unwrap())
+        })
+    });
+    assert!(spared.to_string().contains("script-by-hash"), "{spared}");
+    assert_eq!(run(&other_exe), Err(EPERM), "the ordinary package's copy stays denied");
+    drop(d);
+}
