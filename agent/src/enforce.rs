@@ -37,11 +37,14 @@ pub struct Held {
     pub files: HashSet<PathBuf>,
     /// (package root, package name)
     pub packages: HashSet<(PathBuf, String)>,
+    /// Running banned processes (the exec gate's scan), killed on `confirm` if they still run
+    /// the judged executable.
+    pub processes: Vec<crate::running::Target>,
 }
 
 impl Held {
     pub fn len(&self) -> usize {
-        self.files.len() + self.packages.len()
+        self.files.len() + self.packages.len() + self.processes.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -108,6 +111,12 @@ pub struct Enforcer {
     /// A policy update waiting for package reads in flight, so that its action cap counts the
     /// packages as they are now (set at the time of the update).
     pending_update: Option<Instant>,
+    /// The last policy update's acts: its rule set, the files and packages it acts on (or
+    /// holds), and whether it was held; the running-process scan of that rule set counts its
+    /// kills on top (`on_scan`).
+    last_update: Option<(Arc<RuleSet>, usize, usize, bool)>,
+    /// A scan that arrived while its update still waited for package reads.
+    pending_scan: Option<(Arc<RuleSet>, crate::running::Scan)>,
 }
 
 impl Enforcer {
@@ -154,6 +163,8 @@ impl Enforcer {
             evidence,
             exec_gate: None,
             exec_protected: None,
+            last_update: None,
+            pending_scan: None,
             reports: None,
             held: Held::default(),
             exempt,
@@ -988,14 +999,91 @@ impl Enforcer {
                 apps: acts,
                 files: file_acts.len(),
                 packages: pkg_acts.len(),
+                processes: 0,
                 cap: self.cfg.max_actions_per_update,
             });
-            self.held = Held { files: file_acts.into_iter().collect(), packages: pkg_acts.into_iter().collect() };
+            self.last_update = Some((self.rules.clone(), file_acts.len(), pkg_acts.len(), true));
+            self.held = Held {
+                files: file_acts.into_iter().collect(),
+                packages: pkg_acts.into_iter().collect(),
+                processes: Vec::new(),
+            };
+        } else {
+            self.last_update = Some((self.rules.clone(), file_acts.len(), pkg_acts.len(), false));
         }
         for (i, name) in pkg_todo {
             self.enforce_package(i, &name, since);
         }
         self.rescan_all(since);
+        if let Some((rules, scan)) = self.pending_scan.take() {
+            self.on_scan(rules, scan);
+        }
+    }
+
+    /// Input from the exec side: gate evidence, or a scan of the running processes.
+    pub fn on_exec(&mut self, input: crate::exec_wire::ExecInput) {
+        match input {
+            crate::exec_wire::ExecInput::Audit(e) => self.evidence.emit(e),
+            crate::exec_wire::ExecInput::Scan { rules, scan } => self.on_scan(rules, scan),
+        }
+    }
+
+    /// The running processes the rule set bans: their kills count against the action cap of
+    /// the policy update that published it, on top of its file and package acts. Within the
+    /// cap they are killed now; over it (or when the update was held anyway) none is, they are
+    /// held for `confirm` ("needs confirmation"). The update's files and packages are not
+    /// waited for the scan (a scan can take seconds): they were acted on (or held) by their own
+    /// count, which is at most the cap. A scan with no update (start-up) counts alone.
+    fn on_scan(&mut self, rules: Arc<RuleSet>, scan: crate::running::Scan) {
+        if !Arc::ptr_eq(&rules, &self.rules) {
+            return; // A newer rule set's scan follows.
+        }
+        if self.pending_update.is_some() {
+            self.pending_scan = Some((rules, scan));
+            return;
+        }
+        let (files, packages, held) = match &self.last_update {
+            Some((r, f, p, h)) if Arc::ptr_eq(r, &rules) => (*f, *p, *h),
+            _ => (0, 0, false),
+        };
+        let cap = self.cfg.max_actions_per_update;
+        let kills = scan.targets.len();
+        if self.cfg.mode == Mode::Monitor || kills == 0 || (!held && decide::within_cap(files + packages + kills, cap))
+        {
+            let mode = if self.cfg.mode == Mode::Monitor {
+                crate::exec_gate::GateMode::Monitor
+            } else {
+                crate::exec_gate::GateMode::Enforce
+            };
+            for e in crate::exec_wire::stop_now(scan, mode) {
+                self.evidence.emit(e);
+            }
+            return;
+        }
+        let acts = files + packages + kills;
+        tracing::warn!(
+            apps = acts,
+            files,
+            packages,
+            processes = kills,
+            cap,
+            "policy update exceeds the action cap: killing none (needs confirmation)"
+        );
+        if !held {
+            self.evidence.emit(AuditEvent::NeedsConfirmation {
+                apps: acts,
+                files: 0,
+                packages: 0,
+                processes: kills,
+                cap,
+            });
+        }
+        let why =
+            format!("needs confirmation: the policy update's acts ({acts}) exceed max_actions_per_update ({cap})");
+        for e in crate::exec_wire::hold_events(&scan, &why) {
+            self.evidence.emit(e);
+        }
+        self.held.processes = scan.targets;
     }
 
     /// Acts on everything the last update held back. Returns how many apps that was.
@@ -1016,6 +1104,10 @@ impl Enforcer {
                 let rel = p.strip_prefix(&self.folders.roots[ri].path).map(Path::to_path_buf).unwrap_or_default();
                 self.enforce_file(ri, rel, since);
             }
+        }
+        for t in held.processes {
+            let e = crate::exec_wire::confirm_kill(t);
+            self.evidence.emit(e);
         }
         n
     }

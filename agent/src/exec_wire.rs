@@ -23,7 +23,7 @@ use crate::exec_gate::{
     judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, Protected,
     SpareReason,
 };
-use crate::running::{StopReason, SweepReport};
+use crate::running::{Scan, StopReason, SweepReport, Target};
 use crate::source::package::{InstalledPackage, PackageManager};
 
 /// What must never be denied or killed: absolute paths, each an executable or a directory
@@ -204,13 +204,71 @@ pub fn gate_config(cfg: &Config) -> GateConfig {
     }
 }
 
+/// What the exec side sends the core loop.
+pub enum ExecInput {
+    /// Evidence of the gate (an exec denied, a deadline, …).
+    Audit(AuditEvent),
+    /// The running processes the rule set `rules` bans, found by a scan on a blocking thread.
+    /// The core loop stops them ([`stop_now`]) or holds them for `confirm`: the kills of a
+    /// policy update count against its action cap with the update's other acts.
+    Scan { rules: Arc<RuleSet>, scan: Scan },
+}
+
+/// Stops `scan`'s targets now (in monitor mode only records them); the audit events of that.
+pub fn stop_now(scan: Scan, mode: GateMode) -> Vec<AuditEvent> {
+    sweep_events(crate::running::stop(scan, mode, usize::MAX))
+}
+
+/// The audit events of targets held back for `confirm` (not killed; `why` says so), and the
+/// protected ones and errors logged.
+pub fn hold_events(scan: &Scan, why: &str) -> Vec<AuditEvent> {
+    let report = SweepReport {
+        scanned: scan.scanned,
+        spared: scan.spared.clone(),
+        errors: scan.errors.clone(),
+        ..Default::default()
+    };
+    let _ = sweep_events(report);
+    scan.targets
+        .iter()
+        .map(|t| AuditEvent::ProcessKilled {
+            pid: t.pid,
+            uid: t.uid,
+            exe: t.exe.display().to_string(),
+            rule: t.rule.clone(),
+            reason: stop_reason(&t.reason),
+            killed: false,
+            note: Some(why.to_owned()),
+        })
+        .collect()
+}
+
+/// Kills one target held back by the action cap, now confirmed (if it still runs the judged
+/// executable).
+pub fn confirm_kill(t: Target) -> AuditEvent {
+    let (killed, note) = match crate::running::kill_if_same(t.pid, t.dev, t.ino) {
+        Ok(true) => (true, None),
+        Ok(false) => (false, Some("exited or changed before the kill".to_owned())),
+        Err(e) => (false, Some(format!("kill failed: {e}"))),
+    };
+    AuditEvent::ProcessKilled {
+        pid: t.pid,
+        uid: t.uid,
+        exe: t.exe.display().to_string(),
+        rule: t.rule,
+        reason: stop_reason(&t.reason),
+        killed,
+        note,
+    }
+}
+
 /// Arms the gate and starts the task that turns its events and the sweeps' reports into audit
 /// events on `evidence`. Must be called inside the tokio runtime. The returned
 /// [`ProtectedPaths`] is what the core loop refreshes after package reads.
 pub fn start(
     cfg: &Config,
     rules: &watch::Sender<Arc<RuleSet>>,
-    evidence: mpsc::Sender<AuditEvent>,
+    evidence: mpsc::Sender<ExecInput>,
 ) -> Result<(ExecGate, tokio::task::JoinHandle<()>, ProtectedPaths), GateError> {
     let set = ProtectedPaths::new(protected_paths());
     tracing::info!(paths = set.current().len(), "exec gate: protected executables");
@@ -218,26 +276,23 @@ pub fn start(
     let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
     let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
     let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
-    let mode = gate_config(cfg).mode;
-    let max_kills = cfg.max_actions_per_update;
-    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, mode, max_kills, evidence));
+    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, evidence));
     Ok((gate, task, handle))
 }
 
-/// Relays gate events to the core loop, and (in its own task, so a long sweep never holds up
-/// the gate's evidence) runs the sweep at start-up and after every rule-set change.
+/// Relays gate events to the core loop, and (in its own task, so a long scan never holds up
+/// the gate's evidence) scans the running processes at start-up and after every rule-set
+/// change.
 async fn relay(
     mut gate_rx: mpsc::Receiver<GateEvent>,
     rules: watch::Receiver<Arc<RuleSet>>,
     protected: Arc<Protected>,
-    mode: GateMode,
-    max_kills: usize,
-    evidence: mpsc::Sender<AuditEvent>,
+    evidence: mpsc::Sender<ExecInput>,
 ) {
-    let sweeper = tokio::spawn(sweeps(rules, protected, mode, max_kills, evidence.clone()));
+    let sweeper = tokio::spawn(scans(rules, protected, evidence.clone()));
     while let Some(ev) = gate_rx.recv().await {
         if let Some(a) = audit_of(ev) {
-            if evidence.send(a).await.is_err() {
+            if evidence.send(ExecInput::Audit(a)).await.is_err() {
                 break;
             }
         }
@@ -245,33 +300,26 @@ async fn relay(
     sweeper.abort();
 }
 
-/// One sweep at start-up and one after each change of the published rule set (changes during a
-/// sweep are coalesced into one more sweep), each on a blocking thread.
-async fn sweeps(
-    mut rules: watch::Receiver<Arc<RuleSet>>,
-    protected: Arc<Protected>,
-    mode: GateMode,
-    max_kills: usize,
-    evidence: mpsc::Sender<AuditEvent>,
-) {
-    // The start-up sweep: the value in force counts as changed.
+/// One scan at start-up and one after each change of the published rule set (changes during a
+/// scan are coalesced into one more), each on a blocking thread; the core loop decides the
+/// kills.
+async fn scans(mut rules: watch::Receiver<Arc<RuleSet>>, protected: Arc<Protected>, evidence: mpsc::Sender<ExecInput>) {
+    // The start-up scan: the value in force counts as changed.
     rules.mark_changed();
     let hashes = Arc::new(SweepHashes::default());
     while rules.changed().await.is_ok() {
         let current = rules.borrow_and_update().clone();
-        let (p, h) = (protected.clone(), hashes.clone());
-        let report = tokio::task::spawn_blocking(move || {
+        let (p, h, r) = (protected.clone(), hashes.clone(), current.clone());
+        let scan = tokio::task::spawn_blocking(move || {
             let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
-            crate::running::sweep(&current, &judge, &*p, mode, max_kills)
+            crate::running::scan(&r, &judge, &*p)
         })
         .await;
-        match report {
-            Ok(r) => {
-                tracing::info!(scanned = r.scanned, stopped = r.stopped.len(), "running-process sweep done");
-                for a in sweep_events(r) {
-                    if evidence.send(a).await.is_err() {
-                        return;
-                    }
+        match scan {
+            Ok(scan) => {
+                tracing::info!(scanned = scan.scanned, banned = scan.targets.len(), "running-process sweep done");
+                if evidence.send(ExecInput::Scan { rules: current, scan }).await.is_err() {
+                    return;
                 }
             }
             Err(e) => tracing::error!("the running-process sweep panicked: {e}"),
@@ -406,6 +454,15 @@ pub fn audit_of(ev: GateEvent) -> Option<AuditEvent> {
     })
 }
 
+fn stop_reason(r: &StopReason) -> String {
+    match r {
+        StopReason::Exe => "banned executable".into(),
+        StopReason::AppImageMount { runtime_pid, appimage, .. } => {
+            format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
+        }
+    }
+}
+
 /// The audit events of one sweep: one `process-killed` per process stopped (or, in monitor mode,
 /// past the cap or when the kill failed, that would have been: `killed: false` with the reason).
 pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
@@ -425,12 +482,7 @@ pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
             uid: s.uid,
             exe: s.exe.display().to_string(),
             rule: s.rule,
-            reason: match s.reason {
-                StopReason::Exe => "banned executable".into(),
-                StopReason::AppImageMount { runtime_pid, appimage, .. } => {
-                    format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
-                }
-            },
+            reason: stop_reason(&s.reason),
             killed: s.killed,
             note: s.note,
         })

@@ -20,6 +20,14 @@ use tokio::sync::{mpsc, watch};
 
 const EPERM: i32 = 1;
 
+/// The daemon tests run one at a time: each daemon's sweeps hash every running executable
+/// (the policies have hash rules), and four at once on a loaded 2-core machine take minutes.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A temp dir with a tmpfs mounted at `<dir>/fs`, unmounted (lazily) on drop.
 struct Private {
     dir: tempfile::TempDir,
@@ -112,6 +120,7 @@ fn audit_entry(d: &Device, kind: &str, rule: &str) -> Option<serde_json::Value> 
 
 #[test]
 fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_banned_processes() {
+    let _serial = serial();
     let Some(p) = Private::new() else { return };
     if !embargo_e2e::need(&["mksquashfs"]) {
         return;
@@ -206,6 +215,7 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
 
 #[test]
 fn embargod_in_monitor_mode_lets_banned_files_run_and_records_what_it_would_have_denied_and_killed() {
+    let _serial = serial();
     let Some(p) = Private::new() else { return };
     let banned = elf("/bin/true", "banned by hash, monitored");
     let sleeper_bytes = elf("/bin/sleep", "sleeper, monitored");
@@ -289,6 +299,7 @@ fn rpm(root: &Path, args: &[&str]) {
 
 #[test]
 fn a_package_rpm_protects_installed_after_start_is_never_denied() {
+    let _serial = serial();
     let Some(p) = Private::new() else { return };
     if !embargo_e2e::need(&["rpm", "rpmbuild"]) {
         return;
@@ -330,5 +341,83 @@ fn a_package_rpm_protects_installed_after_start_is_never_denied() {
     });
     assert!(spared.to_string().contains("script-by-hash"), "{spared}");
     assert_eq!(run(&other_exe), Err(EPERM), "the ordinary package's copy stays denied");
+    drop(d);
+}
+
+#[test]
+fn kills_count_against_the_updates_action_cap_with_its_files_and_wait_for_confirm() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    let sleeper_bytes = elf("/bin/sleep", "capped sleeper");
+    let sleeper = install(&p.fs, "sleeper", &sleeper_bytes);
+    const V1: &str =
+        "[[rule]]\nid = \"other\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nid = \"never-seen\"\n";
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 2\n",
+        p.dir.path().display()
+    );
+    let d = Device::with_config(V1, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let file = d.install("Downloads/Capped-0.AppImage", &embargo_e2e::appimage("capped file"));
+    eventually("the AppImage seen under v1", Duration::from_secs(20), || d.inventory_has(&file));
+    eventually("the sweeps before the update to finish", Duration::from_secs(120), || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .ok()
+            .filter(|l| l.matches("running-process sweep done").count() >= 2)
+    });
+    let mut a = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start a sleeper"));
+    let mut b = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start a sleeper"));
+
+    // v2: one file to quarantine and two processes to kill: three acts over a cap of two.
+    d.publish(&format!(
+        "{V1}[[rule]]\nid = \"capped-files\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nname = \"*Capped*\"\n{}",
+        hash_rule("capped-sleeper", &sleeper_bytes)
+    ));
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let held = |pid: u32| {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("needs confirmation")
+        })
+    };
+    eventually("both kills held for confirmation", Duration::from_secs(120), || held(a.0.id()).and(held(b.0.id())));
+    assert!(a.0.try_wait().unwrap().is_none() && b.0.try_wait().unwrap().is_none(), "no process killed over the cap");
+    let s = d.status().unwrap();
+    assert_eq!(s["pending"]["needs_confirmation"], 2, "{s}");
+    let lines = audit_lines(&d);
+    assert!(
+        lines.iter().any(|v| {
+            let t = v.to_string();
+            t.contains("needs-confirmation") && t.contains("\"processes\":2")
+        }),
+        "{lines:?}"
+    );
+    eventually("the file, within the cap on its own, quarantined", Duration::from_secs(20), || {
+        (!file.exists()).then_some(())
+    });
+
+    let out = d.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::process::ExitStatusExt as _;
+    for r in [&mut a, &mut b] {
+        let status =
+            eventually("a held process killed after confirm", Duration::from_secs(10), || r.0.try_wait().unwrap());
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+    let killed = eventually("process-killed records after confirm", Duration::from_secs(10), || {
+        let n = audit_lines(&d)
+            .iter()
+            .filter(|v| {
+                let t = v.to_string();
+                t.contains("process-killed") && t.contains("\"killed\":true") && t.contains("capped-sleeper")
+            })
+            .count();
+        (n == 2).then_some(n)
+    });
+    assert_eq!(killed, 2);
+    assert_eq!(d.status().unwrap()["pending"]["needs_confirmation"], 0);
     drop(d);
 }
