@@ -117,6 +117,8 @@ pub struct Enforcer {
     last_update: Option<(Arc<RuleSet>, usize, usize, bool)>,
     /// A scan that arrived while its update still waited for package reads.
     pending_scan: Option<(Arc<RuleSet>, crate::running::Scan)>,
+    /// The needs-admin packages (root, name, version, rule) whose files the exec gate denies.
+    needs_admin: Vec<(PathBuf, String, String, String)>,
 }
 
 impl Enforcer {
@@ -165,6 +167,7 @@ impl Enforcer {
             exec_protected: None,
             last_update: None,
             pending_scan: None,
+            needs_admin: Vec::new(),
             reports: None,
             held: Held::default(),
             exempt,
@@ -835,6 +838,7 @@ impl Enforcer {
                 self.conclude_package(i, &name, &verdict, outcome, Some(PackageOutcome::Removing), since);
             }
         }
+        self.publish_needs_admin();
     }
 
     /// Decides for one package whose verdict needs acting on; acts (a removal: hands it to the
@@ -1015,9 +1019,45 @@ impl Enforcer {
             self.enforce_package(i, &name, since);
         }
         self.rescan_all(since);
+        self.publish_needs_admin();
         if let Some((rules, scan)) = self.pending_scan.take() {
             self.on_scan(rules, scan);
         }
+    }
+
+    /// Hands the exec gate the files of every banned package the agent could not remove
+    /// ("needs admin"), when that list changed: their execs are denied naming the rule.
+    fn publish_needs_admin(&mut self) {
+        let Some(gate) = &self.exec_gate else { return };
+        let mut now = Vec::new();
+        for r in &self.packages.roots {
+            for (name, it) in &r.packages {
+                if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
+                    now.push((r.root.clone(), name.clone(), it.installed.package.version.clone(), v.rule.clone()));
+                }
+            }
+        }
+        if now == self.needs_admin {
+            return;
+        }
+        let mut owned = crate::exec_gate::OwnedPaths::default();
+        'roots: for r in &self.packages.roots {
+            for (name, it) in &r.packages {
+                if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
+                    if !crate::exec_wire::needs_admin_paths(r.manager, &r.root, &it.installed, &v.rule, &mut owned) {
+                        tracing::warn!(
+                            package = %name,
+                            bound = crate::exec_wire::MAX_OWNED_PATHS,
+                            "exec gate: too many files of needs-admin packages; the rest are not denied by path"
+                        );
+                        break 'roots;
+                    }
+                }
+            }
+        }
+        tracing::info!(packages = now.len(), paths = owned.len(), "exec gate: files of needs-admin packages denied");
+        gate.set_owned_paths(owned);
+        self.needs_admin = now;
     }
 
     /// Input from the exec side: gate evidence, or a scan of the running processes.

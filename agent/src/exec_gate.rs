@@ -146,6 +146,40 @@ pub enum Judgement {
     },
 }
 
+/// Files of banned packages the agent could not remove ("needs admin"), by path: an exec of
+/// one is denied naming the package's rule, whatever the file holds. Matched against the path
+/// of the exec's opened fd (as this process's mount namespace names it), so a reinstall of the
+/// same package (new inodes, same paths) is denied too; a copy elsewhere is not (hash rules are
+/// for that).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OwnedPaths {
+    /// Files (exact paths) and the rule that bans their package.
+    pub files: HashMap<PathBuf, String>,
+    /// Directories everything beneath which is the package's (a flatpak or snap deployment).
+    pub dirs: HashMap<PathBuf, String>,
+}
+
+impl OwnedPaths {
+    /// The rule whose needs-admin package owns `path`.
+    pub fn rule_for(&self, path: &Path) -> Option<&str> {
+        if let Some(r) = self.files.get(path) {
+            return Some(r);
+        }
+        if self.dirs.is_empty() {
+            return None;
+        }
+        path.ancestors().skip(1).find_map(|a| self.dirs.get(a)).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len() + self.dirs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Decides one file from its opened fd and the path it was executed by (for names only).
 /// [`judge_exec`] is the real one; tests inject a slow one.
 pub type Judge = dyn Fn(&RuleSet, &mut File, &Path) -> std::io::Result<Judgement> + Send + Sync;
@@ -451,6 +485,8 @@ fn is_racy(s: &Stamp) -> bool {
 
 struct Cache {
     generation: u64,
+    /// The generation of the needs-admin paths the entries were judged under.
+    owned_gen: u64,
     map: HashMap<FileKey, (Stamp, Arc<Judgement>)>,
 }
 
@@ -476,12 +512,15 @@ struct Job {
     stamp: Stamp,
     /// Owned by root and writable by no one else (see [`only_root_writes`]).
     only_root_writes: bool,
+    /// The needs-admin paths' generation when the event was read.
+    owned_gen: u64,
 }
 
 /// The kernel cache: the rule set its ignore marks were placed under, and how many were placed
 /// since the last flush.
 struct Ignores {
     rules: Arc<RuleSet>,
+    owned_gen: u64,
     count: usize,
 }
 
@@ -499,6 +538,9 @@ struct Shared {
     /// one reads.
     marks: Mutex<Marks>,
     ignores: Mutex<Ignores>,
+    /// Needs-admin packages' files ([`ExecGate::set_owned_paths`]) and their generation.
+    owned: std::sync::RwLock<Arc<OwnedPaths>>,
+    owned_gen: AtomicU64,
 }
 
 impl Shared {
@@ -572,7 +614,7 @@ impl Shared {
             return;
         }
         let mut ig = self.ignores.lock().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&ig.rules, &job.rules) {
+        if !Arc::ptr_eq(&ig.rules, &job.rules) || ig.owned_gen != job.owned_gen {
             return;
         }
         if ig.count >= self.cfg.cache_entries.max(1) {
@@ -761,14 +803,16 @@ impl ExecGate {
             fan,
             cfg: cfg.clone(),
             counters: Counters::default(),
-            cache: Mutex::new(Cache { generation: 0, map: HashMap::new() }),
+            cache: Mutex::new(Cache { generation: 0, owned_gen: 0, map: HashMap::new() }),
             judge,
             protected,
             events,
             self_pid: std::process::id() as i32,
             stopping: AtomicBool::new(false),
             marks: Mutex::new(Marks::default()),
-            ignores: Mutex::new(Ignores { rules: current.clone(), count: 0 }),
+            ignores: Mutex::new(Ignores { rules: current.clone(), owned_gen: 0, count: 0 }),
+            owned: std::sync::RwLock::new(Arc::new(OwnedPaths::default())),
+            owned_gen: AtomicU64::new(0),
         });
         update_marks(&shared)?;
         for path in &cfg.pass_through {
@@ -805,6 +849,25 @@ impl ExecGate {
 
     pub fn stats(&self) -> GateStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Replaces the needs-admin packages' files whose execs are denied. Like a rule-set change,
+    /// it drops every cached verdict (ours and the kernel's) before it returns, so no exec
+    /// after this call is answered from a verdict reached without it.
+    pub fn set_owned_paths(&self, owned: OwnedPaths) {
+        let s = &self.shared;
+        let mut ig = s.ignores.lock().unwrap_or_else(|e| e.into_inner());
+        *s.owned.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(owned);
+        let gen = s.owned_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut c = s.cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.map.clear();
+            c.owned_gen = gen;
+        }
+        ig.owned_gen = gen;
+        if ig.count > 0 {
+            s.flush_ignores(&mut ig);
+        }
     }
 
     /// Answers what is pending (allow), stops the threads and closes the group.
@@ -1003,6 +1066,7 @@ impl Reader {
             key,
             stamp,
             only_root_writes: only_root_writes(&st),
+            owned_gen: s.owned_gen.load(Ordering::Acquire),
         };
         match self.jobs.try_send(job) {
             Ok(()) => self.pending.push_back(p),
@@ -1073,12 +1137,17 @@ fn worker(s: &Shared, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
         }
         let p = &job.pending;
         let path = fd_path(p.fd());
-        let verdict = p.fd().try_clone_to_owned().map(File::from).and_then(|mut file| {
-            HASHED.with(|h| h.set(false));
-            let judge = &s.judge;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(&job.rules, &mut file, &path)))
-                .unwrap_or_else(|_| Err(std::io::Error::other("the judge panicked")))
-        });
+        HASHED.with(|h| h.set(false));
+        let owned_rule = s.owned.read().unwrap_or_else(|e| e.into_inner()).rule_for(&path).map(str::to_owned);
+        let verdict = match owned_rule {
+            Some(rule) => Ok(Judgement::Deny { rule }),
+            None => p.fd().try_clone_to_owned().map(File::from).and_then(|mut file| {
+                HASHED.with(|h| h.set(false));
+                let judge = &s.judge;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(&job.rules, &mut file, &path)))
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the judge panicked")))
+            }),
+        };
         if HASHED.with(|h| h.get()) {
             bump(&s.counters.hashed);
         }
@@ -1088,7 +1157,7 @@ fn worker(s: &Shared, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
                 // Cached before answering, so the process's next exec already finds it.
                 if !is_racy(&job.stamp) {
                     let mut c = s.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    if c.generation == job.generation {
+                    if c.generation == job.generation && c.owned_gen == job.owned_gen {
                         if c.map.len() >= s.cfg.cache_entries.max(1) {
                             c.map.clear();
                             bump(&s.counters.cache_resets);

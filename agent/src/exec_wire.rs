@@ -188,6 +188,68 @@ impl ProtectedPaths {
     }
 }
 
+/// Most needs-admin paths handed to the gate; past it the rest are left out (logged).
+pub const MAX_OWNED_PATHS: usize = 100_000;
+
+/// The paths of a banned package the agent could not remove, as the gate will see them, added
+/// to `out` under `rule`: for dpkg every file its list names (`info/<package>.list`; entries
+/// that other entries lie beneath are directories and left out), for rpm its executables, for
+/// flatpak and snap its deployment (everything beneath it). Each file is named with its parent
+/// directory made canonical (a merged /usr lists `/bin/x`, the kernel names `/usr/bin/x`) and
+/// its last component as listed (a symlink in the list is exec'd as its target, which the list
+/// names too). Returns false when [`MAX_OWNED_PATHS`] was reached.
+pub fn needs_admin_paths(
+    manager: &dyn PackageManager,
+    root: &Path,
+    p: &InstalledPackage,
+    rule: &str,
+    out: &mut crate::exec_gate::OwnedPaths,
+) -> bool {
+    let canonical = |f: &str| {
+        let full = root.join(f.trim_start_matches('/'));
+        match (full.parent().and_then(|d| std::fs::canonicalize(d).ok()), full.file_name()) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => full,
+        }
+    };
+    match manager.kind() {
+        Kind::Deb | Kind::Rpm => {
+            let listed = if manager.kind() == Kind::Deb {
+                crate::source::dpkg::files(root, &p.package)
+            } else {
+                p.files.clone()
+            };
+            let mut files = listed;
+            files.sort_unstable();
+            for (i, f) in files.iter().enumerate() {
+                let is_dir = files.get(i + 1).is_some_and(|next| {
+                    next.len() > f.len() && next.starts_with(f.as_str()) && next.as_bytes()[f.len()] == b'/'
+                });
+                if is_dir || f.trim_matches(['/', '.']).is_empty() {
+                    continue;
+                }
+                if out.len() >= MAX_OWNED_PATHS {
+                    return false;
+                }
+                out.files.insert(canonical(f), rule.to_owned());
+            }
+        }
+        _ => {
+            for f in &p.files {
+                if out.len() >= MAX_OWNED_PATHS {
+                    return false;
+                }
+                let full = root.join(f.trim_start_matches('/'));
+                let dir = std::fs::canonicalize(&full).unwrap_or(full);
+                if dir.parent().is_some() {
+                    out.dirs.insert(dir, rule.to_owned());
+                }
+            }
+        }
+    }
+    true
+}
+
 /// The gate's configuration from `[exec]` and the agent's mode.
 pub fn gate_config(cfg: &Config) -> GateConfig {
     GateConfig {

@@ -562,3 +562,24 @@ fn the_sweep_kills_a_running_banned_process_and_spares_an_allowed_one() {
     let _ = a.kill();
     let _ = a.wait();
 }
+
+#[test]
+fn needs_admin_paths_are_denied_by_path_at_once_even_when_the_kernel_had_cached_an_allow() {
+    let Some(p) = Private::new() else { return };
+    let owned = install(&p.fs(), "package-program", &elf("a needs-admin package's program"));
+    let other = install(&p.fs(), "other", &elf("anything else"));
+    std::thread::sleep(Duration::from_millis(150));
+    let (_tx, rx) = watch::channel(set(vec![]));
+    let Some(mut g) = arm(&p, rx, test_cfg(), None) else { return };
+    assert_eq!(run(&owned), Ok(true));
+    assert_eq!(run(&owned), Ok(true));
+    assert_eq!(g.gate.stats().kernel_cached, 1, "the allow went to the kernel");
+    let mut paths = embargo_agent::exec_gate::OwnedPaths::default();
+    paths.files.insert(std::fs::canonicalize(&owned).unwrap(), "banned-package".into());
+    g.gate.set_owned_paths(paths);
+    assert_eq!(run(&owned), Err(EPERM), "denied by path as soon as set_owned_paths returns");
+    g.expect("the deny", |e| matches!(e, GateEvent::Denied { rule, .. } if rule == "banned-package"));
+    assert_eq!(run(&other), Ok(true), "other files run");
+    g.gate.set_owned_paths(Default::default());
+    assert_eq!(run(&owned), Ok(true), "the package's files run again once it is gone from the set");
+}

@@ -421,3 +421,80 @@ fn kills_count_against_the_updates_action_cap_with_its_files_and_wait_for_confir
     assert_eq!(d.status().unwrap()["pending"]["needs_confirmation"], 0);
     drop(d);
 }
+
+/// A .deb named `name` with the scripts `files` (paths inside the package, each `exit 0`),
+/// built with the real dpkg-deb.
+fn build_deb(dir: &Path, name: &str, depends: Option<&str>, files: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tree = dir.join(format!("{name}-tree"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    let mut control = format!(
+        "Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Test <test@example.invalid>\nDescription: {name} for tests\n"
+    );
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    std::fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    for f in files {
+        let path = tree.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = dir.join(format!("{name}_1.0-1_all.deb"));
+    let o = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn files_of_a_banned_package_the_agent_could_not_remove_are_denied_by_path() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The dpkg root lives on the gated tmpfs, so the gate sees execs of its files.
+    let root = p.fs.join("sysroot");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    // wechat keeps a program outside bin/ (as the real one does under /opt), which the
+    // needs-admin fallback's quarantine of bin/ programs leaves in place.
+    let wechat = build_deb(work.path(), "wechat", None, &["/usr/bin/wechat", "/opt/wechat/wechat-helper"]);
+    let plugin = build_deb(work.path(), "wechat-plugin", Some("wechat"), &["/usr/bin/wechat-plugin"]);
+    let helper = root.join("opt/wechat/wechat-helper");
+    let plugin_exe = root.join("usr/bin/wechat-plugin");
+    const POLICY: &str =
+        "[[rule]]\nid = \"wechat-deb\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"wechat\"\n";
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(POLICY, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(&wechat)
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&o.stderr));
+    eventually("needs admin reported", Duration::from_secs(30), || {
+        d.status().map(|s| s["enforcement"]["last_actions"].to_string()).filter(|a| a.contains("needs admin"))
+    });
+    assert!(helper.exists(), "the program outside bin/ is still in place");
+    assert_eq!(run(&helper), Err(EPERM), "a file of the needs-admin package must not start");
+    let denied = eventually("an exec-denied entry naming the package's rule", Duration::from_secs(10), || {
+        audit_entry(&d, "exec-denied", "wechat-deb")
+    });
+    assert!(denied.to_string().contains(helper.to_str().unwrap()), "{denied}");
+    assert_eq!(run(&plugin_exe), Ok(true), "the dependent package's own program runs");
+    drop(d);
+}
