@@ -184,6 +184,9 @@ impl OwnedPaths {
 /// [`judge_exec`] is the real one; tests inject a slow one.
 pub type Judge = dyn Fn(&RuleSet, &mut File, &Path) -> std::io::Result<Judgement> + Send + Sync;
 
+/// Says whether the gate has applied a rule set ([`ExecGate::policy_applied`]).
+pub type PolicyApplied = dyn Fn(&Arc<RuleSet>) -> bool + Send + Sync;
+
 /// Names what must never be denied or killed (essential packages, package managers, the agent).
 pub type Protected = dyn Fn(&Path) -> bool + Send + Sync;
 
@@ -849,6 +852,17 @@ impl ExecGate {
 
     pub fn stats(&self) -> GateStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether the kernel-cached verdicts of every rule set before `rules` are gone (the
+    /// gate's rule-set watcher flushes them shortly after a new set is published). The
+    /// running-process scan waits for this, so a process started through a stale kernel-cached
+    /// allow before the flush is already running when the scan lists the processes.
+    pub fn policy_applied(&self) -> Arc<PolicyApplied> {
+        let s = self.shared.clone();
+        Arc::new(move |rules: &Arc<RuleSet>| {
+            Arc::ptr_eq(&s.ignores.lock().unwrap_or_else(|e| e.into_inner()).rules, rules)
+        })
     }
 
     /// Replaces the needs-admin packages' files whose execs are denied. Like a rule-set change,

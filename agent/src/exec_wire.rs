@@ -338,9 +338,13 @@ pub fn start(
     let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
     let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
     let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
-    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, evidence));
+    let applied = gate.policy_applied();
+    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, applied, evidence));
     Ok((gate, task, handle))
 }
+
+/// Whether the gate has applied a rule set ([`ExecGate::policy_applied`]).
+type Applied = Arc<crate::exec_gate::PolicyApplied>;
 
 /// Relays gate events to the core loop, and (in its own task, so a long scan never holds up
 /// the gate's evidence) scans the running processes at start-up and after every rule-set
@@ -349,9 +353,10 @@ async fn relay(
     mut gate_rx: mpsc::Receiver<GateEvent>,
     rules: watch::Receiver<Arc<RuleSet>>,
     protected: Arc<Protected>,
+    applied: Applied,
     evidence: mpsc::Sender<ExecInput>,
 ) {
-    let sweeper = tokio::spawn(scans(rules, protected, evidence.clone()));
+    let sweeper = tokio::spawn(scans(rules, protected, applied, evidence.clone()));
     while let Some(ev) = gate_rx.recv().await {
         if let Some(a) = audit_of(ev) {
             if evidence.send(ExecInput::Audit(a)).await.is_err() {
@@ -365,12 +370,26 @@ async fn relay(
 /// One scan at start-up and one after each change of the published rule set (changes during a
 /// scan are coalesced into one more), each on a blocking thread; the core loop decides the
 /// kills.
-async fn scans(mut rules: watch::Receiver<Arc<RuleSet>>, protected: Arc<Protected>, evidence: mpsc::Sender<ExecInput>) {
+async fn scans(
+    mut rules: watch::Receiver<Arc<RuleSet>>,
+    protected: Arc<Protected>,
+    applied: Applied,
+    evidence: mpsc::Sender<ExecInput>,
+) {
     // The start-up scan: the value in force counts as changed.
     rules.mark_changed();
     let hashes = Arc::new(SweepHashes::default());
     while rules.changed().await.is_ok() {
         let current = rules.borrow_and_update().clone();
+        // Scan only once the gate has dropped the kernel-cached verdicts of older rule sets
+        // (a thread wake-up after publication; bounded, and a newer set supersedes this one).
+        let waiting = std::time::Instant::now();
+        while !applied(&current) && waiting.elapsed() < std::time::Duration::from_secs(1) {
+            if rules.has_changed().unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let (p, h, r) = (protected.clone(), hashes.clone(), current.clone());
         let scan = tokio::task::spawn_blocking(move || {
             let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
