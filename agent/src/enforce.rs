@@ -7,6 +7,8 @@
 //! - A policy update whose acts (file quarantines and package removals together) exceed
 //!   `max_actions_per_update` acts on none of them until `embargoctl confirm`; apps that arrive
 //!   afterwards are decided as usual. The configured mode is never changed to hold actions back.
+//!   The exec gate's kills of running banned processes count on top (`on_scan`): over the cap
+//!   none is killed until `confirm`.
 //! - The rule set in force is published (`rules_tx`) whenever it changes, so other threads
 //!   decide with the same rules without waiting behind a rescan.
 
