@@ -25,8 +25,8 @@ pub enum Event {
     Control(Call),
     /// A package read or removal done on the package worker (`worker`), off this loop.
     Packages(crate::source::packages::Done),
-    /// Evidence from the exec gate and the running-process sweep (`exec_wire`).
-    Evidence(crate::evidence::AuditEvent),
+    /// Evidence from the exec gate, and the running-process scans (`exec_wire`).
+    Evidence(crate::exec_wire::ExecInput),
 }
 
 /// The receiving ends of every producer.
@@ -34,8 +34,9 @@ pub struct Inputs {
     pub fs: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     pub sync: mpsc::UnboundedReceiver<Box<crate::sync::Report>>,
     pub control: mpsc::Receiver<Call>,
-    /// Audit events from the exec gate's relay task (`None` when `[exec]` is off).
-    pub evidence: Option<mpsc::Receiver<crate::evidence::AuditEvent>>,
+    /// Audit events and process scans from the exec gate's relay task (`None` when `[exec]` is
+    /// off).
+    pub evidence: Option<mpsc::Receiver<crate::exec_wire::ExecInput>>,
 }
 
 /// Most filesystem events handled in one loop turn (the rest wait for the next turn, so a flood
@@ -177,7 +178,7 @@ pub async fn run(mut state: Enforcer, mut inputs: Inputs, shutdown: impl std::fu
             Event::Sync(report) => state.on_sync(*report),
             Event::Control(Call { request, uid, reply }) => state.on_control(request, uid, reply),
             Event::Packages(done) => state.on_packages(done),
-            Event::Evidence(e) => state.evidence.emit(e),
+            Event::Evidence(e) => state.on_exec(e),
         }
         trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER_QUIET);
     }

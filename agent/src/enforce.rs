@@ -7,6 +7,8 @@
 //! - A policy update whose acts (file quarantines and package removals together) exceed
 //!   `max_actions_per_update` acts on none of them until `embargoctl confirm`; apps that arrive
 //!   afterwards are decided as usual. The configured mode is never changed to hold actions back.
+//!   The exec gate's kills of running banned processes count on top (`on_scan`): over the cap
+//!   none is killed until `confirm`.
 //! - The rule set in force is published (`rules_tx`) whenever it changes, so other threads
 //!   decide with the same rules without waiting behind a rescan.
 
@@ -47,6 +49,9 @@ pub struct Held {
     /// acted on, until `confirm`. A file renamed, written or created since has a later change
     /// time (users cannot set it back) and is acted on as any arrival.
     pub beyond_before: Option<(i64, i64)>,
+    /// Running banned processes (the exec gate's scan), killed on `confirm` if they still run
+    /// the judged executable.
+    pub processes: Vec<crate::running::Target>,
 }
 
 /// The pass after a policy update, counting the acts on files beyond the inventory bound
@@ -61,7 +66,7 @@ struct Counting {
 
 impl Held {
     pub fn len(&self) -> usize {
-        self.files.len() + self.packages.len() + self.beyond
+        self.files.len() + self.packages.len() + self.beyond + self.processes.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -90,6 +95,8 @@ pub struct Enforcer {
     /// The exec gate, when `[exec] enabled` (its counters go into `status`; dropping the
     /// enforcer stops it).
     pub(crate) exec_gate: Option<crate::exec_gate::ExecGate>,
+    /// The exec gate's protected set, refreshed after every package read.
+    pub(crate) exec_protected: Option<crate::exec_wire::ProtectedPaths>,
     /// The fleet reporter's state (pending reports, last accepted), when `[report]` is set.
     pub reports: Option<Arc<std::sync::Mutex<crate::report::Shared>>>,
     pub(crate) held: Held,
@@ -133,6 +140,14 @@ pub struct Enforcer {
     pending_update: Option<Instant>,
     /// The pass after a policy update, while it counts files beyond the inventory bound.
     counting: Option<Counting>,
+    /// The last policy update's acts: its rule set, the files and packages it acts on (or
+    /// holds), and whether it was held; the running-process scan of that rule set counts its
+    /// kills on top (`on_scan`).
+    last_update: Option<(Arc<RuleSet>, usize, usize, bool)>,
+    /// A scan that arrived while its update still waited for package reads.
+    pending_scan: Option<(Arc<RuleSet>, crate::running::Scan)>,
+    /// The needs-admin packages (root, name, version, rule) whose files the exec gate denies.
+    needs_admin: Vec<(PathBuf, String, String, String)>,
 }
 
 impl Enforcer {
@@ -182,6 +197,10 @@ impl Enforcer {
             store,
             evidence,
             exec_gate: None,
+            exec_protected: None,
+            last_update: None,
+            pending_scan: None,
+            needs_admin: Vec::new(),
             reports: None,
             held: Held::default(),
             exempt,
@@ -394,6 +413,7 @@ impl Enforcer {
                 apps: self.held.len(),
                 files: self.held.files.len() + self.held.beyond,
                 packages: self.held.packages.len(),
+                processes: self.held.processes.len(),
                 cap: self.cfg.max_actions_per_update,
             });
         }
@@ -893,7 +913,13 @@ impl Enforcer {
                 r.reading = false;
                 r.read_once = true;
                 let todo = match result {
-                    Ok(read) => r.apply_read(read, &rules, &self.rules),
+                    Ok(read) => {
+                        let todo = r.apply_read(read, &rules, &self.rules);
+                        if let Some(p) = &self.exec_protected {
+                            p.refresh_root(r.manager, &r.root, r.packages.values().map(|it| &it.installed));
+                        }
+                        todo
+                    }
                     Err(e) => {
                         tracing::warn!(root = %r.root.display(), error = %e, "cannot read the package database");
                         Vec::new()
@@ -928,6 +954,7 @@ impl Enforcer {
             }
             packages::Done::Unsuspended { id, result, uid, reply } => self.on_unsuspended(id, result, uid, reply),
         }
+        self.publish_needs_admin();
     }
 
     /// Decides for one package whose verdict needs acting on; acts (a removal: hands it to the
@@ -1107,20 +1134,130 @@ impl Enforcer {
                 apps: acts,
                 files: file_acts.len(),
                 packages: pkg_acts.len(),
+                processes: 0,
                 cap: self.cfg.max_actions_per_update,
             });
+            self.last_update = Some((self.rules.clone(), file_acts.len(), pkg_acts.len(), true));
             self.held = Held {
                 files: file_acts.into_iter().collect(),
                 packages: pkg_acts.into_iter().collect(),
                 beyond: 0,
                 beyond_before: Some(at),
+                processes: Vec::new(),
             };
+        } else {
+            self.last_update = Some((self.rules.clone(), file_acts.len(), pkg_acts.len(), false));
         }
         for (i, name) in pkg_todo {
             self.enforce_package(i, &name, since);
         }
         self.rescan_all(since);
         self.end_counting_if_done();
+        self.publish_needs_admin();
+        if let Some((rules, scan)) = self.pending_scan.take() {
+            self.on_scan(rules, scan);
+        }
+    }
+
+    /// Hands the exec gate the files of every banned package the agent could not remove
+    /// ("needs admin"), when that list changed: their execs are denied naming the rule.
+    fn publish_needs_admin(&mut self) {
+        let Some(gate) = &self.exec_gate else { return };
+        let mut now = Vec::new();
+        for r in &self.packages.roots {
+            for (name, it) in &r.packages {
+                if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
+                    now.push((r.root.clone(), name.clone(), it.installed.package.version.clone(), v.rule.clone()));
+                }
+            }
+        }
+        if now == self.needs_admin {
+            return;
+        }
+        let mut owned = crate::exec_gate::OwnedPaths::default();
+        'roots: for r in &self.packages.roots {
+            for (name, it) in &r.packages {
+                if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
+                    if !crate::exec_wire::needs_admin_paths(r.manager, &r.root, &it.installed, &v.rule, &mut owned) {
+                        tracing::warn!(
+                            package = %name,
+                            bound = crate::exec_wire::MAX_OWNED_PATHS,
+                            "exec gate: too many files of needs-admin packages; the rest are not denied by path"
+                        );
+                        break 'roots;
+                    }
+                }
+            }
+        }
+        tracing::info!(packages = now.len(), paths = owned.len(), "exec gate: files of needs-admin packages denied");
+        gate.set_owned_paths(owned);
+        self.needs_admin = now;
+    }
+
+    /// Input from the exec side: gate evidence, or a scan of the running processes.
+    pub fn on_exec(&mut self, input: crate::exec_wire::ExecInput) {
+        match input {
+            crate::exec_wire::ExecInput::Audit(e) => self.evidence.emit(*e),
+            crate::exec_wire::ExecInput::Scan { rules, scan } => self.on_scan(rules, scan),
+        }
+    }
+
+    /// The running processes the rule set bans: their kills count against the action cap of
+    /// the policy update that published it, on top of its file and package acts. Within the
+    /// cap they are killed now; over it (or when the update was held anyway) none is, they are
+    /// held for `confirm` ("needs confirmation"). The update's files and packages are not
+    /// waited for the scan (a scan can take seconds): they were acted on (or held) by their own
+    /// count, which is at most the cap. A scan with no update (start-up) counts alone.
+    fn on_scan(&mut self, rules: Arc<RuleSet>, scan: crate::running::Scan) {
+        if !Arc::ptr_eq(&rules, &self.rules) {
+            return; // A newer rule set's scan follows.
+        }
+        if self.pending_update.is_some() {
+            self.pending_scan = Some((rules, scan));
+            return;
+        }
+        let (files, packages, held) = match &self.last_update {
+            Some((r, f, p, h)) if Arc::ptr_eq(r, &rules) => (*f, *p, *h),
+            _ => (0, 0, false),
+        };
+        let cap = self.cfg.max_actions_per_update;
+        let kills = scan.targets.len();
+        if self.cfg.mode == Mode::Monitor || kills == 0 || (!held && decide::within_cap(files + packages + kills, cap))
+        {
+            let mode = if self.cfg.mode == Mode::Monitor {
+                crate::exec_gate::GateMode::Monitor
+            } else {
+                crate::exec_gate::GateMode::Enforce
+            };
+            for e in crate::exec_wire::stop_now(scan, mode) {
+                self.evidence.emit(e);
+            }
+            return;
+        }
+        let acts = files + packages + kills;
+        tracing::warn!(
+            apps = acts,
+            files,
+            packages,
+            processes = kills,
+            cap,
+            "policy update exceeds the action cap: killing none (needs confirmation)"
+        );
+        if !held {
+            self.evidence.emit(AuditEvent::NeedsConfirmation {
+                apps: acts,
+                files: 0,
+                packages: 0,
+                processes: kills,
+                cap,
+            });
+        }
+        let why =
+            format!("needs confirmation: the policy update's acts ({acts}) exceed max_actions_per_update ({cap})");
+        for e in crate::exec_wire::hold_events(&scan, &why) {
+            self.evidence.emit(e);
+        }
+        self.held.processes = scan.targets;
     }
 
     /// Acts on everything the last update held back. Returns how many apps that was.
@@ -1147,6 +1284,10 @@ impl Enforcer {
         if held.beyond_before.is_some() {
             self.counting = None;
             self.rescan_all(since);
+        }
+        for t in held.processes {
+            let e = crate::exec_wire::confirm_kill(t);
+            self.evidence.emit(e);
         }
         n
     }

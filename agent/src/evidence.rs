@@ -52,7 +52,15 @@ pub enum AuditEvent {
     /// A sync attempt failed; the last verified policy stays in force.
     SyncFailed { kind: String, message: String },
     /// A policy update would act on more apps than the cap allows: it acts on none.
-    NeedsConfirmation { apps: usize, files: usize, packages: usize, cap: usize },
+    NeedsConfirmation {
+        apps: usize,
+        files: usize,
+        packages: usize,
+        /// Running banned processes (the exec gate's sweep) held with them.
+        #[serde(default)]
+        processes: usize,
+        cap: usize,
+    },
     /// An admin confirmed the held-back update.
     Confirmed { apps: usize, uid: u32 },
     /// A verdict acted on (or recorded) for one app.
@@ -240,7 +248,7 @@ mod tests {
             app_version: None,
         };
         ev.emit(AuditEvent::Action { record, sha256: None, mode: "enforce".into(), outcome: Outcome::Quarantined });
-        ev.emit(AuditEvent::NeedsConfirmation { apps: 3, files: 1, packages: 2, cap: 2 });
+        ev.emit(AuditEvent::NeedsConfirmation { apps: 3, files: 1, packages: 2, processes: 0, cap: 2 });
         assert_eq!(ev.counters.quarantined, 1);
         assert_eq!(ev.last_actions.0.len(), 1);
         let entries = crate::audit::read_entries(&path).unwrap();

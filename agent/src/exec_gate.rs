@@ -108,6 +108,10 @@ pub struct GateConfig {
     /// costs one wake-up per exec otherwise, and the gate never denies them (they are
     /// protected, and `ld.so /path/file` maps the file without an exec event of its own).
     pub pass_through: Vec<PathBuf>,
+    /// Let the kernel remember allowed verdicts (an inode ignore mark per allowed file, see
+    /// "The kernel cache" in docs/exec-gate.md): repeated execs of an allowed file owned by root
+    /// and writable by no one else, on a local filesystem, then never wake the gate at all.
+    pub kernel_cache: bool,
 }
 
 impl Default for GateConfig {
@@ -123,6 +127,7 @@ impl Default for GateConfig {
             exempt_children: true,
             reader_nice: -14,
             pass_through: Vec::new(),
+            kernel_cache: true,
         }
     }
 }
@@ -141,9 +146,46 @@ pub enum Judgement {
     },
 }
 
+/// Files of banned packages the agent could not remove ("needs admin"), by path: an exec of
+/// one is denied naming the package's rule, whatever the file holds. Matched against the path
+/// of the exec's opened fd (as this process's mount namespace names it), so a reinstall of the
+/// same package (new inodes, same paths) is denied too; a copy elsewhere is not (hash rules are
+/// for that).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OwnedPaths {
+    /// Files (exact paths) and the rule that bans their package.
+    pub files: HashMap<PathBuf, String>,
+    /// Directories everything beneath which is the package's (a flatpak or snap deployment).
+    pub dirs: HashMap<PathBuf, String>,
+}
+
+impl OwnedPaths {
+    /// The rule whose needs-admin package owns `path`.
+    pub fn rule_for(&self, path: &Path) -> Option<&str> {
+        if let Some(r) = self.files.get(path) {
+            return Some(r);
+        }
+        if self.dirs.is_empty() {
+            return None;
+        }
+        path.ancestors().skip(1).find_map(|a| self.dirs.get(a)).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len() + self.dirs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Decides one file from its opened fd and the path it was executed by (for names only).
 /// [`judge_exec`] is the real one; tests inject a slow one.
 pub type Judge = dyn Fn(&RuleSet, &mut File, &Path) -> std::io::Result<Judgement> + Send + Sync;
+
+/// Says whether the gate has applied a rule set ([`ExecGate::policy_applied`]).
+pub type PolicyApplied = dyn Fn(&Arc<RuleSet>) -> bool + Send + Sync;
 
 /// Names what must never be denied or killed (essential packages, package managers, the agent).
 pub type Protected = dyn Fn(&Path) -> bool + Send + Sync;
@@ -257,6 +299,11 @@ pub struct GateStats {
     pub events_dropped: u64,
     pub marks: u64,
     pub policy_updates: u64,
+    /// Allowed files whose next execs the kernel lets through without an event (ignore marks
+    /// placed since start).
+    pub kernel_cached: u64,
+    /// Times every kernel-cached verdict was dropped (a rule-set change, or the bound reached).
+    pub kernel_flushes: u64,
 }
 
 #[derive(Default)]
@@ -277,6 +324,8 @@ struct Counters {
     events_dropped: AtomicU64,
     marks: AtomicU64,
     policy_updates: AtomicU64,
+    kernel_cached: AtomicU64,
+    kernel_flushes: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -303,6 +352,8 @@ impl Counters {
             events_dropped: g(&self.events_dropped),
             marks: g(&self.marks),
             policy_updates: g(&self.policy_updates),
+            kernel_cached: g(&self.kernel_cached),
+            kernel_flushes: g(&self.kernel_flushes),
         }
     }
 }
@@ -402,6 +453,33 @@ fn stamp_of(st: &rustix::fs::Stat) -> (FileKey, Stamp) {
     )
 }
 
+/// Whether the kernel may remember an allow for this file (see [`Shared::kernel_cache`]): a
+/// regular file owned by root that neither its group nor others may write, so only root can
+/// change what it holds.
+fn only_root_writes(st: &rustix::fs::Stat) -> bool {
+    let mode = st.st_mode;
+    mode & 0o170000 == 0o100000 && st.st_uid == 0 && mode & 0o022 == 0
+}
+
+/// Filesystems whose files change only through this kernel's write paths, each of which raises
+/// the modify event that clears an ignore mark: ext2/3/4, xfs, btrfs, tmpfs, f2fs (and the
+/// read-only squashfs and iso9660). FUSE, network and overlay filesystems can change a file
+/// behind the kernel's back, so their files are never kernel-cached.
+fn local_fs(fd: BorrowedFd<'_>) -> bool {
+    const LOCAL: &[i64] = &[
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x7371_7368, // squashfs
+        0x9660,      // iso9660
+    ];
+    // `f_type`'s integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(fd).is_ok_and(|f| LOCAL.contains(&(f.f_type as i64)))
+}
+
 fn is_racy(s: &Stamp) -> bool {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let ctime = Duration::new(s.ctime.0.max(0) as u64, s.ctime.1.clamp(0, 999_999_999) as u32);
@@ -410,6 +488,8 @@ fn is_racy(s: &Stamp) -> bool {
 
 struct Cache {
     generation: u64,
+    /// The generation of the needs-admin paths the entries were judged under.
+    owned_gen: u64,
     map: HashMap<FileKey, (Stamp, Arc<Judgement>)>,
 }
 
@@ -433,6 +513,18 @@ struct Job {
     generation: u64,
     key: FileKey,
     stamp: Stamp,
+    /// Owned by root and writable by no one else (see [`only_root_writes`]).
+    only_root_writes: bool,
+    /// The needs-admin paths' generation when the event was read.
+    owned_gen: u64,
+}
+
+/// The kernel cache: the rule set its ignore marks were placed under, and how many were placed
+/// since the last flush.
+struct Ignores {
+    rules: Arc<RuleSet>,
+    owned_gen: u64,
+    count: usize,
 }
 
 struct Shared {
@@ -448,6 +540,10 @@ struct Shared {
     /// The marks; closed (and flushed) when the reader stops, so no event can arrive that no
     /// one reads.
     marks: Mutex<Marks>,
+    ignores: Mutex<Ignores>,
+    /// Needs-admin packages' files ([`ExecGate::set_owned_paths`]) and their generation.
+    owned: std::sync::RwLock<Arc<OwnedPaths>>,
+    owned_gen: AtomicU64,
 }
 
 impl Shared {
@@ -506,6 +602,81 @@ impl Shared {
                     let _ = self.fan.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW));
                 }
             }
+        }
+    }
+
+    /// Lets the kernel answer the next execs of an allowed file itself: an ignore mark for
+    /// `FAN_OPEN_EXEC_PERM` on its inode (evictable, so it never pins the inode), which the
+    /// kernel clears on the file's next modification (write, truncate, copy or clone into it)
+    /// and which we flush on every rule-set change. Only when the verdict was reached under the
+    /// rule set in force, the file is one only root can change ([`only_root_writes`]: a user
+    /// cannot write it through a shared mapping, which raises no modify event) and lives on a
+    /// local filesystem ([`local_fs`]).
+    fn kernel_cache(&self, fd: BorrowedFd<'_>, job: &Job) {
+        if !self.cfg.kernel_cache || !job.only_root_writes || !local_fs(fd) {
+            return;
+        }
+        let mut ig = self.ignores.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&ig.rules, &job.rules) || ig.owned_gen != job.owned_gen {
+            return;
+        }
+        if ig.count >= self.cfg.cache_entries.max(1) {
+            self.flush_ignores(&mut ig);
+            bump(&self.counters.cache_resets);
+        }
+        let mask = MaskFlags::FAN_OPEN_EXEC_PERM;
+        let add = MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK;
+        let placed = self
+            .fan
+            .mark(add | MarkFlags::FAN_MARK_EVICTABLE, mask, fd, None::<&str>)
+            .or_else(|_| self.fan.mark(add, mask, fd, None::<&str>));
+        if placed.is_err() {
+            return;
+        }
+        ig.count += 1;
+        // A write after the reader's fstat but before the mark raised its modify event before
+        // there was a mark to clear: look again (the stamp is older than RACY, so any such write
+        // changed it), and take the mark back if the file changed.
+        let same = rustix::fs::fstat(fd).is_ok_and(|st| {
+            let (key, stamp) = stamp_of(&st);
+            key == job.key && stamp == job.stamp && only_root_writes(&st)
+        });
+        if !same {
+            let remove = MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK;
+            if let Err(e) = self.fan.mark(remove, mask, fd, None::<&str>) {
+                // Cannot happen short of a kernel bug; dropping the whole kernel cache is safe.
+                tracing::error!(error = %e, "taking back a kernel-cached verdict; flushing them all");
+                self.flush_ignores(&mut ig);
+            }
+            return;
+        }
+        bump(&self.counters.kernel_cached);
+    }
+
+    /// Drops every kernel-cached verdict (the group's inode marks), then puts the pass-through
+    /// marks back. Called with the `ignores` lock held.
+    fn flush_ignores(&self, ig: &mut Ignores) {
+        match File::open("/") {
+            Ok(root) => {
+                if let Err(e) = self.fan.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), &root, None::<&str>) {
+                    tracing::error!(error = %e, "flushing the kernel-cached verdicts");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "flushing the kernel-cached verdicts: open /"),
+        }
+        for path in &self.cfg.pass_through {
+            pass_through(self, path);
+        }
+        ig.count = 0;
+        bump(&self.counters.kernel_flushes);
+    }
+
+    /// A new rule set is published: no verdict of the old one may stay with the kernel.
+    fn policy_changed(&self, rules: Arc<RuleSet>) {
+        let mut ig = self.ignores.lock().unwrap_or_else(|e| e.into_inner());
+        ig.rules = rules;
+        if ig.count > 0 {
+            self.flush_ignores(&mut ig);
         }
     }
 
@@ -583,6 +754,8 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 pub struct ExecGate {
     shared: Arc<Shared>,
     stop: Arc<OwnedFd>,
+    /// Stops the rule-set watcher (dropping it does too).
+    stop_policy: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -633,13 +806,16 @@ impl ExecGate {
             fan,
             cfg: cfg.clone(),
             counters: Counters::default(),
-            cache: Mutex::new(Cache { generation: 0, map: HashMap::new() }),
+            cache: Mutex::new(Cache { generation: 0, owned_gen: 0, map: HashMap::new() }),
             judge,
             protected,
             events,
             self_pid: std::process::id() as i32,
             stopping: AtomicBool::new(false),
             marks: Mutex::new(Marks::default()),
+            ignores: Mutex::new(Ignores { rules: current.clone(), owned_gen: 0, count: 0 }),
+            owned: std::sync::RwLock::new(Arc::new(OwnedPaths::default())),
+            owned_gen: AtomicU64::new(0),
         });
         update_marks(&shared)?;
         for path in &cfg.pass_through {
@@ -661,16 +837,51 @@ impl ExecGate {
             let (s, stop) = (shared.clone(), stop.clone());
             threads.push(spawn("gate-mounts", Box::new(move || watch_mounts(&s, &stop)))?);
         }
+        let (stop_policy, policy_stopped) = tokio::sync::oneshot::channel();
+        {
+            let (s, rules) = (shared.clone(), rules.clone());
+            threads.push(spawn("gate-policy", Box::new(move || watch_policy(&s, rules, policy_stopped)))?);
+        }
         {
             let (s, stop) = (shared.clone(), stop.clone());
             let reader = Reader { shared: s, rules, current, generation: 0, jobs: job_tx, pending: VecDeque::new() };
             threads.push(spawn("gate-reader", Box::new(move || reader.run(&stop)))?);
         }
-        Ok(ExecGate { shared, stop, threads })
+        Ok(ExecGate { shared, stop, stop_policy: Some(stop_policy), threads })
     }
 
     pub fn stats(&self) -> GateStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether the kernel-cached verdicts of every rule set before `rules` are gone (the
+    /// gate's rule-set watcher flushes them shortly after a new set is published). The
+    /// running-process scan waits for this, so a process started through a stale kernel-cached
+    /// allow before the flush is already running when the scan lists the processes.
+    pub fn policy_applied(&self) -> Arc<PolicyApplied> {
+        let s = self.shared.clone();
+        Arc::new(move |rules: &Arc<RuleSet>| {
+            Arc::ptr_eq(&s.ignores.lock().unwrap_or_else(|e| e.into_inner()).rules, rules)
+        })
+    }
+
+    /// Replaces the needs-admin packages' files whose execs are denied. Like a rule-set change,
+    /// it drops every cached verdict (ours and the kernel's) before it returns, so no exec
+    /// after this call is answered from a verdict reached without it.
+    pub fn set_owned_paths(&self, owned: OwnedPaths) {
+        let s = &self.shared;
+        let mut ig = s.ignores.lock().unwrap_or_else(|e| e.into_inner());
+        *s.owned.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(owned);
+        let gen = s.owned_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut c = s.cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.map.clear();
+            c.owned_gen = gen;
+        }
+        ig.owned_gen = gen;
+        if ig.count > 0 {
+            s.flush_ignores(&mut ig);
+        }
     }
 
     /// Answers what is pending (allow), stops the threads and closes the group.
@@ -681,6 +892,7 @@ impl ExecGate {
     fn shutdown(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        drop(self.stop_policy.take());
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -819,7 +1031,8 @@ impl Reader {
         }
         bump(&s.counters.events);
         let pid = ev.pid();
-        let p = Arc::new(Pending { event: ev, pid, deadline: Instant::now() + s.cfg.deadline, answered: false.into() });
+        // The deadline is set when the event goes to the queue; cache hits need no clock.
+        let mut p = Pending { event: ev, pid, deadline: Instant::now(), answered: false.into() };
         if pid == s.self_pid {
             bump(&s.counters.own_pid);
             s.respond(&p, Answer::Allow);
@@ -858,7 +1071,17 @@ impl Reader {
             return true;
         }
         bump(&s.counters.cache_misses);
-        let job = Job { pending: p.clone(), rules: self.current.clone(), generation: self.generation, key, stamp };
+        p.deadline = Instant::now() + s.cfg.deadline;
+        let p = Arc::new(p);
+        let job = Job {
+            pending: p.clone(),
+            rules: self.current.clone(),
+            generation: self.generation,
+            key,
+            stamp,
+            only_root_writes: only_root_writes(&st),
+            owned_gen: s.owned_gen.load(Ordering::Acquire),
+        };
         match self.jobs.try_send(job) {
             Ok(()) => self.pending.push_back(p),
             Err(_) => {
@@ -869,6 +1092,36 @@ impl Reader {
         }
         true
     }
+}
+
+/// Flushes the kernel-cached verdicts as soon as a new rule set is published (the reader only
+/// sees the change on its next event, and execs of kernel-cached files raise none).
+fn watch_policy(s: &Shared, mut rules: watch::Receiver<Arc<RuleSet>>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Without the watcher no verdict may be left to the kernel.
+            tracing::error!(error = %e, "exec gate: cannot watch the rule set; the kernel cache is off");
+            let mut ig = s.ignores.lock().unwrap_or_else(|e| e.into_inner());
+            ig.rules = Arc::new(RuleSet::compile(Vec::new(), &[]));
+            s.flush_ignores(&mut ig);
+            return;
+        }
+    };
+    rt.block_on(async {
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                changed = rules.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = rules.borrow_and_update().clone();
+                    s.policy_changed(current);
+                }
+            }
+        }
+    });
 }
 
 /// Sets this thread's nice value (Linux keeps one per thread); failures only cost latency.
@@ -898,12 +1151,17 @@ fn worker(s: &Shared, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
         }
         let p = &job.pending;
         let path = fd_path(p.fd());
-        let verdict = p.fd().try_clone_to_owned().map(File::from).and_then(|mut file| {
-            HASHED.with(|h| h.set(false));
-            let judge = &s.judge;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(&job.rules, &mut file, &path)))
-                .unwrap_or_else(|_| Err(std::io::Error::other("the judge panicked")))
-        });
+        HASHED.with(|h| h.set(false));
+        let owned_rule = s.owned.read().unwrap_or_else(|e| e.into_inner()).rule_for(&path).map(str::to_owned);
+        let verdict = match owned_rule {
+            Some(rule) => Ok(Judgement::Deny { rule }),
+            None => p.fd().try_clone_to_owned().map(File::from).and_then(|mut file| {
+                HASHED.with(|h| h.set(false));
+                let judge = &s.judge;
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(&job.rules, &mut file, &path)))
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the judge panicked")))
+            }),
+        };
         if HASHED.with(|h| h.get()) {
             bump(&s.counters.hashed);
         }
@@ -913,12 +1171,16 @@ fn worker(s: &Shared, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
                 // Cached before answering, so the process's next exec already finds it.
                 if !is_racy(&job.stamp) {
                     let mut c = s.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    if c.generation == job.generation {
+                    if c.generation == job.generation && c.owned_gen == job.owned_gen {
                         if c.map.len() >= s.cfg.cache_entries.max(1) {
                             c.map.clear();
                             bump(&s.counters.cache_resets);
                         }
-                        c.map.insert(job.key, (job.stamp, Arc::new(j)));
+                        c.map.insert(job.key, (job.stamp, Arc::new(j.clone())));
+                    }
+                    drop(c);
+                    if j == Judgement::Allow {
+                        s.kernel_cache(p.fd(), &job);
                     }
                 }
                 let answered = s.respond(p, answer);

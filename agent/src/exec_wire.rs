@@ -2,9 +2,11 @@
 //!
 //! `lib.rs::run_with_clock` calls [`start`] when `[exec] enabled = true`: the gate
 //! (`exec_gate::ExecGate`) decides with a `subscribe()`d receiver of the published rule set, and
-//! a small task turns its `GateEvent`s, and the reports of the sweep (`running::sweep`, run on a
-//! blocking thread at start-up and after every change of the published rule set), into
-//! `AuditEvent`s that it sends to the core loop, which feeds them to the evidence sinks.
+//! a small task turns its `GateEvent`s into `AuditEvent`s and sends them, with the scans of the
+//! running processes (`running::scan`, on a blocking thread at start-up and after every change
+//! of the published rule set), to the core loop ([`ExecInput`]). The core loop decides the kills
+//! (they count against the policy update's action cap), refreshes the [`ProtectedPaths`] after
+//! package reads and hands the gate the needs-admin packages' files ([`needs_admin_paths`]).
 //! The gate itself is owned by the `Enforcer` (its counters go into `status`); dropping the
 //! enforcer at shutdown stops the gate and flushes its marks.
 
@@ -15,46 +17,239 @@ use std::sync::Arc;
 use embargo_policy::matcher::RuleSet;
 use tokio::sync::{mpsc, watch};
 
+use embargo_policy::app::Kind;
+
 use crate::config::{Config, Mode};
 use crate::evidence::AuditEvent;
 use crate::exec_gate::{
     judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, Protected,
     SpareReason,
 };
-use crate::running::{StopReason, SweepReport};
+use crate::running::{Scan, StopReason, SweepReport, Target};
+use crate::source::package::{InstalledPackage, PackageManager};
 
-/// What must never be denied or killed, as absolute paths: the agent's own executable, the
-/// programs of the package managers and of every package the package sources call protected
-/// (dpkg: Essential, Priority: required, the package managers, the agent), each also under its
-/// canonical name (a merged /usr lists `/bin/sh`, the kernel names `/usr/bin/sh`).
-/// Read once at start-up; only the host's dpkg database is read (rpm, flatpak and snap
-/// protections are not in this set yet: docs/exec-gate.md).
-pub fn protected_paths() -> HashSet<PathBuf> {
-    let mut set = HashSet::new();
-    let mut add = |p: PathBuf| {
-        if let Ok(c) = std::fs::canonicalize(&p) {
-            set.insert(c);
-        }
-        set.insert(p);
-    };
-    if let Ok(me) = std::env::current_exe() {
-        add(me);
+/// What must never be denied or killed: absolute paths, each an executable or a directory
+/// everything beneath which is protected (a flatpak or snap deployment).
+#[derive(Debug, Default, Clone)]
+pub struct ProtectedSet {
+    paths: HashSet<PathBuf>,
+}
+
+impl ProtectedSet {
+    /// Whether `path` or a directory it lies in is protected.
+    pub fn contains(&self, path: &Path) -> bool {
+        path.ancestors().any(|a| self.paths.contains(a))
     }
-    // Package managers by their usual paths, whether or not their package is known.
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Adds `p`, and its canonical name when that differs (a merged /usr lists `/bin/sh`, the
+    /// kernel names `/usr/bin/sh`). The root directory itself is never added.
+    fn add(&mut self, p: PathBuf) {
+        if p.parent().is_none() || p.as_os_str().is_empty() {
+            return;
+        }
+        if let Ok(c) = std::fs::canonicalize(&p) {
+            if c.parent().is_some() {
+                self.paths.insert(c);
+            }
+        }
+        self.paths.insert(p);
+    }
+
+    fn extend(&mut self, other: &ProtectedSet) {
+        self.paths.extend(other.paths.iter().cloned());
+    }
+}
+
+/// The files (absolute, as this process names them) of the packages under `root` that
+/// `manager` calls protected: for dpkg and rpm their executables, for flatpak and snap their
+/// deployments (protected whole).
+pub fn protected_of<'a>(
+    manager: &dyn PackageManager,
+    root: &Path,
+    packages: impl IntoIterator<Item = &'a InstalledPackage>,
+) -> ProtectedSet {
+    let mut set = ProtectedSet::default();
+    for p in packages.into_iter().filter(|p| manager.protected(&p.package).is_some()) {
+        for f in &p.files {
+            set.add(root.join(f.trim_start_matches('/')));
+        }
+    }
+    set
+}
+
+/// What is protected whatever the packages say: the agent's own executable and the package
+/// managers by their usual paths, whether or not their package is known.
+pub fn base_protected() -> ProtectedSet {
+    let mut set = ProtectedSet::default();
+    if let Ok(me) = std::env::current_exe() {
+        set.add(me);
+    }
     for name in ["dpkg", "apt", "apt-get", "rpm", "dnf", "yum", "zypper", "flatpak", "snap", "snapd", "embargod"] {
         for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/lib/snapd"] {
-            add(Path::new(dir).join(name));
+            set.add(Path::new(dir).join(name));
         }
     }
-    let root = Path::new("/");
-    if let Ok(pkgs) = crate::source::dpkg::installed(root) {
-        for p in pkgs.iter().filter(|p| crate::source::dpkg::protected(p).is_some()) {
-            for f in crate::source::package::executables_of(crate::source::dpkg::files(root, p)) {
-                add(PathBuf::from(f));
+    set
+}
+
+/// The protected set at start-up: [`base_protected`] and the protected packages of the host's
+/// own package databases (dpkg, rpm and snap at `/`, flatpak's system installation), each read
+/// with its manager's `protected`. The roots the agent watches are added as they are read
+/// ([`ProtectedPaths::refresh_root`]).
+pub fn protected_paths() -> ProtectedSet {
+    let mut set = base_protected();
+    for m in crate::source::package::MANAGERS {
+        let root = match m.kind() {
+            Kind::Deb | Kind::Rpm | Kind::Snap => Path::new("/"),
+            Kind::Flatpak => Path::new(crate::source::flatpak::SYSTEM_INSTALLATION),
+            _ => continue,
+        };
+        if !m.has_database(root) {
+            continue;
+        }
+        match m.installed(root) {
+            Ok(pkgs) => set.extend(&protected_of(*m, root, &pkgs)),
+            Err(e) => {
+                tracing::warn!(kind = %m.kind(), error = %e, "exec gate: cannot read the host's packages for the protected set")
             }
         }
     }
     set
+}
+
+/// The protected set the gate and the sweeps read, refreshed by the core loop whenever a
+/// watched package root is read again (the `Packages` event), not only at start-up.
+#[derive(Clone)]
+pub struct ProtectedPaths {
+    inner: Arc<std::sync::RwLock<Arc<ProtectedSet>>>,
+    /// The start-up set, and per watched root the protected packages (name, version) and their
+    /// files as last read.
+    sources: Arc<std::sync::Mutex<Sources>>,
+}
+
+#[derive(Default)]
+struct Sources {
+    start: ProtectedSet,
+    roots: std::collections::BTreeMap<PathBuf, (Vec<(String, String)>, ProtectedSet)>,
+}
+
+impl ProtectedPaths {
+    pub fn new(start: ProtectedSet) -> Self {
+        let current = Arc::new(start.clone());
+        Self {
+            inner: Arc::new(std::sync::RwLock::new(current)),
+            sources: Arc::new(std::sync::Mutex::new(Sources { start, roots: Default::default() })),
+        }
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> Arc<ProtectedSet> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn contains(&self, path: &Path) -> bool {
+        self.current().contains(path)
+    }
+
+    /// Root `root` of `manager` was read again: when its protected packages changed (by name
+    /// and version), recompute its part and publish the union. Returns whether the set changed.
+    pub fn refresh_root<'a>(
+        &self,
+        manager: &dyn PackageManager,
+        root: &Path,
+        packages: impl IntoIterator<Item = &'a InstalledPackage> + Clone,
+    ) -> bool {
+        let mut key: Vec<(String, String)> = packages
+            .clone()
+            .into_iter()
+            .filter(|p| manager.protected(&p.package).is_some())
+            .map(|p| (p.package.name.clone(), p.package.version.clone()))
+            .collect();
+        key.sort();
+        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if src.roots.get(root).is_some_and(|(k, _)| *k == key) {
+            return false;
+        }
+        let part = protected_of(manager, root, packages);
+        src.roots.insert(root.to_path_buf(), (key, part));
+        let mut all = src.start.clone();
+        for (_, part) in src.roots.values() {
+            all.extend(part);
+        }
+        tracing::info!(root = %root.display(), paths = all.len(), "exec gate: protected set refreshed");
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
+        true
+    }
+}
+
+/// Most needs-admin paths handed to the gate; past it the rest are left out (logged).
+pub const MAX_OWNED_PATHS: usize = 100_000;
+
+/// The paths of a banned package the agent could not remove, as the gate will see them, added
+/// to `out` under `rule`: for dpkg every file its list names (`info/<package>.list`; entries
+/// that other entries lie beneath are directories and left out), for rpm its executables, for
+/// flatpak and snap its deployment (everything beneath it). Each file is named with its parent
+/// directory made canonical (a merged /usr lists `/bin/x`, the kernel names `/usr/bin/x`) and
+/// its last component as listed (a symlink in the list is exec'd as its target, which the list
+/// names too). Returns false when [`MAX_OWNED_PATHS`] was reached.
+pub fn needs_admin_paths(
+    manager: &dyn PackageManager,
+    root: &Path,
+    p: &InstalledPackage,
+    rule: &str,
+    out: &mut crate::exec_gate::OwnedPaths,
+) -> bool {
+    let canonical = |f: &str| {
+        let full = root.join(f.trim_start_matches('/'));
+        match (full.parent().and_then(|d| std::fs::canonicalize(d).ok()), full.file_name()) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => full,
+        }
+    };
+    match manager.kind() {
+        Kind::Deb | Kind::Rpm => {
+            let listed = if manager.kind() == Kind::Deb {
+                crate::source::dpkg::files(root, &p.package)
+            } else {
+                p.files.clone()
+            };
+            let mut files = listed;
+            files.sort_unstable();
+            for (i, f) in files.iter().enumerate() {
+                let is_dir = files.get(i + 1).is_some_and(|next| {
+                    next.len() > f.len() && next.starts_with(f.as_str()) && next.as_bytes()[f.len()] == b'/'
+                });
+                if is_dir || f.trim_matches(['/', '.']).is_empty() {
+                    continue;
+                }
+                if out.len() >= MAX_OWNED_PATHS {
+                    return false;
+                }
+                out.files.insert(canonical(f), rule.to_owned());
+            }
+        }
+        _ => {
+            for f in &p.files {
+                if out.len() >= MAX_OWNED_PATHS {
+                    return false;
+                }
+                let full = root.join(f.trim_start_matches('/'));
+                let dir = std::fs::canonicalize(&full).unwrap_or(full);
+                if dir.parent().is_some() {
+                    out.dirs.insert(dir, rule.to_owned());
+                }
+            }
+        }
+    }
+    true
 }
 
 /// The gate's configuration from `[exec]` and the agent's mode.
@@ -73,38 +268,100 @@ pub fn gate_config(cfg: &Config) -> GateConfig {
     }
 }
 
+/// What the exec side sends the core loop.
+pub enum ExecInput {
+    /// Evidence of the gate (an exec denied, a deadline, …).
+    Audit(Box<AuditEvent>),
+    /// The running processes the rule set `rules` bans, found by a scan on a blocking thread.
+    /// The core loop stops them ([`stop_now`]) or holds them for `confirm`: the kills of a
+    /// policy update count against its action cap with the update's other acts.
+    Scan { rules: Arc<RuleSet>, scan: Scan },
+}
+
+/// Stops `scan`'s targets now (in monitor mode only records them); the audit events of that.
+pub fn stop_now(scan: Scan, mode: GateMode) -> Vec<AuditEvent> {
+    sweep_events(crate::running::stop(scan, mode, usize::MAX))
+}
+
+/// The audit events of targets held back for `confirm` (not killed; `why` says so), and the
+/// protected ones and errors logged.
+pub fn hold_events(scan: &Scan, why: &str) -> Vec<AuditEvent> {
+    let report = SweepReport {
+        scanned: scan.scanned,
+        spared: scan.spared.clone(),
+        errors: scan.errors.clone(),
+        ..Default::default()
+    };
+    let _ = sweep_events(report);
+    scan.targets
+        .iter()
+        .map(|t| AuditEvent::ProcessKilled {
+            pid: t.pid,
+            uid: t.uid,
+            exe: t.exe.display().to_string(),
+            rule: t.rule.clone(),
+            reason: stop_reason(&t.reason),
+            killed: false,
+            note: Some(why.to_owned()),
+        })
+        .collect()
+}
+
+/// Kills one target held back by the action cap, now confirmed (if it still runs the judged
+/// executable).
+pub fn confirm_kill(t: Target) -> AuditEvent {
+    let (killed, note) = match crate::running::kill_if_same(t.pid, t.dev, t.ino) {
+        Ok(true) => (true, None),
+        Ok(false) => (false, Some("exited or changed before the kill".to_owned())),
+        Err(e) => (false, Some(format!("kill failed: {e}"))),
+    };
+    AuditEvent::ProcessKilled {
+        pid: t.pid,
+        uid: t.uid,
+        exe: t.exe.display().to_string(),
+        rule: t.rule,
+        reason: stop_reason(&t.reason),
+        killed,
+        note,
+    }
+}
+
 /// Arms the gate and starts the task that turns its events and the sweeps' reports into audit
-/// events on `evidence`. Must be called inside the tokio runtime.
+/// events on `evidence`. Must be called inside the tokio runtime. The returned
+/// [`ProtectedPaths`] is what the core loop refreshes after package reads.
 pub fn start(
     cfg: &Config,
     rules: &watch::Sender<Arc<RuleSet>>,
-    evidence: mpsc::Sender<AuditEvent>,
-) -> Result<(ExecGate, tokio::task::JoinHandle<()>), GateError> {
-    let set = Arc::new(protected_paths());
-    tracing::info!(paths = set.len(), "exec gate: protected executables");
+    evidence: mpsc::Sender<ExecInput>,
+) -> Result<(ExecGate, tokio::task::JoinHandle<()>, ProtectedPaths), GateError> {
+    let set = ProtectedPaths::new(protected_paths());
+    tracing::info!(paths = set.current().len(), "exec gate: protected executables");
+    let handle = set.clone();
     let protected: Arc<Protected> = Arc::new(move |p: &Path| set.contains(p));
     let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
     let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
-    let mode = gate_config(cfg).mode;
-    let max_kills = cfg.max_actions_per_update;
-    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, mode, max_kills, evidence));
-    Ok((gate, task))
+    let applied = gate.policy_applied();
+    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, applied, evidence));
+    Ok((gate, task, handle))
 }
 
-/// Relays gate events to the core loop, and (in its own task, so a long sweep never holds up
-/// the gate's evidence) runs the sweep at start-up and after every rule-set change.
+/// Whether the gate has applied a rule set ([`ExecGate::policy_applied`]).
+type Applied = Arc<crate::exec_gate::PolicyApplied>;
+
+/// Relays gate events to the core loop, and (in its own task, so a long scan never holds up
+/// the gate's evidence) scans the running processes at start-up and after every rule-set
+/// change.
 async fn relay(
     mut gate_rx: mpsc::Receiver<GateEvent>,
     rules: watch::Receiver<Arc<RuleSet>>,
     protected: Arc<Protected>,
-    mode: GateMode,
-    max_kills: usize,
-    evidence: mpsc::Sender<AuditEvent>,
+    applied: Applied,
+    evidence: mpsc::Sender<ExecInput>,
 ) {
-    let sweeper = tokio::spawn(sweeps(rules, protected, mode, max_kills, evidence.clone()));
+    let sweeper = tokio::spawn(scans(rules, protected, applied, evidence.clone()));
     while let Some(ev) = gate_rx.recv().await {
         if let Some(a) = audit_of(ev) {
-            if evidence.send(a).await.is_err() {
+            if evidence.send(ExecInput::Audit(Box::new(a))).await.is_err() {
                 break;
             }
         }
@@ -112,33 +369,40 @@ async fn relay(
     sweeper.abort();
 }
 
-/// One sweep at start-up and one after each change of the published rule set (changes during a
-/// sweep are coalesced into one more sweep), each on a blocking thread.
-async fn sweeps(
+/// One scan at start-up and one after each change of the published rule set (changes during a
+/// scan are coalesced into one more), each on a blocking thread; the core loop decides the
+/// kills.
+async fn scans(
     mut rules: watch::Receiver<Arc<RuleSet>>,
     protected: Arc<Protected>,
-    mode: GateMode,
-    max_kills: usize,
-    evidence: mpsc::Sender<AuditEvent>,
+    applied: Applied,
+    evidence: mpsc::Sender<ExecInput>,
 ) {
-    // The start-up sweep: the value in force counts as changed.
+    // The start-up scan: the value in force counts as changed.
     rules.mark_changed();
     let hashes = Arc::new(SweepHashes::default());
     while rules.changed().await.is_ok() {
         let current = rules.borrow_and_update().clone();
-        let (p, h) = (protected.clone(), hashes.clone());
-        let report = tokio::task::spawn_blocking(move || {
+        // Scan only once the gate has dropped the kernel-cached verdicts of older rule sets
+        // (a thread wake-up after publication; bounded, and a newer set supersedes this one).
+        let waiting = std::time::Instant::now();
+        while !applied(&current) && waiting.elapsed() < std::time::Duration::from_secs(1) {
+            if rules.has_changed().unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (p, h, r) = (protected.clone(), hashes.clone(), current.clone());
+        let scan = tokio::task::spawn_blocking(move || {
             let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
-            crate::running::sweep(&current, &judge, &*p, mode, max_kills)
+            crate::running::scan(&r, &judge, &*p)
         })
         .await;
-        match report {
-            Ok(r) => {
-                tracing::info!(scanned = r.scanned, stopped = r.stopped.len(), "running-process sweep done");
-                for a in sweep_events(r) {
-                    if evidence.send(a).await.is_err() {
-                        return;
-                    }
+        match scan {
+            Ok(scan) => {
+                tracing::info!(scanned = scan.scanned, banned = scan.targets.len(), "running-process sweep done");
+                if evidence.send(ExecInput::Scan { rules: current, scan }).await.is_err() {
+                    return;
                 }
             }
             Err(e) => tracing::error!("the running-process sweep panicked: {e}"),
@@ -273,6 +537,15 @@ pub fn audit_of(ev: GateEvent) -> Option<AuditEvent> {
     })
 }
 
+fn stop_reason(r: &StopReason) -> String {
+    match r {
+        StopReason::Exe => "banned executable".into(),
+        StopReason::AppImageMount { runtime_pid, appimage, .. } => {
+            format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
+        }
+    }
+}
+
 /// The audit events of one sweep: one `process-killed` per process stopped (or, in monitor mode,
 /// past the cap or when the kill failed, that would have been: `killed: false` with the reason).
 pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
@@ -292,12 +565,7 @@ pub fn sweep_events(r: SweepReport) -> Vec<AuditEvent> {
             uid: s.uid,
             exe: s.exe.display().to_string(),
             rule: s.rule,
-            reason: match s.reason {
-                StopReason::Exe => "banned executable".into(),
-                StopReason::AppImageMount { runtime_pid, appimage, .. } => {
-                    format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
-                }
-            },
+            reason: stop_reason(&s.reason),
             killed: s.killed,
             note: s.note,
         })
@@ -399,9 +667,37 @@ mod tests {
     }
 
     #[test]
+    fn flatpak_and_snap_protections_cover_their_deployments_and_refresh_follows_the_packages() {
+        use crate::source::package::{InstalledPackage, Package};
+        let pkg =
+            |name: &str, file: &str| InstalledPackage { package: Package::new(name, "1"), files: vec![file.into()] };
+        let root = Path::new("/var/lib/flatpak");
+        let runtime = pkg("org.freedesktop.Platform", "/runtime/org.freedesktop.Platform/x86_64/23.08");
+        let app = pkg("com.tencent.WeChat", "/app/com.tencent.WeChat/x86_64/stable");
+        let set = protected_of(&crate::source::flatpak::Flatpak, root, [&runtime, &app]);
+        assert!(set.contains(&root.join("runtime/org.freedesktop.Platform/x86_64/23.08/active/files/bin/sh")));
+        assert!(!set.contains(&root.join("app/com.tencent.WeChat/x86_64/stable/active/files/wechat")));
+        let core = pkg("core22", "/snap/core22/current");
+        let snap_app = pkg("wechat", "/snap/wechat/current");
+        let set = protected_of(&crate::source::snap::Snap, Path::new("/"), [&core, &snap_app]);
+        assert!(set.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+        assert!(!set.contains(Path::new("/snap/wechat/current/wechat")));
+        assert!(!set.contains(Path::new("/snap/core22-evil/x")), "whole components only");
+
+        let paths = ProtectedPaths::new(ProtectedSet::default());
+        let snap_root = Path::new("/");
+        assert!(paths.refresh_root(&crate::source::snap::Snap, snap_root, [&core, &snap_app]));
+        assert!(paths.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+        assert!(!paths.refresh_root(&crate::source::snap::Snap, snap_root, [&core, &snap_app]), "unchanged");
+        assert!(paths.refresh_root(&crate::source::snap::Snap, snap_root, [&snap_app]), "core22 removed");
+        assert!(!paths.contains(Path::new("/snap/core22/current/usr/bin/sh")));
+    }
+
+    #[test]
     fn the_agent_itself_is_protected() {
         let set = protected_paths();
         let me = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
         assert!(set.contains(&me));
+        assert!(!set.contains(Path::new("/tmp/anything")));
     }
 }

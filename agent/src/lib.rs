@@ -204,16 +204,19 @@ pub async fn run_with_clock(
     // CAP_SYS_ADMIN) is an error: an admin who enabled it must not believe execs are gated.
     let (exec_gate, exec_relay, exec_ev_rx) = if cfg.exec.enabled {
         let (tx, rx) = mpsc::channel(1024);
-        let (gate, relay) = exec_wire::start(&cfg, &rules, tx)
+        let (gate, relay, protected) = exec_wire::start(&cfg, &rules, tx)
             .map_err(|e| AgentError::Runtime(format!("[exec] enabled but the exec gate cannot start: {e}")))?;
-        (Some(gate), Some(relay), Some(rx))
+        (Some((gate, protected)), Some(relay), Some(rx))
     } else {
         (None, None, None)
     };
     let mut enforcer =
         enforce::Enforcer::new(cfg.clone(), clock.clone(), rules, status, store, evidence, fs_tx, sync_cmd_tx)
             .map_err(AgentError::Runtime)?;
-    enforcer.exec_gate = exec_gate;
+    if let Some((gate, protected)) = exec_gate {
+        enforcer.exec_gate = Some(gate);
+        enforcer.exec_protected = Some(protected);
+    }
     enforcer.reports = report_status;
     let reporter = reporter.map(|r| tokio::spawn(r.run()));
     let control = tokio::spawn(control::serve(listener, call_tx));

@@ -217,6 +217,11 @@ pub struct ExecGateStatus {
     pub events_dropped: u64,
     pub marks: u64,
     pub policy_updates: u64,
+    /// Allowed files left to the kernel's cache (their next execs raise no event).
+    #[serde(default)]
+    pub kernel_cached: u64,
+    #[serde(default)]
+    pub kernel_flushes: u64,
 }
 
 /// A file the agent did not hash, and why (status shows the most recent ones).

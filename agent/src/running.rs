@@ -74,10 +74,70 @@ struct Proc {
     appimage: bool,
 }
 
-/// Sweeps every process once. `max_kills` is what is left of the action cap for this policy
-/// update; in monitor mode nothing is killed and every finding is reported.
+/// A banned process found by [`scan`], not yet stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub pid: i32,
+    pub uid: Option<u32>,
+    /// (device, inode) of its executable when judged: a kill first checks it is still that.
+    pub dev: u64,
+    pub ino: u64,
+    pub exe: PathBuf,
+    pub rule: String,
+    pub reason: StopReason,
+}
+
+/// What one scan found: the processes to stop (in the order to stop them), and what it left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub scanned: usize,
+    pub targets: Vec<Target>,
+    /// Banned processes left running because they are protected.
+    pub spared: Vec<(i32, PathBuf, String)>,
+    pub errors: Vec<String>,
+}
+
+/// Sweeps every process once: [`scan`], then [`stop`] with `max_kills`.
 pub fn sweep(rules: &RuleSet, judge: &Judge, protected: &Protected, mode: GateMode, max_kills: usize) -> SweepReport {
-    let mut report = SweepReport::default();
+    stop(scan(rules, judge, protected), mode, max_kills)
+}
+
+/// Stops the targets of `scan` (none in monitor mode; none past `max_kills`, reported as
+/// `capped`).
+pub fn stop(scan: Scan, mode: GateMode, max_kills: usize) -> SweepReport {
+    let mut report =
+        SweepReport { scanned: scan.scanned, spared: scan.spared, errors: scan.errors, ..Default::default() };
+    let mut kills = 0;
+    for t in scan.targets {
+        let mut stopped =
+            Stopped { pid: t.pid, uid: t.uid, exe: t.exe, rule: t.rule, reason: t.reason, killed: false, note: None };
+        if mode == GateMode::Monitor {
+            stopped.note = Some("monitor mode".into());
+        } else if kills >= max_kills {
+            report.capped += 1;
+            stopped.note = Some(format!("action cap reached ({max_kills} kills)"));
+        } else {
+            match kill_if_same(t.pid, t.dev, t.ino) {
+                Ok(true) => {
+                    kills += 1;
+                    stopped.killed = true;
+                }
+                Ok(false) => stopped.note = Some("exited or changed before the kill".into()),
+                Err(e) => {
+                    stopped.note = Some(format!("kill failed: {e}"));
+                    report.errors.push(format!("pid {}: kill failed: {e}", t.pid));
+                }
+            }
+        }
+        report.stopped.push(stopped);
+    }
+    report
+}
+
+/// Finds every process whose executable is banned (and those running from a banned AppImage's
+/// mount), protected ones set apart; kills nothing.
+pub fn scan(rules: &RuleSet, judge: &Judge, protected: &Protected) -> Scan {
+    let mut report = Scan::default();
     let me = std::process::id() as i32;
     let mut judged: HashMap<(u64, u64), (Option<String>, bool)> = HashMap::new();
     let mut procs = Vec::new();
@@ -143,41 +203,21 @@ pub fn sweep(rules: &RuleSet, judge: &Judge, protected: &Protected, mode: GateMo
             }
         }
     }
-    let mut kills = 0;
     for (i, rule, reason) in targets {
         let p = &procs[i];
         if protected(&p.exe) {
             report.spared.push((p.pid, p.exe.clone(), rule));
             continue;
         }
-        let mut stopped = Stopped {
+        report.targets.push(Target {
             pid: p.pid,
             uid: process_uid(p.pid),
+            dev: p.dev,
+            ino: p.ino,
             exe: p.exe.clone(),
             rule,
             reason,
-            killed: false,
-            note: None,
-        };
-        if mode == GateMode::Monitor {
-            stopped.note = Some("monitor mode".into());
-        } else if kills >= max_kills {
-            report.capped += 1;
-            stopped.note = Some(format!("action cap reached ({max_kills} kills)"));
-        } else {
-            match kill_if_same(p.pid, p.dev, p.ino) {
-                Ok(true) => {
-                    kills += 1;
-                    stopped.killed = true;
-                }
-                Ok(false) => stopped.note = Some("exited or changed before the kill".into()),
-                Err(e) => {
-                    stopped.note = Some(format!("kill failed: {e}"));
-                    report.errors.push(format!("pid {}: kill failed: {e}", p.pid));
-                }
-            }
-        }
-        report.stopped.push(stopped);
+        });
     }
     report
 }

@@ -106,6 +106,8 @@ impl Enforcer {
                     events_dropped: s.events_dropped,
                     marks: s.marks,
                     policy_updates: s.policy_updates,
+                    kernel_cached: s.kernel_cached,
+                    kernel_flushes: s.kernel_flushes,
                 }
             }),
         }

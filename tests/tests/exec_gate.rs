@@ -221,14 +221,17 @@ fn banned_files_fail_with_eperm_naming_the_rule_allowed_ones_run_and_lifting_the
     );
     assert_eq!(run(&allowed), Ok(true), "an allowed binary runs");
 
-    // Once judged, repeated execs are answered from the cache.
+    // Once judged, repeated execs are answered from the caches: the deny from ours, the allow
+    // (a root-owned file no one else may write) by the kernel, without an event at all.
     let before = g.gate.stats();
+    assert_eq!(before.kernel_cached, 1, "the allowed file's verdict went to the kernel: {before:?}");
     for _ in 0..3 {
         assert_eq!(run(&allowed), Ok(true));
         assert_eq!(run(&by_hash), Err(EPERM));
     }
     let after = g.gate.stats();
-    assert!(after.cache_hits >= before.cache_hits + 6, "{before:?} -> {after:?}");
+    assert!(after.cache_hits >= before.cache_hits + 3, "{before:?} -> {after:?}");
+    assert_eq!(after.events, before.events + 3, "only the denied execs reached the gate: {before:?} -> {after:?}");
     assert!(after.denied >= 5);
 
     // Lifting the ban: the cache holds "deny" for both, and a new rule set must clear it.
@@ -249,10 +252,47 @@ fn a_file_rewritten_after_its_verdict_was_cached_is_judged_again() {
     let Some(mut g) = arm(&p, rx, test_cfg(), None) else { return };
     assert_eq!(run(&path), Ok(true));
     assert_eq!(run(&path), Ok(true));
-    assert!(g.gate.stats().cache_hits >= 1, "the allow was cached");
+    let s = g.gate.stats();
+    assert_eq!((s.kernel_cached, s.events), (1, 1), "the allow was left to the kernel: {s:?}");
+    std::fs::write(&path, &banned).unwrap();
+    assert_eq!(run(&path), Err(EPERM), "the rewrite cleared the kernel's ignore mark: the file is judged again");
+    g.expect("the deny", |e| matches!(e, GateEvent::Denied { rule, .. } if rule == "banned"));
+    g.gate.stop();
+
+    // A file its owner (not root) may write is never left to the kernel (a write through a
+    // shared mapping raises no modify event): our cache, keyed by the change time, answers it.
+    let rx = watch::channel(set(vec![hash_rule("banned", &banned)])).1;
+    let path = install(&p.fs(), "users-tool", &elf("harmless, owned by a user"));
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let Some(mut g) = arm(&p, rx, test_cfg(), None) else { return };
+    assert_eq!(run(&path), Ok(true));
+    assert_eq!(run(&path), Ok(true));
+    let s = g.gate.stats();
+    assert_eq!((s.kernel_cached, s.cache_hits), (0, 1), "a user's file is cached by us only: {s:?}");
     std::fs::write(&path, &banned).unwrap();
     assert_eq!(run(&path), Err(EPERM), "the rewrite changed the change time: the cached allow no longer applies");
     g.expect("the deny", |e| matches!(e, GateEvent::Denied { rule, .. } if rule == "banned"));
+}
+
+#[test]
+fn a_rule_set_that_bans_a_kernel_cached_file_flushes_the_kernels_verdicts() {
+    let Some(p) = Private::new() else { return };
+    let bytes = elf("allowed, then banned");
+    let path = install(&p.fs(), "tool", &bytes);
+    std::thread::sleep(Duration::from_millis(150));
+    let (tx, rx) = watch::channel(set(vec![]));
+    let Some(mut g) = arm(&p, rx, test_cfg(), None) else { return };
+    assert_eq!(run(&path), Ok(true));
+    assert_eq!(run(&path), Ok(true));
+    assert_eq!(g.gate.stats().kernel_cached, 1);
+    let flushes = g.gate.stats().kernel_flushes;
+    tx.send(set(vec![hash_rule("now-banned", &bytes)])).unwrap();
+    eventually("the kernel's verdicts to be flushed", Duration::from_secs(10), || {
+        (g.gate.stats().kernel_flushes > flushes).then_some(())
+    });
+    assert_eq!(run(&path), Err(EPERM), "the new ban applies to a file the kernel had cached as allowed");
+    g.expect("the deny", |e| matches!(e, GateEvent::Denied { rule, .. } if rule == "now-banned"));
 }
 
 #[test]
@@ -521,4 +561,25 @@ fn the_sweep_kills_a_running_banned_process_and_spares_an_allowed_one() {
     let _ = c.wait();
     let _ = a.kill();
     let _ = a.wait();
+}
+
+#[test]
+fn needs_admin_paths_are_denied_by_path_at_once_even_when_the_kernel_had_cached_an_allow() {
+    let Some(p) = Private::new() else { return };
+    let owned = install(&p.fs(), "package-program", &elf("a needs-admin package's program"));
+    let other = install(&p.fs(), "other", &elf("anything else"));
+    std::thread::sleep(Duration::from_millis(150));
+    let (_tx, rx) = watch::channel(set(vec![]));
+    let Some(mut g) = arm(&p, rx, test_cfg(), None) else { return };
+    assert_eq!(run(&owned), Ok(true));
+    assert_eq!(run(&owned), Ok(true));
+    assert_eq!(g.gate.stats().kernel_cached, 1, "the allow went to the kernel");
+    let mut paths = embargo_agent::exec_gate::OwnedPaths::default();
+    paths.files.insert(std::fs::canonicalize(&owned).unwrap(), "banned-package".into());
+    g.gate.set_owned_paths(paths);
+    assert_eq!(run(&owned), Err(EPERM), "denied by path as soon as set_owned_paths returns");
+    g.expect("the deny", |e| matches!(e, GateEvent::Denied { rule, .. } if rule == "banned-package"));
+    assert_eq!(run(&other), Ok(true), "other files run");
+    g.gate.set_owned_paths(Default::default());
+    assert_eq!(run(&owned), Ok(true), "the package's files run again once it is gone from the set");
 }

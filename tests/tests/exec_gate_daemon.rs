@@ -20,6 +20,14 @@ use tokio::sync::{mpsc, watch};
 
 const EPERM: i32 = 1;
 
+/// The daemon tests run one at a time: each daemon's sweeps hash every running executable
+/// (the policies have hash rules), and four at once on a loaded 2-core machine take minutes.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A temp dir with a tmpfs mounted at `<dir>/fs`, unmounted (lazily) on drop.
 struct Private {
     dir: tempfile::TempDir,
@@ -112,6 +120,7 @@ fn audit_entry(d: &Device, kind: &str, rule: &str) -> Option<serde_json::Value> 
 
 #[test]
 fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_banned_processes() {
+    let _serial = serial();
     let Some(p) = Private::new() else { return };
     if !embargo_e2e::need(&["mksquashfs"]) {
         return;
@@ -201,5 +210,291 @@ fn embargod_with_exec_enabled_denies_banned_files_lifts_bans_and_kills_running_b
     assert_eq!(run(&by_hash), Ok(true), "the ban is lifted: the same file runs (cache invalidated)");
     assert_eq!(run(&appimage), Ok(true), "the AppImage ban is lifted too");
     assert_eq!(run(&sleeper), Err(EPERM), "the newly banned file cannot start again");
+    drop(d);
+}
+
+#[test]
+fn embargod_in_monitor_mode_lets_banned_files_run_and_records_what_it_would_have_denied_and_killed() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    let banned = elf("/bin/true", "banned by hash, monitored");
+    let sleeper_bytes = elf("/bin/sleep", "sleeper, monitored");
+    let tool = install(&p.fs, "tool", &banned);
+    let sleeper = install(&p.fs, "sleeper", &sleeper_bytes);
+    let extra = format!("\n[exec]\nenabled = true\nmounts = [\"{}\"]\n", p.dir.path().display());
+    let mut d = Device::with_config(&hash_rule("tool-by-hash", &banned), "1d", &extra);
+    d.reconfigure(|text| {
+        assert!(text.contains("mode = \"enforce\""), "{text}");
+        text.replace("mode = \"enforce\"", "mode = \"monitor\"")
+    });
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    eventually("the monitoring daemon to have the policy", Duration::from_secs(30), || {
+        // The ban is in force once the gate has judged the file: before that an exec is simply
+        // allowed too, so wait for the record rather than for the exec's outcome.
+        assert_eq!(run(&tool), Ok(true), "monitor mode: a banned file runs");
+        audit_entry(&d, "exec-denied", "tool-by-hash")
+    });
+    let entry = audit_entry(&d, "exec-denied", "tool-by-hash").unwrap();
+    let text = entry.to_string();
+    assert!(text.contains("would-deny (monitor)"), "{text}");
+    assert!(text.contains(tool.to_str().unwrap()), "{text}");
+    let s = d.status().unwrap();
+    assert_eq!(s["exec_gate"]["denied"].as_u64(), Some(0), "nothing denied in monitor mode: {s}");
+
+    // A banned process running when the policy that bans it arrives: recorded, not killed.
+    let mut running = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start the sleeper"));
+    d.publish(&hash_rule("sleeper-by-hash", &sleeper_bytes));
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recorded = eventually("a process-killed record for the sleeper", Duration::from_secs(120), || {
+        audit_entry(&d, "process-killed", "sleeper-by-hash")
+    });
+    let text = recorded.to_string();
+    assert!(text.contains(&running.0.id().to_string()), "{text}");
+    assert!(text.contains("\"killed\":false"), "{text}");
+    assert!(text.contains("monitor"), "{text}");
+    assert!(running.0.try_wait().unwrap().is_none(), "monitor mode kills nothing");
+    let again = Command::new(&sleeper).arg("0").status().map(|s| s.success()).map_err(|e| e.raw_os_error());
+    assert_eq!(again, Ok(true), "monitor mode: the newly banned file still starts");
+    let s = d.status().unwrap();
+    assert_eq!(s["enforcement"]["counters"]["processes_killed"].as_u64(), Some(0), "{s}");
+    drop(d);
+}
+
+/// An rpm named `name` with one script, `/usr/bin/<exe>` (`script` is its text), built with the
+/// real rpmbuild.
+fn build_rpm(dir: &Path, name: &str, exe: &str, script: &str) -> PathBuf {
+    let spec = dir.join(format!("{name}.spec"));
+    let payload = dir.join(format!("{name}.payload"));
+    std::fs::write(&payload, script).unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: 1.0\nRelease: 1\nSummary: test\nLicense: none\nBuildArch: noarch\nAutoReqProv: no\n%description\ntest\n%install\nmkdir -p %{{buildroot}}/usr/bin\ncp {payload} %{{buildroot}}/usr/bin/{exe}\nchmod 755 %{{buildroot}}/usr/bin/{exe}\n%files\n/usr/bin/{exe}\n",
+            payload = payload.display()
+        ),
+    )
+    .unwrap();
+    let top = dir.join("rpmbuild");
+    let o = Command::new("rpmbuild")
+        .args(["-bb", "--define", &format!("_topdir {}", top.display())])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpmbuild: {}", String::from_utf8_lossy(&o.stderr));
+    top.join(format!("RPMS/noarch/{name}-1.0-1.noarch.rpm"))
+}
+
+fn rpm(root: &Path, args: &[&str]) {
+    let o = Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .arg("--dbpath=/var/lib/rpm")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "rpm {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_package_rpm_protects_installed_after_start_is_never_denied() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["rpm", "rpmbuild"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The rpm root lives on the gated tmpfs, so the gate sees execs of its files.
+    let root = p.fs.join("sysroot");
+    std::fs::create_dir_all(root.join("var/lib/rpm")).unwrap();
+    rpm(&root, &["--initdb"]);
+    // The same script in rpm's protected base package `setup` and in an ordinary package; both
+    // banned by hash.
+    let script = "#!/bin/sh\nexit 0\n";
+    let protected_rpm = build_rpm(work.path(), "setup", "setup-tool", script);
+    let other_rpm = build_rpm(work.path(), "othertool", "other-tool", script);
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"rpm\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(&hash_rule("script-by-hash", script.as_bytes()), "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    // Installed after the daemon started: only a refresh on the package event protects it.
+    rpm(&root, &["-i", protected_rpm.to_str().unwrap(), other_rpm.to_str().unwrap()]);
+    let protected_exe = root.join("usr/bin/setup-tool");
+    let other_exe = root.join("usr/bin/other-tool");
+    eventually("the ordinary package's script to be denied", Duration::from_secs(20), || {
+        (run(&other_exe) == Err(EPERM)).then_some(())
+    });
+    eventually("rpm's protected package to be spared", Duration::from_secs(20), || {
+        (run(&protected_exe) == Ok(true)).then_some(())
+    });
+    let spared = eventually("an audit entry for the spared exec", Duration::from_secs(10), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("allowed: protected") && t.contains(protected_exe.to_str().unwrap())
+        })
+    });
+    assert!(spared.to_string().contains("script-by-hash"), "{spared}");
+    assert_eq!(run(&other_exe), Err(EPERM), "the ordinary package's copy stays denied");
+    drop(d);
+}
+
+#[test]
+fn kills_count_against_the_updates_action_cap_with_its_files_and_wait_for_confirm() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    let sleeper_bytes = elf("/bin/sleep", "capped sleeper");
+    let sleeper = install(&p.fs, "sleeper", &sleeper_bytes);
+    const V1: &str =
+        "[[rule]]\nid = \"other\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nid = \"never-seen\"\n";
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 2\n",
+        p.dir.path().display()
+    );
+    let d = Device::with_config(V1, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let file = d.install("Downloads/Capped-0.AppImage", &embargo_e2e::appimage("capped file"));
+    eventually("the AppImage seen under v1", Duration::from_secs(20), || d.inventory_has(&file));
+    eventually("the sweeps before the update to finish", Duration::from_secs(120), || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .ok()
+            .filter(|l| l.matches("running-process sweep done").count() >= 2)
+    });
+    let mut a = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start a sleeper"));
+    let mut b = embargo_e2e::Running(Command::new(&sleeper).arg("300").spawn().expect("start a sleeper"));
+
+    // v2: one file to quarantine and two processes to kill: three acts over a cap of two.
+    d.publish(&format!(
+        "{V1}[[rule]]\nid = \"capped-files\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nname = \"*Capped*\"\n{}",
+        hash_rule("capped-sleeper", &sleeper_bytes)
+    ));
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let held = |pid: u32| {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("needs confirmation")
+        })
+    };
+    eventually("both kills held for confirmation", Duration::from_secs(120), || held(a.0.id()).and(held(b.0.id())));
+    assert!(a.0.try_wait().unwrap().is_none() && b.0.try_wait().unwrap().is_none(), "no process killed over the cap");
+    let s = d.status().unwrap();
+    assert_eq!(s["pending"]["needs_confirmation"], 2, "{s}");
+    let lines = audit_lines(&d);
+    assert!(
+        lines.iter().any(|v| {
+            let t = v.to_string();
+            t.contains("needs-confirmation") && t.contains("\"processes\":2")
+        }),
+        "{lines:?}"
+    );
+    eventually("the file, within the cap on its own, quarantined", Duration::from_secs(20), || {
+        (!file.exists()).then_some(())
+    });
+
+    let out = d.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::process::ExitStatusExt as _;
+    for r in [&mut a, &mut b] {
+        let status =
+            eventually("a held process killed after confirm", Duration::from_secs(10), || r.0.try_wait().unwrap());
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+    }
+    let killed = eventually("process-killed records after confirm", Duration::from_secs(10), || {
+        let n = audit_lines(&d)
+            .iter()
+            .filter(|v| {
+                let t = v.to_string();
+                t.contains("process-killed") && t.contains("\"killed\":true") && t.contains("capped-sleeper")
+            })
+            .count();
+        (n == 2).then_some(n)
+    });
+    assert_eq!(killed, 2);
+    assert_eq!(d.status().unwrap()["pending"]["needs_confirmation"], 0);
+    drop(d);
+}
+
+/// A .deb named `name` with the scripts `files` (paths inside the package, each `exit 0`),
+/// built with the real dpkg-deb.
+fn build_deb(dir: &Path, name: &str, depends: Option<&str>, files: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tree = dir.join(format!("{name}-tree"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    let mut control = format!(
+        "Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Test <test@example.invalid>\nDescription: {name} for tests\n"
+    );
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    std::fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    for f in files {
+        let path = tree.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = dir.join(format!("{name}_1.0-1_all.deb"));
+    let o = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn files_of_a_banned_package_the_agent_could_not_remove_are_denied_by_path() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The dpkg root lives on the gated tmpfs, so the gate sees execs of its files.
+    let root = p.fs.join("sysroot");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    // wechat keeps a program outside bin/ (as the real one does under /opt), which the
+    // needs-admin fallback's quarantine of bin/ programs leaves in place.
+    let wechat = build_deb(work.path(), "wechat", None, &["/usr/bin/wechat", "/opt/wechat/wechat-helper"]);
+    let plugin = build_deb(work.path(), "wechat-plugin", Some("wechat"), &["/usr/bin/wechat-plugin"]);
+    let helper = root.join("opt/wechat/wechat-helper");
+    let plugin_exe = root.join("usr/bin/wechat-plugin");
+    const POLICY: &str =
+        "[[rule]]\nid = \"wechat-deb\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"wechat\"\n";
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(POLICY, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(&wechat)
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&o.stderr));
+    eventually("needs admin reported", Duration::from_secs(30), || {
+        d.status().map(|s| s["enforcement"]["last_actions"].to_string()).filter(|a| a.contains("needs admin"))
+    });
+    assert!(helper.exists(), "the program outside bin/ is still in place");
+    assert_eq!(run(&helper), Err(EPERM), "a file of the needs-admin package must not start");
+    let denied = eventually("an exec-denied entry naming the package's rule", Duration::from_secs(10), || {
+        audit_entry(&d, "exec-denied", "wechat-deb")
+    });
+    assert!(denied.to_string().contains(helper.to_str().unwrap()), "{denied}");
+    assert_eq!(run(&plugin_exe), Ok(true), "the dependent package's own program runs");
     drop(d);
 }

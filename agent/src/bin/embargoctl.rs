@@ -494,8 +494,8 @@ fn print_status(s: &Status) {
     );
     if let Some(g) = &s.exec_gate {
         println!(
-            "exec gate    denied {} · allowed {} · cache hits {} · deadline {} · queue full {} · spared {} · marks {} · processes killed {}",
-            g.denied, g.allowed, g.cache_hits, g.deadline, g.queue_full, g.spared, g.marks, c.processes_killed
+            "exec gate    denied {} · allowed {} · cache hits {} · kernel-cached {} · deadline {} · queue full {} · spared {} · marks {} · processes killed {}",
+            g.denied, g.allowed, g.cache_hits, g.kernel_cached, g.deadline, g.queue_full, g.spared, g.marks, c.processes_killed
         );
     }
     if let Some(r) = &s.pending.report {
