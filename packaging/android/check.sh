@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Runs the aarch64 build (packaging/android/build.sh) under qemu-aarch64-static against a
-# simulated Android device tree:
-#   1. embargod/embargoctl start and print their versions;
-#   2. the shipped agent.toml loads (paths rewritten into the simulated tree), so a config error
-#      cannot reach a device image (init would restart a exit-64 daemon forever);
-#   3. android_inspect reads the tree's /data/system/packages.xml (ABX, written by AOSP's
-#      serializer) and package-restrictions.xml, and the APKs under /data/app/~~*/PKG-*/base.apk
-#      and in a vmdl<SESSION>.tmp staging directory (built by aapt + apksigner when present);
-#   4. `embargod --demo` runs on aarch64: qemu 7.2 has no openat2 and no fanotify_init, so this
-#      exercises the agent's fallbacks (component-by-component O_NOFOLLOW walk; inotify) and
-#      checks a banned app is quarantined;
-#   5. the shipped agent.toml runs for real on the tree, with a policy signed by the real admin
-#      tool (aarch64 too): a `quarantine` rule on an installed app runs `cmd package suspend
-#      --user U` for each user who has it (data/system/users/<N>/package-restrictions.xml), a
-#      system app it matches is left alone, a banned staged session is abandoned, a banned APK in
-#      Downloads is quarantined, and `embargoctl quarantine restore` runs `cmd package unsuspend`.
-#      `cmd` cannot run off a device: the stand-in tests/tests/android_device.rs uses
+# simulated Android device tree (sections as printed):
+#   1. embargod/embargoctl are static aarch64 binaries, start and print their versions;
+#   2. the tree: /data/system/packages.xml (500 apps, ABX written by AOSP's serializer), users 0,
+#      10 and 11 with package-restrictions.xml, APKs built by aapt + apksigner (when present)
+#      under /data/app/~~*/PKG-*/base.apk, in a vmdl<SESSION>.tmp staging directory and in
+#      Downloads, and the shipped agent.toml with its paths moved into the tree;
+#   3. the shipped agent.toml loads, so a config error cannot reach a device image (init would
+#      restart an exit-64 daemon forever);
+#   4. android_inspect reads packages.xml with the per-user state, and the APKs with the signers
+#      apksigner prints;
+#   5. `embargod --demo` quarantines a banned AppImage on aarch64 (qemu 7.2 has no openat2:
+#      safefs's component-by-component O_NOFOLLOW walk does the opening);
+#   6. the shipped agent.toml runs for real on the tree, with a policy signed by the real admin
+#      tool (its aarch64 build, check-tools/embargo-policy): a `quarantine` rule on an installed
+#      app runs `cmd package suspend --user U` for each user who has it (per
+#      data/system/users/<N>/package-restrictions.xml), a system app the rule matches is left
+#      alone, a banned staged session is abandoned, a banned APK in Downloads is quarantined, and
+#      `embargoctl quarantine restore` runs `cmd package unsuspend` for the same users. `cmd`
+#      cannot run off a device: the stand-in tests/tests/android_device.rs uses
 #      (agent/tests/fixtures/android/cmd-standin.sh, a host shell script) records each call and
-#      applies it to the tree.
+#      applies it to the tree;
+#   7. qemu's own syscall trace shows openat2 refused (so 5 and 6 ran on the fallback) and
+#      fanotify_init failing with ENOSYS, and an enabled exec gate that cannot start stops the
+#      daemon naming fanotify.
 # Not part of .ci/run (the aarch64 target may not be installable there). Exit 0 = all passed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -130,7 +136,7 @@ if [ ${#apks[@]} -gt 0 ]; then
     done
 fi
 
-echo "== 5. embargod --demo on aarch64 (no openat2, no fanotify under qemu 7.2)"
+echo "== 5. embargod --demo on aarch64 (no openat2 under qemu 7.2)"
 run "$bin/embargod" --demo "$work/demo" > "$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 1 120); do
