@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds statically linked aarch64 embargod and embargoctl for Android (plus the android_inspect
-# example, the parsers' smoke test) into target/android/:
+# example, the parsers' smoke test) into target/android/, and the admin tool embargo-policy into
+# target/android/check-tools/ (check.sh signs its test policy with it; not for the image):
 #   target: aarch64-unknown-linux-musl (no NDK: Android's bionic is not needed by a static binary)
 #   linker: rust-lld (ships with rustup's toolchain), self-contained musl CRT objects
 #   C code: ring (under rustls) compiles C and assembly for the target: Debian's clang does it
@@ -35,8 +36,9 @@ export AR_aarch64_unknown_linux_musl=llvm-ar
 PATH="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin:$PATH"
 export PATH
 
-cargo build --release --locked --target "$target" -p embargo-agent --bins --example android_inspect
-mkdir -p "$out"
+cargo build --release --locked --target "$target" -p embargo-agent -p embargo-policy --bins --example android_inspect
+mkdir -p "$out/check-tools"
+cp "target/$target/release/embargo-policy" "$out/check-tools/embargo-policy"
 for b in embargod embargoctl; do
     cp "target/$target/release/$b" "$out/$b"
 done
@@ -46,5 +48,5 @@ cp "target/$target/release/examples/android_inspect" "$out/android_inspect"
 for b in embargod embargoctl android_inspect; do
     llvm-objcopy --strip-all "$out/$b"
 done
-file "$out"/* 2>/dev/null || true
-ls -l "$out"
+file "$out"/embargo* "$out"/android_inspect 2>/dev/null || true
+ls -l "$out"/embargo* "$out"/android_inspect

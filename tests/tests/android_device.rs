@@ -4,16 +4,17 @@
 //! and embargoctl.
 //!
 //! Android's `cmd` (and `pm`) cannot run here: they talk to the `package` system service over
-//! binder. The test writes a stand-in `cmd` script and puts it first on embargod's `PATH` (the
-//! agent finds `cmd` on `PATH`, as it finds dpkg and rpm; on a device init's `PATH` holds
-//! `/system/bin`). The stand-in records its argument list and applies the change to the
-//! simulated tree: `package uninstall --user all PKG` renames a packages.xml without `PKG` into
-//! place (prepared by the test, as `ResilientAtomicFile` renames the new file) and deletes the
-//! code directory; `package suspend --user U --dialogMessage MSG PKG` and `package unsuspend
-//! --user U PKG` rename user U's `package-restrictions.xml` with the app suspended by `root` (or
-//! not) into place (prepared by the test in ABX, as Android writes it) and print what
-//! `runSuspend` prints; anything else fails. The recorded argument lists are checked against
-//! AOSP's `PackageManagerShellCommand` usage (docs/android.md, "PackageManager (what is done)").
+//! binder. The test puts a stand-in `cmd` first on embargod's `PATH` (the agent finds `cmd` on
+//! `PATH`, as it finds dpkg and rpm; on a device init's `PATH` holds `/system/bin`): a wrapper that
+//! sources `agent/tests/fixtures/android/cmd-standin.sh`, the script `packaging/android/check.sh`
+//! also runs for the aarch64 build. The stand-in records its argument list and applies the change
+//! to the simulated tree: `package uninstall --user all PKG` renames a packages.xml without `PKG`
+//! into place (prepared by the test, as `ResilientAtomicFile` renames the new file) and deletes the
+//! code directory; `package suspend --user U --dialogMessage MSG PKG` and `package unsuspend --user
+//! U PKG` rename user U's `package-restrictions.xml` with the app suspended by `root` (or not) into
+//! place (prepared by the test in ABX, as Android writes it) and print what `runSuspend` prints;
+//! anything else fails. The recorded argument lists are checked against AOSP's
+//! `PackageManagerShellCommand` usage (docs/android.md, "PackageManager (what is done)").
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -81,48 +82,15 @@ fn device_tree(work: &Path, installed: &[Pkg]) -> (PathBuf, PathBuf, String) {
     let bin_dir = work.join("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     let log = work.join("cmd.log");
+    // The stand-in lives in a file shared with packaging/android/check.sh (which runs it for the
+    // aarch64 build under qemu); this wrapper gives it the paths and sources it.
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/android/cmd-standin.sh");
     let script = format!(
-        r#"#!/bin/sh
-# Stand-in for Android's cmd (see the test file's header): records the argv, applies the change.
-{{ for a in "$@"; do printf '%s\n' "$a"; done; echo --; }} >> '{log}'
-tree='{tree}'
-if [ "$1" = package ] && [ "$2" = install-abandon ] && [ $# -eq 3 ] && [ -d "$tree/data/app/vmdl$3.tmp" ]; then
-  rm -rf "$tree/data/app/vmdl$3.tmp"
-  echo Success
-  exit 0
-fi
-if [ "$1" = package ] && [ "$2" = uninstall ] && [ "$3" = --user ] && [ "$4" = all ] && [ $# -eq 5 ]; then
-  new='{after}'/"$5".xml
-  [ -f "$new" ] || {{ echo "Failure [DELETE_FAILED_INTERNAL_ERROR]"; exit 1; }}
-  rm -rf "$tree"/data/app/~~*/"$5"-*
-  cp "$new" "$tree/data/system/packages.xml.new" && mv "$tree/data/system/packages.xml.new" "$tree/data/system/packages.xml"
-  echo Success
-  exit 0
-fi
-if [ "$1" = package ] && [ "$2" = suspend ] && [ "$3" = --user ] && [ "$5" = --dialogMessage ] && [ $# -eq 7 ]; then
-  new='{after}'/restrictions/"$4"/suspended.xml
-  [ -f "$new" ] || {{ echo "java.lang.IllegalArgumentException: Unknown target package $7"; exit 1; }}
-  # The deadline test: this suspend hangs (a binder call that never returns).
-  if [ -f '{after}'/hang-suspend ]; then echo $$ > '{after}'/hung.pid; exec sleep 600; fi
-  cp "$new" "$tree/data/system/users/$4/package-restrictions.xml.new" && mv "$tree/data/system/users/$4/package-restrictions.xml.new" "$tree/data/system/users/$4/package-restrictions.xml"
-  # The crash test: the agent is killed right after the suspend took effect.
-  if [ -f '{after}'/kill-after-suspend ]; then rm -f '{after}'/kill-after-suspend; kill -9 $PPID; exit 137; fi
-  echo "Package $7 new suspended state: true"
-  exit 0
-fi
-if [ "$1" = package ] && [ "$2" = unsuspend ] && [ "$3" = --user ] && [ $# -eq 5 ]; then
-  new='{after}'/restrictions/"$4"/unsuspended.xml
-  [ -f "$new" ] || {{ echo "java.lang.IllegalArgumentException: Unknown target package $5"; exit 1; }}
-  cp "$new" "$tree/data/system/users/$4/package-restrictions.xml.new" && mv "$tree/data/system/users/$4/package-restrictions.xml.new" "$tree/data/system/users/$4/package-restrictions.xml"
-  echo "Package $5 new suspended state: false"
-  exit 0
-fi
-echo "Unknown command: $*" >&2
-exit 1
-"#,
+        "#!/bin/sh\n# Stand-in for Android's cmd (see the test file's header).\nlog='{log}' tree='{tree}' after='{after}'\n. '{standin}'\n",
         log = log.display(),
         tree = tree.display(),
         after = after.display(),
+        standin = standin.display(),
     );
     std::fs::write(bin_dir.join("cmd"), script).unwrap();
     std::fs::set_permissions(bin_dir.join("cmd"), std::fs::Permissions::from_mode(0o755)).unwrap();
