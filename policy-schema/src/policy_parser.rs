@@ -611,41 +611,43 @@ const BATCH_RULES: usize = 256;
 const BATCHES: usize = 4;
 
 /// What is checked of each rule as it is parsed, in the order the serde path checks it: the
-/// rule count, then the rule itself (then, when it is indexed, its id's uniqueness).
-fn check_rule(r: &RuleRef<'_>, count: usize, at: usize) -> Result<()> {
-    if count > limits::MAX_RULES {
-        return Err(ParseError { at, reason: format!("more than {} rules", limits::MAX_RULES) });
-    }
-    r.check().map_err(|reason| ParseError { at, reason })
-}
-
-/// Indexes rules in order: checks each rule id's uniqueness (by 64-bit hash, as the serde
-/// path), adds the rule to the set, and checks the compiled-size budget every 256 rules (and at
-/// the end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS ×
-/// MAX_LIST index entries, so the overshoot between checks is bounded.
-struct Indexer<'s> {
-    set: &'s mut RuleSet,
-    budget: usize,
+/// rule count, the rule itself, its id's uniqueness (by 64-bit hash, as the serde path).
+struct Checks {
     ids: rustc_hash::FxHashSet<u64>,
     count: usize,
 }
 
-impl<'s> Indexer<'s> {
-    /// Reserves the set's tables from counts taken in the (verified) text first
-    /// (`metadata::table_sizes`): no doubling copies or rehashes while indexing.
-    fn new(set: &'s mut RuleSet, budget: usize, text: &[u8]) -> Self {
-        let sizes = crate::metadata::table_sizes(text);
-        set.reserve(sizes.0, sizes.1);
-        let ids = rustc_hash::FxHashSet::with_capacity_and_hasher(sizes.0, Default::default());
-        Self { set, budget, ids, count: 0 }
+impl Checks {
+    fn new(rules: usize) -> Self {
+        Self { ids: rustc_hash::FxHashSet::with_capacity_and_hasher(rules, Default::default()), count: 0 }
     }
 
-    fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
+    fn check(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
+        self.count += 1;
+        if self.count > limits::MAX_RULES {
+            return Err(ParseError { at, reason: format!("more than {} rules", limits::MAX_RULES) });
+        }
+        r.check().map_err(|reason| ParseError { at, reason })?;
         let mut h = rustc_hash::FxHasher::default();
         r.id.hash(&mut h);
         if !self.ids.insert(h.finish()) {
             return Err(ParseError { at, reason: format!("rule id {:?} is used twice", r.id) });
         }
+        Ok(())
+    }
+}
+
+/// Indexes checked rules in order, checking the compiled-size budget every 256 rules (and at
+/// the end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS ×
+/// MAX_LIST index entries, so the overshoot between checks is bounded.
+struct Indexer<'s> {
+    set: &'s mut RuleSet,
+    budget: usize,
+    count: usize,
+}
+
+impl Indexer<'_> {
+    fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         self.set.add(r);
         self.count += 1;
         if self.count % 256 == 0 {
@@ -656,26 +658,25 @@ impl<'s> Indexer<'s> {
 }
 
 fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_bytes: usize) -> Result<usize> {
+    // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
+    // copies or rehashes while indexing.
+    let (rule_count, sha) = crate::metadata::table_sizes(p.b);
+    set.reserve(rule_count, sha);
+    let mut checks = Checks::new(rule_count);
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let count = if two_cores && p.b.len() >= pipeline_min_bytes { pipelined(p, set, budget)? } else { None };
-    let count = match count {
-        Some(count) => count,
-        None => {
-            let mut indexer = Indexer::new(set, budget, p.b);
-            let mut r = empty_rule();
-            let mut count = 0;
-            p.array("`rules` (a list of rules)", |p| {
-                let at = p.pos;
-                p.rule(&mut r)?;
-                count += 1;
-                check_rule(&r, count, at)?;
-                indexer.add(&r, at)
-            })?;
-            count
-        }
-    };
+    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget)?;
+    if !piped {
+        let mut indexer = Indexer { set: &mut *set, budget, count: 0 };
+        let mut r = empty_rule();
+        p.array("`rules` (a list of rules)", |p| {
+            let at = p.pos;
+            p.rule(&mut r)?;
+            checks.check(&r, at)?;
+            indexer.add(&r, at)
+        })?;
+    }
     check_budget(set, budget, p.pos)?;
-    Ok(count)
+    Ok(checks.count)
 }
 
 /// A batch of parsed and checked rules on its way to the indexing thread; `at[i]` is where
@@ -687,17 +688,17 @@ struct Batch<'a> {
 }
 
 /// The rule list on two threads: this one parses and checks each rule (JSON, count, field
-/// values), a second one sizes the tables and indexes the checked rules into `set` batch by
-/// batch (id uniqueness, the index, the compiled-size budget). Used only after the policy's
+/// values, id uniqueness), a second one indexes the checked rules into `set` batch by batch
+/// (and checks the compiled-size budget). Used only after the policy's
 /// signatures verified (the caller, `trust::verify_policy`, verifies first; nothing here runs
 /// alongside verification). Same results and errors as the sequential path: rules reach the
-/// index in order, and an error from the indexing thread (a duplicate id, the budget) concerns a
-/// rule the parsing thread had already accepted, so it comes before any error the parsing
+/// index in order, and an error from the indexing thread (the budget) concerns a rule the
+/// parsing thread had already accepted, so it comes before any error the parsing
 /// thread finds later in the document. Memory: the index is the same one; what is added is at
 /// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
 ///
-/// Returns `Ok(None)`, having consumed nothing, when the second thread cannot be started.
-fn pipelined<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<Option<usize>> {
+/// Returns `Ok(false)`, having consumed nothing, when the second thread cannot be started.
+fn pipelined<'a>(p: &mut Parser<'a>, checks: &mut Checks, set: &mut RuleSet, budget: usize) -> Result<bool> {
     use std::sync::mpsc;
     let (full_tx, full_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
     let (free_tx, free_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
@@ -705,11 +706,9 @@ fn pipelined<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result
         let rules = (0..BATCH_RULES).map(|_| empty_rule()).collect();
         free_tx.send(Batch { rules, at: vec![0; BATCH_RULES], len: 0 }).expect("the channel has room");
     }
-    let mut count = 0;
-    let text = p.b;
     std::thread::scope(|s| {
         let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
-            let mut indexer = Indexer::new(set, budget, text);
+            let mut indexer = Indexer { set, budget, count: 0 };
             for batch in full_rx {
                 for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
                     indexer.add(r, at)?;
@@ -720,7 +719,7 @@ fn pipelined<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result
             Ok(())
         });
         let Ok(indexer) = indexer else {
-            return Ok(None);
+            return Ok(false);
         };
         let mut batch = free_rx.recv().ok();
         let parsed = p.array("`rules` (a list of rules)", |p| {
@@ -730,8 +729,7 @@ fn pipelined<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result
             };
             let at = p.pos;
             p.rule(&mut b.rules[b.len])?;
-            count += 1;
-            check_rule(&b.rules[b.len], count, at)?;
+            checks.check(&b.rules[b.len], at)?;
             b.at[b.len] = at;
             b.len += 1;
             if b.len == BATCH_RULES {
@@ -753,6 +751,6 @@ fn pipelined<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result
         // The indexer's error concerns a rule before any the parser could still refuse.
         indexed?;
         parsed?;
-        Ok(Some(count))
+        Ok(true)
     })
 }
