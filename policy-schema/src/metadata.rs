@@ -436,10 +436,19 @@ impl Policy {
 /// string value "action" (a tag, say) is counted too, so both counts are capped by what the text
 /// could hold: a rule takes at least 40 bytes, a sha256 matcher at least 80, which keeps the
 /// reserved bytes well under the compiled-size budget per payload byte.
-pub(crate) fn table_sizes(bytes: &[u8]) -> (usize, usize) {
-    let rules = memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40);
-    let sha = memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80);
-    (rules, sha)
+fn table_sizes(bytes: &[u8]) -> (usize, usize) {
+    (rule_count_hint(bytes), sha256_count_hint(bytes))
+}
+
+/// The rule count of [`table_sizes`] (the two counts are taken separately by the two-thread
+/// parser, one on each thread).
+pub(crate) fn rule_count_hint(bytes: &[u8]) -> usize {
+    memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40)
+}
+
+/// The sha256-matcher count of [`table_sizes`].
+pub(crate) fn sha256_count_hint(bytes: &[u8]) -> usize {
+    memchr::memmem::find_iter(bytes, b"\"sha256\"").count().min(bytes.len() / 80)
 }
 
 /// A policy's fields other than its rules.

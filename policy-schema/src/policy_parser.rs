@@ -50,6 +50,9 @@ const POLICY_NAMES: &[&str] = &["rules", "fleet", "version", "issued", "expires"
 const RULE_NAMES: &[&str] = &["id", "action", "match", "description", "except", "tags"];
 const MATCHER_NAMES: &[&str] = &["sha256", "kind", "id", "name", "publisher", "signer", "version"];
 const ACTION_NAMES: &[&str] = &["quarantine", "remove", "audit"];
+/// `Kind::ALL` by name, in the same order (a unit test checks it).
+const KIND_NAMES: [&str; Kind::ALL.len()] =
+    ["deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix"];
 
 struct Parser<'a> {
     text: &'a str,
@@ -389,8 +392,7 @@ impl<'a> Parser<'a> {
             return Ok(None);
         }
         let at = self.pos;
-        let names = Kind::ALL.map(Kind::as_str);
-        match self.name("`kind` (a string)", &names)? {
+        match self.name("`kind` (a string)", &KIND_NAMES)? {
             (Some(i), _) => Ok(Some(Kind::ALL[i])),
             (None, s) => Err(ParseError { at, reason: format!("unknown kind {s:?}") }),
         }
@@ -660,12 +662,12 @@ impl Indexer<'_> {
 fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_bytes: usize) -> Result<usize> {
     // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
     // copies or rehashes while indexing.
-    let (rule_count, sha) = crate::metadata::table_sizes(p.b);
-    set.reserve(rule_count, sha);
+    let rule_count = crate::metadata::rule_count_hint(p.b);
     let mut checks = Checks::new(rule_count);
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget)?;
+    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget, rule_count)?;
     if !piped {
+        set.reserve(rule_count, crate::metadata::sha256_count_hint(p.b));
         let mut indexer = Indexer { set: &mut *set, budget, count: 0 };
         let mut r = empty_rule();
         p.array("`rules` (a list of rules)", |p| {
@@ -698,7 +700,13 @@ struct Batch<'a> {
 /// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
 ///
 /// Returns `Ok(false)`, having consumed nothing, when the second thread cannot be started.
-fn pipelined<'a>(p: &mut Parser<'a>, checks: &mut Checks, set: &mut RuleSet, budget: usize) -> Result<bool> {
+fn pipelined<'a>(
+    p: &mut Parser<'a>,
+    checks: &mut Checks,
+    set: &mut RuleSet,
+    budget: usize,
+    rule_count: usize,
+) -> Result<bool> {
     use std::sync::mpsc;
     let (full_tx, full_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
     let (free_tx, free_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
@@ -706,8 +714,11 @@ fn pipelined<'a>(p: &mut Parser<'a>, checks: &mut Checks, set: &mut RuleSet, bud
         let rules = (0..BATCH_RULES).map(|_| empty_rule()).collect();
         free_tx.send(Batch { rules, at: vec![0; BATCH_RULES], len: 0 }).expect("the channel has room");
     }
+    let text = p.b;
     std::thread::scope(|s| {
         let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
+            // The second count is taken here, while the first batch is being parsed.
+            set.reserve(rule_count, crate::metadata::sha256_count_hint(text));
             let mut indexer = Indexer { set, budget, count: 0 };
             for batch in full_rx {
                 for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
@@ -753,4 +764,14 @@ fn pipelined<'a>(p: &mut Parser<'a>, checks: &mut Checks, set: &mut RuleSet, bud
         parsed?;
         Ok(true)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_kinds_in_order() {
+        assert_eq!(KIND_NAMES, Kind::ALL.map(Kind::as_str));
+    }
 }
