@@ -613,43 +613,47 @@ const BATCH_RULES: usize = 256;
 const BATCHES: usize = 4;
 
 /// What is checked of each rule as it is parsed, in the order the serde path checks it: the
-/// rule count, the rule itself, its id's uniqueness (by 64-bit hash, as the serde path).
+/// rule count, then the rule itself (its id's uniqueness is checked where it is indexed).
 struct Checks {
-    ids: rustc_hash::FxHashSet<u64>,
     count: usize,
 }
 
 impl Checks {
-    fn new(rules: usize) -> Self {
-        Self { ids: rustc_hash::FxHashSet::with_capacity_and_hasher(rules, Default::default()), count: 0 }
-    }
-
     fn check(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         self.count += 1;
         if self.count > limits::MAX_RULES {
             return Err(ParseError { at, reason: format!("more than {} rules", limits::MAX_RULES) });
         }
-        r.check().map_err(|reason| ParseError { at, reason })?;
+        r.check().map_err(|reason| ParseError { at, reason })
+    }
+}
+
+/// Indexes checked rules in order: checks each rule id's uniqueness (by 64-bit hash, as the
+/// serde path), adds the rule, and checks the compiled-size budget every 256 rules (and at the
+/// end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS × MAX_LIST
+/// index entries, so the overshoot between checks is bounded.
+struct Indexer<'s> {
+    set: &'s mut RuleSet,
+    budget: usize,
+    ids: rustc_hash::FxHashSet<u64>,
+    count: usize,
+}
+
+impl<'s> Indexer<'s> {
+    /// Reserves the set's tables (and the id set) from counts in the verified text
+    /// (`metadata::table_sizes`): no doubling copies or rehashes while indexing.
+    fn new(set: &'s mut RuleSet, budget: usize, text: &[u8], rule_count: usize) -> Self {
+        set.reserve(rule_count, crate::metadata::sha256_count_hint(text));
+        let ids = rustc_hash::FxHashSet::with_capacity_and_hasher(rule_count, Default::default());
+        Self { set, budget, ids, count: 0 }
+    }
+
+    fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         let mut h = rustc_hash::FxHasher::default();
         r.id.hash(&mut h);
         if !self.ids.insert(h.finish()) {
             return Err(ParseError { at, reason: format!("rule id {:?} is used twice", r.id) });
         }
-        Ok(())
-    }
-}
-
-/// Indexes checked rules in order, checking the compiled-size budget every 256 rules (and at
-/// the end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS ×
-/// MAX_LIST index entries, so the overshoot between checks is bounded.
-struct Indexer<'s> {
-    set: &'s mut RuleSet,
-    budget: usize,
-    count: usize,
-}
-
-impl Indexer<'_> {
-    fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         self.set.add(r);
         self.count += 1;
         if self.count % 256 == 0 {
@@ -663,12 +667,11 @@ fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_
     // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
     // copies or rehashes while indexing.
     let rule_count = crate::metadata::rule_count_hint(p.b);
-    let mut checks = Checks::new(rule_count);
+    let mut checks = Checks { count: 0 };
     let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
     let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget, rule_count)?;
     if !piped {
-        set.reserve(rule_count, crate::metadata::sha256_count_hint(p.b));
-        let mut indexer = Indexer { set: &mut *set, budget, count: 0 };
+        let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
         let mut r = empty_rule();
         p.array("`rules` (a list of rules)", |p| {
             let at = p.pos;
@@ -690,12 +693,12 @@ struct Batch<'a> {
 }
 
 /// The rule list on two threads: this one parses and checks each rule (JSON, count, field
-/// values, id uniqueness), a second one indexes the checked rules into `set` batch by batch
-/// (and checks the compiled-size budget). Used only after the policy's
+/// values), a second one indexes the checked rules into `set` batch by batch (id uniqueness,
+/// the index, the compiled-size budget). Used only after the policy's
 /// signatures verified (the caller, `trust::verify_policy`, verifies first; nothing here runs
 /// alongside verification). Same results and errors as the sequential path: rules reach the
-/// index in order, and an error from the indexing thread (the budget) concerns a rule the
-/// parsing thread had already accepted, so it comes before any error the parsing
+/// index in order, and an error from the indexing thread (a duplicate id, the budget) concerns a
+/// rule the parsing thread had already accepted, so it comes before any error the parsing
 /// thread finds later in the document. Memory: the index is the same one; what is added is at
 /// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
 ///
@@ -717,9 +720,8 @@ fn pipelined<'a>(
     let text = p.b;
     std::thread::scope(|s| {
         let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
-            // The second count is taken here, while the first batch is being parsed.
-            set.reserve(rule_count, crate::metadata::sha256_count_hint(text));
-            let mut indexer = Indexer { set, budget, count: 0 };
+            // The sha256 count is taken here, while the first batch is being parsed.
+            let mut indexer = Indexer::new(set, budget, text, rule_count);
             for batch in full_rx {
                 for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
                     indexer.add(r, at)?;

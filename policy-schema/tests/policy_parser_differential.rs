@@ -126,6 +126,23 @@ fn errors_come_in_document_order_on_one_and_two_threads() {
         assert_eq!(one, two, "bad rule at {bad_at}");
         assert!(Policy::parse_compiled_serde(&doc, &[]).is_err());
     }
+    // A duplicate id (found where rules are indexed) before a bad rule (found where they are
+    // parsed): the duplicate is named on both paths.
+    let rules: Vec<String> = (0..300)
+        .map(|r| {
+            let id = if r == 5 { 1 } else { r };
+            let action = if r == 280 { "nope" } else { "remove" };
+            format!(r#"{{"id":"r{id}","action":"{action}","match":[{{"id":"app{r}"}}]}}"#)
+        })
+        .collect();
+    let doc = format!(
+        r#"{{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":[{}]}}"#,
+        rules.join(",")
+    );
+    let one = Policy::parse_compiled_one_thread(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    let two = Policy::parse_compiled_two_threads(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(one.contains(r#"rule id "r1" is used twice"#), "{one}");
+    assert_eq!(one, two);
     // Without the bad rule the bound alone refuses it, and it is the bound that is named.
     let doc = over_budget_with_a_bad_rule(usize::MAX);
     let two = Policy::parse_compiled_two_threads(&doc, &[]).map(|_| ()).unwrap_err().to_string();
