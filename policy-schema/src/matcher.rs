@@ -335,10 +335,13 @@ impl RuleSet {
     /// by hash: a policy's counts are known before its rules are compiled (see
     /// `Policy::parse_compiled`), and growing the tables by doubling costs a copy and a rehash
     /// per doubling and leaves up to half of each table unused.
+    /// The id index gets room for the other rules (`rules - sha256`): most large policies
+    /// are hashes and package ids, and at worst (no ids at all) that is 17 bytes a rule unused.
     pub fn reserve(&mut self, rules: usize, sha256: usize) {
         self.rules.reserve(rules);
         self.matchers.reserve(rules);
         self.by_sha256.reserve(sha256);
+        self.by_id.reserve(rules.saturating_sub(sha256));
     }
 
     /// How many rules room was reserved for.

@@ -45,6 +45,14 @@ type Result<T> = std::result::Result<T, ParseError>;
 const POLICY_FIELDS: &str = "`fleet`, `version`, `issued`, `expires`, `rules`";
 const RULE_FIELDS: &str = "`id`, `description`, `action`, `match`, `except`, `tags`";
 const MATCHER_FIELDS: &str = "`kind`, `id`, `name`, `publisher`, `signer`, `sha256`, `version`";
+/// Field names in the order they are tried by [`Parser::name`]: the most frequent first.
+const POLICY_NAMES: &[&str] = &["rules", "fleet", "version", "issued", "expires"];
+const RULE_NAMES: &[&str] = &["id", "action", "match", "description", "except", "tags"];
+const MATCHER_NAMES: &[&str] = &["sha256", "kind", "id", "name", "publisher", "signer", "version"];
+const ACTION_NAMES: &[&str] = &["quarantine", "remove", "audit"];
+/// `Kind::ALL` by name, in the same order (a unit test checks it).
+const KIND_NAMES: [&str; Kind::ALL.len()] =
+    ["deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix"];
 
 struct Parser<'a> {
     text: &'a str,
@@ -146,6 +154,28 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         Ok(Cow::Borrowed(&self.text[start..end]))
+    }
+
+    /// A string that is one of `names` (field names, `action` and `kind` values): its index and
+    /// its text. The common case — the name written without escapes — is recognised by comparing
+    /// the bytes after the opening quote with each name followed by a closing quote (a raw quote
+    /// cannot occur inside a JSON string, so that match is exact) without scanning the string;
+    /// anything else (escapes, other names) goes through [`Parser::string`] and is then looked
+    /// up, so `"i\u0064"` is still `id`, exactly as serde reads it.
+    fn name(&mut self, what: &str, names: &[&str]) -> Result<(Option<usize>, Cow<'a, str>)> {
+        if self.peek() == Some(b'"') {
+            let start = self.pos + 1;
+            let rest = &self.b[start..];
+            for (i, n) in names.iter().enumerate() {
+                // Names are a few bytes: an inline comparison, not a call to `memcmp`.
+                if rest.get(n.len()) == Some(&b'"') && rest.iter().zip(n.as_bytes()).all(|(a, b)| a == b) {
+                    self.pos = start + n.len() + 1;
+                    return Ok((Some(i), Cow::Borrowed(&self.text[start..start + n.len()])));
+                }
+            }
+        }
+        let s = self.string(what)?;
+        Ok((names.iter().position(|n| *n == s), s))
     }
 
     /// The rest of a string that has an escape, from `start` (just after the opening quote).
@@ -275,12 +305,13 @@ impl<'a> Parser<'a> {
         Time::parse(&s).map_err(|e| ParseError { at, reason: format!("{what}: {e}") })
     }
 
-    /// Walks an object: calls `field(self, key, key_offset)` with the parser positioned at each
-    /// value, which the callback must consume.
+    /// Walks an object: calls `field(self, index of the key in names, key, key_offset)` with the
+    /// parser positioned at each value, which the callback must consume.
     fn object(
         &mut self,
         what: &str,
-        mut field: impl FnMut(&mut Self, Cow<'a, str>, usize) -> Result<()>,
+        names: &[&str],
+        mut field: impl FnMut(&mut Self, Option<usize>, Cow<'a, str>, usize) -> Result<()>,
     ) -> Result<()> {
         self.expect(b'{', what)?;
         if self.peek() == Some(b'}') {
@@ -288,10 +319,11 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         loop {
+            self.ws();
             let at = self.pos;
-            let key = self.string("a field name")?;
+            let (known, key) = self.name("a field name", names)?;
             self.expect(b':', "`:`")?;
-            field(self, key, at)?;
+            field(self, known, key, at)?;
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
@@ -332,15 +364,37 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// A `sha256` list. A hash written as 64 lowercase hex digits and a closing quote is taken
+    /// without scanning it as a generic string (hex digits are never quotes, backslashes or
+    /// control characters, so the string is exactly those digits); anything else is read as a
+    /// string and left to the rule check, which names it.
+    fn sha256s(&mut self, out: &mut Vec<Cow<'a, str>>) -> Result<()> {
+        out.clear();
+        self.array("`sha256` (a list of strings)", |p| {
+            if p.peek() == Some(b'"') {
+                let start = p.pos + 1;
+                if let Some(digits) = p.b.get(start..start + 65) {
+                    if digits[64] == b'"' && crate::rules::sha256_from_hex_bytes(&digits[..64]).is_some() {
+                        p.pos = start + 65;
+                        out.push(Cow::Borrowed(&p.text[start..start + 64]));
+                        return Ok(());
+                    }
+                }
+            }
+            let s = p.string("a string")?;
+            out.push(s);
+            Ok(())
+        })
+    }
+
     fn kind(&mut self) -> Result<Option<Kind>> {
         if self.null()? {
             return Ok(None);
         }
         let at = self.pos;
-        let s = self.string("`kind` (a string)")?;
-        match Kind::ALL.iter().find(|k| k.as_str() == s) {
-            Some(&k) => Ok(Some(k)),
-            None => Err(ParseError { at, reason: format!("unknown kind {s:?}") }),
+        match self.name("`kind` (a string)", &KIND_NAMES)? {
+            (Some(i), _) => Ok(Some(Kind::ALL[i])),
+            (None, s) => Err(ParseError { at, reason: format!("unknown kind {s:?}") }),
         }
     }
 
@@ -361,33 +415,25 @@ impl<'a> Parser<'a> {
         m.sha256.clear();
         m.version = None;
         let mut seen = 0u8;
-        self.object("a matcher object", |p, key, at| {
-            let bit = match &*key {
-                "kind" => 1,
-                "id" => 2,
-                "name" => 4,
-                "publisher" => 8,
-                "signer" => 16,
-                "sha256" => 32,
-                "version" => 64,
-                other => {
-                    return Err(ParseError {
-                        at,
-                        reason: format!("unknown field `{other}` in a matcher, expected one of {MATCHER_FIELDS}"),
-                    })
-                }
+        self.object("a matcher object", MATCHER_NAMES, |p, known, key, at| {
+            let Some(i) = known else {
+                return Err(ParseError {
+                    at,
+                    reason: format!("unknown field `{key}` in a matcher, expected one of {MATCHER_FIELDS}"),
+                });
             };
+            let bit = 1u8 << i;
             if seen & bit != 0 {
                 return Err(ParseError { at, reason: format!("duplicate field `{key}` in a matcher") });
             }
             seen |= bit;
-            match bit {
+            match i {
+                0 => p.sha256s(&mut m.sha256)?,
                 1 => m.kind = p.kind()?,
                 2 => m.id = p.opt_string("`id` (a string)")?,
-                4 => m.name = p.opt_string("`name` (a string)")?,
-                8 => m.publisher = p.opt_string("`publisher` (a string)")?,
-                16 => p.strings("`signer` (a list of strings)", &mut m.signer)?,
-                32 => p.strings("`sha256` (a list of strings)", &mut m.sha256)?,
+                3 => m.name = p.opt_string("`name` (a string)")?,
+                4 => m.publisher = p.opt_string("`publisher` (a string)")?,
+                5 => p.strings("`signer` (a list of strings)", &mut m.signer)?,
                 _ => m.version = p.opt_string("`version` (a string)")?,
             }
             Ok(())
@@ -417,35 +463,28 @@ impl<'a> Parser<'a> {
         r.description = Cow::Borrowed("");
         r.except.clear();
         r.tags.clear();
-        self.object("a rule object", |p, key, at| {
-            let bit = match &*key {
-                "id" => 1,
-                "description" => 2,
-                "action" => 4,
-                "match" => 8,
-                "except" => 16,
-                "tags" => 32,
-                other => {
-                    return Err(ParseError {
-                        at,
-                        reason: format!("unknown field `{other}` in a rule, expected one of {RULE_FIELDS}"),
-                    })
-                }
+        self.object("a rule object", RULE_NAMES, |p, known, key, at| {
+            let Some(i) = known else {
+                return Err(ParseError {
+                    at,
+                    reason: format!("unknown field `{key}` in a rule, expected one of {RULE_FIELDS}"),
+                });
             };
+            let bit = 1u8 << i;
             if seen & bit != 0 {
                 return Err(ParseError { at, reason: format!("duplicate field `{key}` in a rule") });
             }
             seen |= bit;
-            match bit {
-                1 => r.id = p.string("`id` (a string)")?,
-                2 => r.description = p.string("`description` (a string)")?,
-                4 => {
+            match i {
+                0 => r.id = p.string("`id` (a string)")?,
+                1 => {
+                    p.ws();
                     let at = p.pos;
-                    action = Some(match &*p.string("`action` (a string)")? {
-                        "audit" => Action::Audit,
-                        "quarantine" => Action::Quarantine,
-                        "remove" => Action::Remove,
-                        other => {
+                    action = Some(match p.name("`action` (a string)", ACTION_NAMES)? {
+                        (Some(0), _) => Action::Quarantine,
+                        (Some(1), _) => Action::Remove,
+                        (Some(_), _) => Action::Audit,
+                        (None, other) => {
                             return Err(ParseError {
                                 at,
                                 reason: format!(
@@ -455,13 +494,14 @@ impl<'a> Parser<'a> {
                         }
                     })
                 }
-                8 => p.matchers("`match` (a list of matchers)", &mut r.matchers)?,
-                16 => p.matchers("`except` (a list of matchers)", &mut r.except)?,
+                2 => p.matchers("`match` (a list of matchers)", &mut r.matchers)?,
+                3 => r.description = p.string("`description` (a string)")?,
+                4 => p.matchers("`except` (a list of matchers)", &mut r.except)?,
                 _ => p.strings("`tags` (a list of strings)", &mut r.tags)?,
             }
             Ok(())
         })?;
-        for (bit, name) in [(1, "id"), (4, "action"), (8, "match")] {
+        for (bit, name) in [(1, "id"), (2, "action"), (4, "match")] {
             if seen & bit == 0 {
                 return Err(ParseError { at: start, reason: format!("missing field `{name}` in a rule") });
             }
@@ -474,10 +514,18 @@ impl<'a> Parser<'a> {
 /// Parses a policy payload (already UTF-8-checked) and compiles its rules into `set`, checking
 /// each rule, rule-id uniqueness (by 64-bit hash, as the serde path), the rule count and the
 /// compiled-size `budget` exactly where the serde path does.
-pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Result<PolicyHeader> {
+///
+/// `pipeline_min_bytes`: payloads at least this long are parsed and indexed on two threads
+/// ([`PIPELINE_MIN_BYTES`] normally; tests pass 0 to run small documents through that path).
+pub(crate) fn parse_policy(
+    text: &str,
+    set: &mut RuleSet,
+    budget: usize,
+    pipeline_min_bytes: usize,
+) -> Result<PolicyHeader> {
     let mut p = Parser { text, b: text.as_bytes(), pos: 0 };
     let (mut fleet, mut version, mut issued, mut expires, mut rule_count) = (None, None, None, None, None);
-    p.object("a policy object", |p, key, at| {
+    p.object("a policy object", POLICY_NAMES, |p, _, key, at| {
         let dup = |set: bool| -> Result<()> {
             if set {
                 return Err(ParseError { at, reason: format!("duplicate field `{key}`") });
@@ -503,7 +551,7 @@ pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Resu
             }
             "rules" => {
                 dup(rule_count.is_some())?;
-                rule_count = Some(rules(p, set, budget)?);
+                rule_count = Some(rules(p, set, budget, pipeline_min_bytes)?);
             }
             other => {
                 return Err(ParseError {
@@ -544,38 +592,188 @@ fn check_budget(set: &RuleSet, budget: usize, at: usize) -> Result<()> {
     Ok(())
 }
 
-fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<usize> {
-    let mut ids = rustc_hash::FxHashSet::with_capacity_and_hasher(set.capacity_hint(), Default::default());
-    let mut count = 0usize;
-    let mut r = RuleRef {
+fn empty_rule<'a>() -> RuleRef<'a> {
+    RuleRef {
         id: Cow::Borrowed(""),
         description: Cow::Borrowed(""),
         action: Action::Audit,
         matchers: Vec::new(),
         except: Vec::new(),
         tags: Vec::new(),
-    };
-    p.array("`rules` (a list of rules)", |p| {
-        let at = p.pos;
-        p.rule(&mut r)?;
-        count += 1;
-        if count > limits::MAX_RULES {
+    }
+}
+
+/// Payloads at least this long are parsed and indexed on two threads (see [`pipelined`]);
+/// below it a thread costs more than it saves.
+pub(crate) const PIPELINE_MIN_BYTES: usize = 256 * 1024;
+/// Rules per batch handed from the parsing thread to the indexing thread.
+const BATCH_RULES: usize = 256;
+/// Batches in existence at once (they are recycled), which bounds how far parsing runs ahead of
+/// indexing: at most `BATCHES × BATCH_RULES` parsed rules wait, borrowing the payload's text.
+const BATCHES: usize = 4;
+
+/// What is checked of each rule as it is parsed, in the order the serde path checks it: the
+/// rule count, then the rule itself (its id's uniqueness is checked where it is indexed).
+struct Checks {
+    count: usize,
+}
+
+impl Checks {
+    fn check(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
+        self.count += 1;
+        if self.count > limits::MAX_RULES {
             return Err(ParseError { at, reason: format!("more than {} rules", limits::MAX_RULES) });
         }
-        r.check().map_err(|reason| ParseError { at, reason })?;
+        r.check().map_err(|reason| ParseError { at, reason })
+    }
+}
+
+/// Indexes checked rules in order: checks each rule id's uniqueness (by 64-bit hash, as the
+/// serde path), adds the rule, and checks the compiled-size budget every 256 rules (and at the
+/// end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS × MAX_LIST
+/// index entries, so the overshoot between checks is bounded.
+struct Indexer<'s> {
+    set: &'s mut RuleSet,
+    budget: usize,
+    ids: rustc_hash::FxHashSet<u64>,
+    count: usize,
+}
+
+impl<'s> Indexer<'s> {
+    /// Reserves the set's tables (and the id set) from counts in the verified text
+    /// (`metadata::table_sizes`): no doubling copies or rehashes while indexing.
+    fn new(set: &'s mut RuleSet, budget: usize, text: &[u8], rule_count: usize) -> Self {
+        set.reserve(rule_count, crate::metadata::sha256_count_hint(text));
+        let ids = rustc_hash::FxHashSet::with_capacity_and_hasher(rule_count, Default::default());
+        Self { set, budget, ids, count: 0 }
+    }
+
+    fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         let mut h = rustc_hash::FxHasher::default();
         r.id.hash(&mut h);
-        if !ids.insert(h.finish()) {
+        if !self.ids.insert(h.finish()) {
             return Err(ParseError { at, reason: format!("rule id {:?} is used twice", r.id) });
         }
-        set.add(&r);
-        // Checked every 256 rules (and at the end), as in the serde path: one rule adds at most
-        // MAX_MATCHERS × MAX_LIST index entries, so the overshoot between checks is bounded.
-        if count % 256 == 0 {
-            check_budget(set, budget, at)?;
+        self.set.add(r);
+        self.count += 1;
+        if self.count % 256 == 0 {
+            check_budget(self.set, self.budget, at)?;
         }
         Ok(())
-    })?;
+    }
+}
+
+fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_bytes: usize) -> Result<usize> {
+    // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
+    // copies or rehashes while indexing.
+    let rule_count = crate::metadata::rule_count_hint(p.b);
+    let mut checks = Checks { count: 0 };
+    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget, rule_count)?;
+    if !piped {
+        let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
+        let mut r = empty_rule();
+        p.array("`rules` (a list of rules)", |p| {
+            let at = p.pos;
+            p.rule(&mut r)?;
+            checks.check(&r, at)?;
+            indexer.add(&r, at)
+        })?;
+    }
     check_budget(set, budget, p.pos)?;
-    Ok(count)
+    Ok(checks.count)
+}
+
+/// A batch of parsed and checked rules on its way to the indexing thread; `at[i]` is where
+/// `rules[i]` starts in the payload. The vectors are reused from batch to batch.
+struct Batch<'a> {
+    rules: Vec<RuleRef<'a>>,
+    at: Vec<usize>,
+    len: usize,
+}
+
+/// The rule list on two threads: this one parses and checks each rule (JSON, count, field
+/// values), a second one indexes the checked rules into `set` batch by batch (id uniqueness,
+/// the index, the compiled-size budget). Used only after the policy's
+/// signatures verified (the caller, `trust::verify_policy`, verifies first; nothing here runs
+/// alongside verification). Same results and errors as the sequential path: rules reach the
+/// index in order, and an error from the indexing thread (a duplicate id, the budget) concerns a
+/// rule the parsing thread had already accepted, so it comes before any error the parsing
+/// thread finds later in the document. Memory: the index is the same one; what is added is at
+/// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
+///
+/// Returns `Ok(false)`, having consumed nothing, when the second thread cannot be started.
+fn pipelined<'a>(
+    p: &mut Parser<'a>,
+    checks: &mut Checks,
+    set: &mut RuleSet,
+    budget: usize,
+    rule_count: usize,
+) -> Result<bool> {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
+    for _ in 0..BATCHES {
+        let rules = (0..BATCH_RULES).map(|_| empty_rule()).collect();
+        free_tx.send(Batch { rules, at: vec![0; BATCH_RULES], len: 0 }).expect("the channel has room");
+    }
+    let text = p.b;
+    std::thread::scope(|s| {
+        let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
+            // The sha256 count is taken here, while the first batch is being parsed.
+            let mut indexer = Indexer::new(set, budget, text, rule_count);
+            for batch in full_rx {
+                for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
+                    indexer.add(r, at)?;
+                }
+                // The parser may have finished and dropped its receiver: nothing to recycle.
+                let _ = free_tx.send(batch);
+            }
+            Ok(())
+        });
+        let Ok(indexer) = indexer else {
+            return Ok(false);
+        };
+        let mut batch = free_rx.recv().ok();
+        let parsed = p.array("`rules` (a list of rules)", |p| {
+            let Some(b) = batch.as_mut() else {
+                // The indexer stopped (its error is reported below): stop parsing too.
+                return Err(ParseError { at: p.pos, reason: String::new() });
+            };
+            let at = p.pos;
+            p.rule(&mut b.rules[b.len])?;
+            checks.check(&b.rules[b.len], at)?;
+            b.at[b.len] = at;
+            b.len += 1;
+            if b.len == BATCH_RULES {
+                let full = batch.take().expect("checked above");
+                if full_tx.send(full).is_ok() {
+                    batch = free_rx.recv().ok().map(|mut b| {
+                        b.len = 0;
+                        b
+                    });
+                }
+            }
+            Ok(())
+        });
+        if let Some(b) = batch.take().filter(|b| b.len > 0) {
+            let _ = full_tx.send(b);
+        }
+        drop(full_tx);
+        let indexed = indexer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // The indexer's error concerns a rule before any the parser could still refuse.
+        indexed?;
+        parsed?;
+        Ok(true)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_the_kinds_in_order() {
+        assert_eq!(KIND_NAMES, Kind::ALL.map(Kind::as_str));
+    }
 }

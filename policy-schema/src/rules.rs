@@ -91,7 +91,11 @@ pub fn is_sha256_hex(s: &str) -> bool {
 /// Branch-free per digit (compare, select, OR), so the loop compiles to vector instructions: a
 /// large hash-list policy checks and decodes tens of thousands of these.
 pub fn sha256_from_hex(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
+    sha256_from_hex_bytes(s.as_bytes())
+}
+
+/// [`sha256_from_hex`] of bytes (any bytes: only lowercase hex digits are accepted).
+pub(crate) fn sha256_from_hex_bytes(s: &[u8]) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }

@@ -31,6 +31,20 @@ fn probe_apps() -> Vec<App> {
 fn same(bytes: &[u8]) -> Result<(), TestCaseError> {
     let fast = Policy::parse_compiled(bytes, &["mobile".into()]);
     let slow = Policy::parse_compiled_serde(bytes, &["mobile".into()]);
+    // The two-thread path (parse on one, index on another; normally for large payloads only)
+    // must give exactly what the one-thread path gives, errors included.
+    let two = Policy::parse_compiled_two_threads(bytes, &["mobile".into()]);
+    match (&fast, &two) {
+        (Ok((hf, sf)), Ok((ht, st))) => {
+            prop_assert_eq!(hf, ht);
+            prop_assert_eq!(sf.len(), st.len());
+            for app in probe_apps() {
+                prop_assert_eq!(sf.matches(&app), st.matches(&app), "{:?}", app);
+            }
+        }
+        (Err(f), Err(t)) => prop_assert_eq!(f.to_string(), t.to_string()),
+        _ => prop_assert!(false, "one and two threads disagree on {:?}", String::from_utf8_lossy(bytes)),
+    }
     match (&fast, &slow) {
         (Ok((hf, sf)), Ok((hs, ss))) => {
             prop_assert_eq!(hf, hs);
@@ -56,6 +70,83 @@ fn the_example_policy_parses_the_same_both_ways() {
     let bytes = example_policy();
     Policy::parse_compiled(&bytes, &[]).expect("the example policy parses");
     same(&bytes).unwrap();
+}
+
+/// A policy whose first 256 rules compile past the size bound (checked every 256 rules) and
+/// whose rule `bad_at` has an unknown action: on two threads the indexing thread finds the first
+/// and the parsing thread the second, and the error reported must be the one the sequential
+/// path reports — whichever comes first in the document.
+fn over_budget_with_a_bad_rule(bad_at: usize) -> Vec<u8> {
+    let mut text = String::from(
+        r#"{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":["#,
+    );
+    let mut n = 0u64;
+    for r in 0..300 {
+        if r > 0 {
+            text.push(',');
+        }
+        let action = if r == bad_at { "nope" } else { "remove" };
+        text.push_str(&format!(r#"{{"id":"r{r}","action":"{action}","match":[{{"#));
+        if r < 256 {
+            // 3,600 × 256 = 921,600 distinct short signers: ~6 payload bytes each, far more
+            // once indexed, just past a doubling of the signer table (as in channel_hardening.rs).
+            let signers: Vec<String> = (0..3_600)
+                .map(|_| {
+                    n += 1;
+                    format!("\"{}\"", radix36(n))
+                })
+                .collect();
+            text.push_str(&format!(r#""signer":[{}]}}]}}"#, signers.join(",")));
+        } else {
+            text.push_str(&format!(r#""id":"app{r}"}}]}}"#));
+        }
+    }
+    text.push_str("]}");
+    text.into_bytes()
+}
+
+fn radix36(mut x: u64) -> String {
+    let mut s = String::new();
+    loop {
+        s.push(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize] as char);
+        x /= 36;
+        if x == 0 {
+            return s;
+        }
+    }
+}
+
+#[test]
+fn errors_come_in_document_order_on_one_and_two_threads() {
+    for (bad_at, expected) in [(280, "compiled rules would take more than"), (100, "unknown action")] {
+        let doc = over_budget_with_a_bad_rule(bad_at);
+        let one = Policy::parse_compiled_one_thread(&doc, &[]).map(|_| ()).unwrap_err().to_string();
+        let two = Policy::parse_compiled_two_threads(&doc, &[]).map(|_| ()).unwrap_err().to_string();
+        assert!(one.contains(expected), "bad rule at {bad_at}: {one}");
+        assert_eq!(one, two, "bad rule at {bad_at}");
+        assert!(Policy::parse_compiled_serde(&doc, &[]).is_err());
+    }
+    // A duplicate id (found where rules are indexed) before a bad rule (found where they are
+    // parsed): the duplicate is named on both paths.
+    let rules: Vec<String> = (0..300)
+        .map(|r| {
+            let id = if r == 5 { 1 } else { r };
+            let action = if r == 280 { "nope" } else { "remove" };
+            format!(r#"{{"id":"r{id}","action":"{action}","match":[{{"id":"app{r}"}}]}}"#)
+        })
+        .collect();
+    let doc = format!(
+        r#"{{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":[{}]}}"#,
+        rules.join(",")
+    );
+    let one = Policy::parse_compiled_one_thread(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    let two = Policy::parse_compiled_two_threads(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(one.contains(r#"rule id "r1" is used twice"#), "{one}");
+    assert_eq!(one, two);
+    // Without the bad rule the bound alone refuses it, and it is the bound that is named.
+    let doc = over_budget_with_a_bad_rule(usize::MAX);
+    let two = Policy::parse_compiled_two_threads(&doc, &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(two.contains("compiled rules would take more than"), "{two}");
 }
 
 /// Hand-picked edge cases of strict JSON and of the policy's shape.

@@ -51,6 +51,9 @@ pub struct TimestampSigner {
     pub key: SigningKey,
     /// How long each timestamp is valid; it is re-signed every quarter of this.
     pub ttl: Duration,
+    /// The signer's state file (last version signed, pinned root): `--state`, by default
+    /// `repo::default_signer_state` (beside the repository directory, never inside it).
+    pub state: PathBuf,
 }
 
 /// Everything `run` serves, validated by the binary.
@@ -162,9 +165,8 @@ pub async fn run(
 async fn resign_loop(repo: PathBuf, signer: TimestampSigner) {
     let every = (signer.ttl / 4).max(Duration::from_secs(1));
     loop {
-        let (repo2, ttl) = (repo.clone(), signer.ttl);
         let key = &signer.key;
-        match embargo_policy::repo::timestamp(&repo2, &[key], None, ttl, Time::now()) {
+        match embargo_policy::repo::timestamp_with_state(&repo, &signer.state, &[key], None, signer.ttl, Time::now()) {
             Ok(ts) => {
                 tracing::info!(version = ts.version, policy = ts.policy.version, expires = %ts.expires, "re-signed timestamp.json")
             }

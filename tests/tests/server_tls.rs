@@ -124,6 +124,41 @@ fn a_server_outside_the_configured_ca_is_refused() {
     assert!(HttpsTransport::new(HttpsOptions::new(url.replace("https", "http"))).is_err());
 }
 
+/// `--state FILE`: the server's re-signing keeps the signer state (last version signed, pinned
+/// root) where it is told, as `embargo-policy timestamp --state` does, and leaves the default
+/// state file beside the repository alone.
+#[test]
+fn the_server_keeps_the_signer_state_where_state_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = make_repo(tmp.path(), embargo_policy::example::WECHAT_KASPERSKY_TOML);
+    let ca = test_ca(tmp.path());
+    let default_state = embargo_policy::repo::default_signer_state(&repo.dir).unwrap();
+    let default_before = std::fs::read(&default_state).ok();
+    let state = tmp.path().join("signer/state.json");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let key = repo.keys.join("timestamp.key");
+    let (_server, url) = start_server(
+        &repo.dir,
+        &ca,
+        &["--timestamp-key", key.to_str().unwrap(), "--timestamp-ttl", "4s", "--state", state.to_str().unwrap()],
+    );
+    let t = transport(&url, &ca);
+    let rt = rt();
+    let version_served = || -> Option<u64> {
+        let bytes = rt.block_on(t.fetch("timestamp.json", 16384)).unwrap()?;
+        let env = embargo_policy::dsse::Envelope::decode(&bytes).ok()?;
+        Some(embargo_policy::metadata::Timestamp::parse(env.payload()).ok()?.version)
+    };
+    let initial = version_served().expect("the repository has a timestamp");
+    // The state is written before timestamp.json: once the server re-signed, both agree.
+    let written = eventually("a re-signing recorded in the state file", Duration::from_secs(10), || {
+        let s: embargo_policy::repo::SignerState = serde_json::from_slice(&std::fs::read(&state).ok()?).ok()?;
+        (s.last_version > initial && version_served() == Some(s.last_version)).then_some(s)
+    });
+    assert_eq!(written.root_version, 1, "{written:?}");
+    assert_eq!(std::fs::read(&default_state).ok(), default_before, "the default state file was touched");
+}
+
 #[test]
 fn the_server_re_signs_the_timestamp_on_a_schedule() {
     let tmp = tempfile::tempdir().unwrap();

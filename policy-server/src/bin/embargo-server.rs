@@ -1,4 +1,5 @@
-//! `embargo-server --repo DIR --listen ADDR --tls-cert F --tls-key F [--timestamp-key F --timestamp-ttl D]
+//! `embargo-server --repo DIR --listen ADDR --tls-cert F --tls-key F [--timestamp-key F --timestamp-ttl D
+//! --state F]
 //! [--client-ca F] [--admin-ca F] [--database URL] [--admin-password-file F] [limits]
 //! [--event-retention D] [--event-max-per-device N] [--event-prune-interval D]`
 //! `embargo-server fleet --database URL` prints the compliance summary.
@@ -35,6 +36,10 @@ struct Args {
     /// Validity of each re-signed timestamp (re-signed every quarter of it).
     #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
     timestamp_ttl: Duration,
+    /// The timestamp signer's state file (last version signed, pinned root); default: beside the
+    /// repository directory, REPO.timestamp-state.json (as `embargo-policy timestamp --state`).
+    #[arg(long, value_name = "FILE", requires = "timestamp_key")]
+    state: Option<PathBuf>,
     /// CA (PEM) that issues device certificates: clients presenting one are identified as that
     /// device (its subject common name). Needed for reports.
     #[arg(long)]
@@ -212,7 +217,16 @@ fn main() -> ExitCode {
     let signer = match &args.timestamp_key {
         None => None,
         Some(p) => match embargo_policy::keys::SigningKey::read(p) {
-            Ok(key) => Some(embargo_server::TimestampSigner { key, ttl: args.timestamp_ttl }),
+            Ok(key) => {
+                let state = match &args.state {
+                    Some(s) => s.clone(),
+                    None => match embargo_policy::repo::default_signer_state(&repo) {
+                        Ok(s) => s,
+                        Err(e) => return usage(e.to_string()),
+                    },
+                };
+                Some(embargo_server::TimestampSigner { key, ttl: args.timestamp_ttl, state })
+            }
             Err(e) => return usage(e.to_string()),
         },
     };
