@@ -18,7 +18,9 @@
 //! drop record and the unlink leaves the file (dropped again later). A last line without its
 //! newline (a write in progress, or cut by a crash) is ignored by readers and the verifier.
 //!
-//! **Reads**: the last [`TAIL_ENTRIES`] entries are kept in memory, so `embargoctl events` and
+//! **Reads**: the last [`TAIL_ENTRIES`] entries (at most [`TAIL_BYTES`] of their lines, kept as
+//! text: a parsed entry costs several times its line, and the idle daemon's memory is bounded
+//! by PRODUCT.md) are kept in memory, so `embargoctl events` and
 //! `--follow` are answered on the core loop without touching the disk; older pages are read
 //! with [`read_page`] and the whole chain checked with [`verify_files`], both off the loop
 //! (`handlers`), each bounded in the bytes it reads per request.
@@ -39,6 +41,9 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 
 /// Entries kept in memory for `events` (the newest ones).
 pub const TAIL_ENTRIES: usize = 1000;
+/// Most bytes of lines the in-memory tail holds (whichever of this and `TAIL_ENTRIES` is
+/// reached first).
+pub const TAIL_BYTES: usize = 256 << 10;
 /// Most entries one `events` answer carries.
 pub const EVENTS_PAGE: usize = 1000;
 /// Most bytes of log one `events` request reads from disk (older entries than the tail).
@@ -63,6 +68,13 @@ pub struct Entry {
     pub event: serde_json::Value,
     #[serde(default)]
     pub hash: String,
+}
+
+/// One line of the in-memory tail, as written (without its newline).
+#[derive(Debug)]
+struct TailLine {
+    seq: u64,
+    line: Box<[u8]>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -102,8 +114,10 @@ pub struct AuditLog {
     /// The current file's size.
     bytes: u64,
     rotation: Rotation,
-    /// The newest entries, oldest first (at most `TAIL_ENTRIES`).
-    tail: VecDeque<Entry>,
+    /// The newest entries' lines, oldest first (at most `TAIL_ENTRIES` and `TAIL_BYTES`).
+    tail: VecDeque<TailLine>,
+    /// Bytes of the lines in `tail`.
+    tail_bytes: usize,
 }
 
 /// One page of `events`: `entries` (those the caller may see), `next` (the last sequence looked
@@ -306,7 +320,21 @@ impl AuditLog {
                 None => (0, GENESIS.to_owned()),
             },
         };
-        Ok(Self { path: path.to_path_buf(), file, seq, last, first_seq, bytes, rotation, tail })
+        let mut log = Self {
+            path: path.to_path_buf(),
+            file,
+            seq,
+            last,
+            first_seq,
+            bytes,
+            rotation,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+        };
+        for e in &tail {
+            log.remember(e.seq, serde_json::to_vec(e).expect("entry serializes"));
+        }
+        Ok(log)
     }
 
     pub fn path(&self) -> &Path {
@@ -343,18 +371,33 @@ impl AuditLog {
         let mut line = serde_json::to_vec(&e).expect("entry serializes");
         line.push(b'\n');
         self.file.write_all(&line)?;
+        let written = line.len();
+        line.pop();
         self.file.sync_data()?;
         self.seq = e.seq;
         self.last = e.hash.clone();
-        self.bytes += line.len() as u64;
+        self.bytes += written as u64;
         if self.first_seq == 0 {
             self.first_seq = e.seq;
         }
-        self.tail.push_back(e.clone());
-        if self.tail.len() > TAIL_ENTRIES {
-            self.tail.pop_front();
-        }
+        self.remember(e.seq, line);
         Ok(e)
+    }
+
+    /// Adds a line to the in-memory tail, dropping the oldest past its bounds (the newest line
+    /// is always kept).
+    fn remember(&mut self, seq: u64, line: Vec<u8>) {
+        self.tail_bytes += line.len();
+        self.tail.push_back(TailLine { seq, line: line.into_boxed_slice() });
+        while self.tail.len() > 1 && (self.tail.len() > TAIL_ENTRIES || self.tail_bytes > TAIL_BYTES) {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(t) = self.tail.pop_front() {
+            self.tail_bytes -= t.line.len();
+        }
     }
 
     /// Renames the current file to `<name>.<its first seq>`, starts a new one with an
@@ -409,7 +452,7 @@ impl AuditLog {
             // What is gone from disk is not served from memory either.
             if let Some(last) = &last {
                 while self.tail.front().is_some_and(|e| e.seq <= last.seq) {
-                    self.tail.pop_front();
+                    self.forget_oldest();
                 }
             }
             tracing::info!(file = %p.display(), "deleted a rotated audit log file beyond audit_keep_files");
@@ -432,8 +475,10 @@ impl AuditLog {
         if self.tail.front().is_none_or(|e| e.seq > since + 1) {
             return None;
         }
-        for e in self.tail.iter().filter(|e| e.seq > since) {
-            if !page.offer(e, limit, &mut keep) {
+        for t in self.tail.iter().filter(|t| t.seq > since) {
+            // Lines this process wrote itself: they parse (one that did not would be skipped).
+            let Ok(e) = serde_json::from_slice::<Entry>(&t.line) else { continue };
+            if !page.offer(&e, limit, &mut keep) {
                 break;
             }
         }
