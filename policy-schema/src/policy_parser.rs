@@ -515,14 +515,10 @@ impl<'a> Parser<'a> {
 /// each rule, rule-id uniqueness (by 64-bit hash, as the serde path), the rule count and the
 /// compiled-size `budget` exactly where the serde path does.
 ///
-/// `pipeline_min_bytes`: payloads at least this long are parsed and indexed on two threads
-/// ([`PIPELINE_MIN_BYTES`] normally; tests pass 0 to run small documents through that path).
-pub(crate) fn parse_policy(
-    text: &str,
-    set: &mut RuleSet,
-    budget: usize,
-    pipeline_min_bytes: usize,
-) -> Result<PolicyHeader> {
+/// On the calling thread: a second thread indexing what this one parses measured slower than
+/// one thread in some runs on an otherwise idle 2-core machine (docs/signed-channel.md,
+/// "Performance pass 4"), so it was removed.
+pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Result<PolicyHeader> {
     let mut p = Parser { text, b: text.as_bytes(), pos: 0 };
     let (mut fleet, mut version, mut issued, mut expires, mut rule_count) = (None, None, None, None, None);
     p.object("a policy object", POLICY_NAMES, |p, _, key, at| {
@@ -551,7 +547,7 @@ pub(crate) fn parse_policy(
             }
             "rules" => {
                 dup(rule_count.is_some())?;
-                rule_count = Some(rules(p, set, budget, pipeline_min_bytes)?);
+                rule_count = Some(rules(p, set, budget)?);
             }
             other => {
                 return Err(ParseError {
@@ -603,17 +599,8 @@ fn empty_rule<'a>() -> RuleRef<'a> {
     }
 }
 
-/// Payloads at least this long are parsed and indexed on two threads (see [`pipelined`]);
-/// below it a thread costs more than it saves.
-pub(crate) const PIPELINE_MIN_BYTES: usize = 256 * 1024;
-/// Rules per batch handed from the parsing thread to the indexing thread.
-const BATCH_RULES: usize = 256;
-/// Batches in existence at once (they are recycled), which bounds how far parsing runs ahead of
-/// indexing: at most `BATCHES × BATCH_RULES` parsed rules wait, borrowing the payload's text.
-const BATCHES: usize = 4;
-
 /// What is checked of each rule as it is parsed, in the order the serde path checks it: the
-/// rule count, then the rule itself (its id's uniqueness is checked where it is indexed).
+/// rule count, then the rule itself (its id's uniqueness is checked by the [`Indexer`]).
 struct Checks {
     count: usize,
 }
@@ -663,109 +650,21 @@ impl<'s> Indexer<'s> {
     }
 }
 
-fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_bytes: usize) -> Result<usize> {
+fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<usize> {
     // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
     // copies or rehashes while indexing.
     let rule_count = crate::metadata::rule_count_hint(p.b);
     let mut checks = Checks { count: 0 };
-    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget, rule_count)?;
-    if !piped {
-        let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
-        let mut r = empty_rule();
-        p.array("`rules` (a list of rules)", |p| {
-            let at = p.pos;
-            p.rule(&mut r)?;
-            checks.check(&r, at)?;
-            indexer.add(&r, at)
-        })?;
-    }
+    let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
+    let mut r = empty_rule();
+    p.array("`rules` (a list of rules)", |p| {
+        let at = p.pos;
+        p.rule(&mut r)?;
+        checks.check(&r, at)?;
+        indexer.add(&r, at)
+    })?;
     check_budget(set, budget, p.pos)?;
     Ok(checks.count)
-}
-
-/// A batch of parsed and checked rules on its way to the indexing thread; `at[i]` is where
-/// `rules[i]` starts in the payload. The vectors are reused from batch to batch.
-struct Batch<'a> {
-    rules: Vec<RuleRef<'a>>,
-    at: Vec<usize>,
-    len: usize,
-}
-
-/// The rule list on two threads: this one parses and checks each rule (JSON, count, field
-/// values), a second one indexes the checked rules into `set` batch by batch (id uniqueness,
-/// the index, the compiled-size budget). Used only after the policy's
-/// signatures verified (the caller, `trust::verify_policy`, verifies first; nothing here runs
-/// alongside verification). Same results and errors as the sequential path: rules reach the
-/// index in order, and an error from the indexing thread (a duplicate id, the budget) concerns a
-/// rule the parsing thread had already accepted, so it comes before any error the parsing
-/// thread finds later in the document. Memory: the index is the same one; what is added is at
-/// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
-///
-/// Returns `Ok(false)`, having consumed nothing, when the second thread cannot be started.
-fn pipelined<'a>(
-    p: &mut Parser<'a>,
-    checks: &mut Checks,
-    set: &mut RuleSet,
-    budget: usize,
-    rule_count: usize,
-) -> Result<bool> {
-    use std::sync::mpsc;
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
-    let (free_tx, free_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
-    for _ in 0..BATCHES {
-        let rules = (0..BATCH_RULES).map(|_| empty_rule()).collect();
-        free_tx.send(Batch { rules, at: vec![0; BATCH_RULES], len: 0 }).expect("the channel has room");
-    }
-    let text = p.b;
-    std::thread::scope(|s| {
-        let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
-            // The sha256 count is taken here, while the first batch is being parsed.
-            let mut indexer = Indexer::new(set, budget, text, rule_count);
-            for batch in full_rx {
-                for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
-                    indexer.add(r, at)?;
-                }
-                // The parser may have finished and dropped its receiver: nothing to recycle.
-                let _ = free_tx.send(batch);
-            }
-            Ok(())
-        });
-        let Ok(indexer) = indexer else {
-            return Ok(false);
-        };
-        let mut batch = free_rx.recv().ok();
-        let parsed = p.array("`rules` (a list of rules)", |p| {
-            let Some(b) = batch.as_mut() else {
-                // The indexer stopped (its error is reported below): stop parsing too.
-                return Err(ParseError { at: p.pos, reason: String::new() });
-            };
-            let at = p.pos;
-            p.rule(&mut b.rules[b.len])?;
-            checks.check(&b.rules[b.len], at)?;
-            b.at[b.len] = at;
-            b.len += 1;
-            if b.len == BATCH_RULES {
-                let full = batch.take().expect("checked above");
-                if full_tx.send(full).is_ok() {
-                    batch = free_rx.recv().ok().map(|mut b| {
-                        b.len = 0;
-                        b
-                    });
-                }
-            }
-            Ok(())
-        });
-        if let Some(b) = batch.take().filter(|b| b.len > 0) {
-            let _ = full_tx.send(b);
-        }
-        drop(full_tx);
-        let indexed = indexer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // The indexer's error concerns a rule before any the parser could still refuse.
-        indexed?;
-        parsed?;
-        Ok(true)
-    })
 }
 
 #[cfg(test)]
