@@ -46,13 +46,44 @@ const POLICY_FIELDS: &str = "`fleet`, `version`, `issued`, `expires`, `rules`";
 const RULE_FIELDS: &str = "`id`, `description`, `action`, `match`, `except`, `tags`";
 const MATCHER_FIELDS: &str = "`kind`, `id`, `name`, `publisher`, `signer`, `sha256`, `version`";
 /// Field names in the order they are tried by [`Parser::name`]: the most frequent first.
-const POLICY_NAMES: &[&str] = &["rules", "fleet", "version", "issued", "expires"];
-const RULE_NAMES: &[&str] = &["id", "action", "match", "description", "except", "tags"];
-const MATCHER_NAMES: &[&str] = &["sha256", "kind", "id", "name", "publisher", "signer", "version"];
-const ACTION_NAMES: &[&str] = &["quarantine", "remove", "audit"];
+const POLICY_NAMES: Names<5> = Names::new(["rules", "fleet", "version", "issued", "expires"]);
+const RULE_NAMES: Names<6> = Names::new(["id", "action", "match", "description", "except", "tags"]);
+const MATCHER_NAMES: Names<7> = Names::new(["sha256", "kind", "id", "name", "publisher", "signer", "version"]);
+const ACTION_NAMES: Names<3> = Names::new(["quarantine", "remove", "audit"]);
 /// `Kind::ALL` by name, in the same order (a unit test checks it).
-const KIND_NAMES: [&str; Kind::ALL.len()] =
-    ["deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix"];
+const KIND_NAMES: Names<{ Kind::ALL.len() }> = Names::new([
+    "deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix",
+]);
+
+/// Names the parser recognises without scanning them as strings (see [`Parser::name`]): each
+/// with the first 8 bytes of `name"` (the name and its closing quote) as a little-endian word
+/// and a mask of the bytes of that word that count, so that trying a name costs one AND and
+/// one compare (plus a short tail compare for names of 8 bytes or more).
+struct Names<const N: usize> {
+    names: [&'static str; N],
+    words: [(u64, u64); N],
+}
+
+impl<const N: usize> Names<N> {
+    const fn new(names: [&'static str; N]) -> Self {
+        let mut words = [(0u64, 0u64); N];
+        let mut i = 0;
+        while i < N {
+            let b = names[i].as_bytes();
+            let (mut word, mut mask) = (0u64, 0u64);
+            let mut j = 0;
+            while j < 8 && j <= b.len() {
+                let c = if j < b.len() { b[j] } else { b'"' };
+                word |= (c as u64) << (8 * j);
+                mask |= 0xff << (8 * j);
+                j += 1;
+            }
+            words[i] = (word, mask);
+            i += 1;
+        }
+        Self { names, words }
+    }
+}
 
 struct Parser<'a> {
     text: &'a str,
@@ -162,20 +193,26 @@ impl<'a> Parser<'a> {
     /// cannot occur inside a JSON string, so that match is exact) without scanning the string;
     /// anything else (escapes, other names) goes through [`Parser::string`] and is then looked
     /// up, so `"i\u0064"` is still `id`, exactly as serde reads it.
-    fn name(&mut self, what: &str, names: &[&str]) -> Result<(Option<usize>, Cow<'a, str>)> {
+    fn name<const N: usize>(&mut self, what: &str, names: &Names<N>) -> Result<(Option<usize>, Cow<'a, str>)> {
         if self.peek() == Some(b'"') {
             let start = self.pos + 1;
             let rest = &self.b[start..];
-            for (i, n) in names.iter().enumerate() {
-                // Names are a few bytes: an inline comparison, not a call to `memcmp`.
-                if rest.get(n.len()) == Some(&b'"') && rest.iter().zip(n.as_bytes()).all(|(a, b)| a == b) {
-                    self.pos = start + n.len() + 1;
-                    return Ok((Some(i), Cow::Borrowed(&self.text[start..start + n.len()])));
+            // Near the end of the payload (fewer than 8 bytes left) the string reader decides.
+            if let Some(first) = rest.first_chunk::<8>() {
+                let word = u64::from_le_bytes(*first);
+                for (i, (n, &(w, mask))) in names.names.iter().zip(&names.words).enumerate() {
+                    let len = n.len();
+                    if word & mask == w
+                        && (len < 8 || (rest.get(len) == Some(&b'"') && rest[8..len] == n.as_bytes()[8..]))
+                    {
+                        self.pos = start + len + 1;
+                        return Ok((Some(i), Cow::Borrowed(&self.text[start..start + len])));
+                    }
                 }
             }
         }
         let s = self.string(what)?;
-        Ok((names.iter().position(|n| *n == s), s))
+        Ok((names.names.iter().position(|n| *n == s), s))
     }
 
     /// The rest of a string that has an escape, from `start` (just after the opening quote).
@@ -307,10 +344,10 @@ impl<'a> Parser<'a> {
 
     /// Walks an object: calls `field(self, index of the key in names, key, key_offset)` with the
     /// parser positioned at each value, which the callback must consume.
-    fn object(
+    fn object<const N: usize>(
         &mut self,
         what: &str,
-        names: &[&str],
+        names: &Names<N>,
         mut field: impl FnMut(&mut Self, Option<usize>, Cow<'a, str>, usize) -> Result<()>,
     ) -> Result<()> {
         self.expect(b'{', what)?;
@@ -415,7 +452,7 @@ impl<'a> Parser<'a> {
         m.sha256.clear();
         m.version = None;
         let mut seen = 0u8;
-        self.object("a matcher object", MATCHER_NAMES, |p, known, key, at| {
+        self.object("a matcher object", &MATCHER_NAMES, |p, known, key, at| {
             let Some(i) = known else {
                 return Err(ParseError {
                     at,
@@ -463,7 +500,7 @@ impl<'a> Parser<'a> {
         r.description = Cow::Borrowed("");
         r.except.clear();
         r.tags.clear();
-        self.object("a rule object", RULE_NAMES, |p, known, key, at| {
+        self.object("a rule object", &RULE_NAMES, |p, known, key, at| {
             let Some(i) = known else {
                 return Err(ParseError {
                     at,
@@ -480,7 +517,7 @@ impl<'a> Parser<'a> {
                 1 => {
                     p.ws();
                     let at = p.pos;
-                    action = Some(match p.name("`action` (a string)", ACTION_NAMES)? {
+                    action = Some(match p.name("`action` (a string)", &ACTION_NAMES)? {
                         (Some(0), _) => Action::Quarantine,
                         (Some(1), _) => Action::Remove,
                         (Some(_), _) => Action::Audit,
@@ -521,7 +558,7 @@ impl<'a> Parser<'a> {
 pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Result<PolicyHeader> {
     let mut p = Parser { text, b: text.as_bytes(), pos: 0 };
     let (mut fleet, mut version, mut issued, mut expires, mut rule_count) = (None, None, None, None, None);
-    p.object("a policy object", POLICY_NAMES, |p, _, key, at| {
+    p.object("a policy object", &POLICY_NAMES, |p, _, key, at| {
         let dup = |set: bool| -> Result<()> {
             if set {
                 return Err(ParseError { at, reason: format!("duplicate field `{key}`") });
@@ -673,6 +710,6 @@ mod tests {
 
     #[test]
     fn kind_names_are_the_kinds_in_order() {
-        assert_eq!(KIND_NAMES, Kind::ALL.map(Kind::as_str));
+        assert_eq!(KIND_NAMES.names, Kind::ALL.map(Kind::as_str));
     }
 }
