@@ -8,9 +8,7 @@
 //! Ed25519 signature check), once each — and reports verify+parse+index as a multiple of it;
 //! the goal is ≤ 2× the floor. With threshold 2 the format needs one SHA-512 per signature, so
 //! that run's floor is shown with both (the 1× figure is still the one in the bar).
-//! Phase splits (decode, signatures, parse+index) are printed to show where the rest goes;
-//! parse+index is shown as the agent runs it (parsing on one thread, indexing on a second, after
-//! the signatures verified) and on one thread.
+//! Phase splits (decode, signatures, parse+index) are printed to show where the rest goes.
 //! Run: `cargo bench -p embargo-policy --bench policy_scale` (EMBARGO_BENCH_RUNS to change runs).
 
 // The counting allocator is the only unsafe code here: measuring heap needs a GlobalAlloc.
@@ -223,7 +221,7 @@ fn measure(threshold: usize, runs: usize, now: Time) -> RuleSet {
     // Interleaved with the timed runs, so that both see the same machine load.
     let mut times = Vec::new();
     let (mut floors, mut sha256s, mut sha512s) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut decodes, mut sigs, mut parses, mut parses1) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut decodes, mut sigs, mut parses) = (Vec::new(), Vec::new(), Vec::new());
     let (pkeys_pub, _) = (pkeys.iter().map(|k| k.public()).collect::<Vec<_>>(), ());
     for _ in 0..runs {
         COUNTING.store(false, Relaxed);
@@ -248,10 +246,6 @@ fn measure(threshold: usize, runs: usize, now: Time) -> RuleSet {
         let t = Instant::now();
         std::hint::black_box(Policy::parse_compiled(e.payload(), &[]).unwrap());
         parses.push(t.elapsed());
-        // The same on one thread: what the second (indexing) thread saves.
-        let t = Instant::now();
-        std::hint::black_box(Policy::parse_compiled_one_thread(e.payload(), &[]).unwrap());
-        parses1.push(t.elapsed());
         COUNTING.store(true, Relaxed);
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -267,12 +261,10 @@ fn measure(threshold: usize, runs: usize, now: Time) -> RuleSet {
         })
     );
     println!(
-        "phases (medians): copy-free decode {:.1} ms, {threshold} signature(s) {:.1} ms, parse+index {:.1} ms \
-         (parsing and indexing on two threads; on one thread: {:.1} ms)",
+        "phases (medians): copy-free decode {:.1} ms, {threshold} signature(s) {:.1} ms, parse+index {:.1} ms",
         ms(median(decodes)),
         ms(median(sigs)),
-        ms(median(parses)),
-        ms(median(parses1))
+        ms(median(parses))
     );
     let mut peaks = Vec::new();
     let mut set = None;

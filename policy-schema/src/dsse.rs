@@ -231,21 +231,21 @@ impl Envelope {
             let raw: RawEnvelope<'_> = serde_json::from_slice(&bytes)?;
             let signatures = Self::signatures_of(&raw)?;
             // Where the payload text sits inside `bytes`, when serde could borrow it (no
-            // escapes); otherwise it was unescaped into a copy.
+            // escapes), and its decoded length (taken here, from the `str` serde has already
+            // checked, rather than checking the megabytes of text as UTF-8 a second time);
+            // otherwise it was unescaped into a copy.
             let range = match &raw.payload {
                 std::borrow::Cow::Borrowed(t) => {
                     let start = t.as_ptr() as usize - bytes.as_ptr() as usize;
-                    Ok(start..start + t.len())
+                    Ok((start..start + t.len(), decoded_len(t)))
                 }
                 std::borrow::Cow::Owned(t) => Err(t.clone()),
             };
             (raw.payload_type.into_owned(), signatures, range)
         };
         let (pae, payload_start) = match text_range {
-            Ok(range) => {
-                let payload_len =
-                    decoded_len(std::str::from_utf8(&bytes[range.clone()]).map_err(|_| EnvelopeError::Base64)?)
-                        .ok_or(EnvelopeError::Base64)?;
+            Ok((range, payload_len)) => {
+                let payload_len = payload_len.ok_or(EnvelopeError::Base64)?;
                 let header = pae_header(&payload_type, payload_len);
                 if header.len() <= range.start {
                     decode_in_place(&mut bytes, &header, range, payload_len)?;

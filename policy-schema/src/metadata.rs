@@ -362,44 +362,14 @@ impl Policy {
     /// rule compiled as it is read); [`Policy::parse_compiled_serde`] is the serde path it
     /// replaced, kept as the reference its strictness is tested against.
     pub fn parse_compiled(bytes: &[u8], device_tags: &[String]) -> Result<(PolicyHeader, RuleSet), PayloadError> {
-        Self::parse_compiled_threads(bytes, device_tags, crate::policy_parser::PIPELINE_MIN_BYTES)
-    }
-
-    /// [`Policy::parse_compiled`] with the rule list parsed on one thread and indexed on a
-    /// second whatever the payload's size (normally only large payloads are): for the tests that
-    /// show both paths accept and refuse the same documents.
-    #[doc(hidden)]
-    pub fn parse_compiled_two_threads(
-        bytes: &[u8],
-        device_tags: &[String],
-    ) -> Result<(PolicyHeader, RuleSet), PayloadError> {
-        Self::parse_compiled_threads(bytes, device_tags, 0)
-    }
-
-    /// [`Policy::parse_compiled`] on one thread whatever the payload's size (the reference the
-    /// two-thread path is tested against).
-    #[doc(hidden)]
-    pub fn parse_compiled_one_thread(
-        bytes: &[u8],
-        device_tags: &[String],
-    ) -> Result<(PolicyHeader, RuleSet), PayloadError> {
-        Self::parse_compiled_threads(bytes, device_tags, usize::MAX)
-    }
-
-    fn parse_compiled_threads(
-        bytes: &[u8],
-        device_tags: &[String],
-        pipeline_min_bytes: usize,
-    ) -> Result<(PolicyHeader, RuleSet), PayloadError> {
         let text = std::str::from_utf8(bytes).map_err(|e| PayloadError::Invalid {
             role: "policy",
             reason: format!("not UTF-8 at byte {}", e.valid_up_to()),
         })?;
         // The parser reserves the set's tables (from `table_sizes`) where it indexes.
         let mut set = RuleSet::new(device_tags);
-        let header =
-            crate::policy_parser::parse_policy(text, &mut set, compiled_budget(bytes.len()), pipeline_min_bytes)
-                .map_err(|e| PayloadError::Json { role: "policy", source: e.into_json(text) })?;
+        let header = crate::policy_parser::parse_policy(text, &mut set, compiled_budget(bytes.len()))
+            .map_err(|e| PayloadError::Json { role: "policy", source: e.into_json(text) })?;
         check_fleet("policy", &header.fleet)?;
         set.shrink();
         Ok((header, set))
@@ -440,8 +410,7 @@ fn table_sizes(bytes: &[u8]) -> (usize, usize) {
     (rule_count_hint(bytes), sha256_count_hint(bytes))
 }
 
-/// The rule count of [`table_sizes`] (the two counts are taken separately by the two-thread
-/// parser, one on each thread).
+/// The rule count of [`table_sizes`].
 pub(crate) fn rule_count_hint(bytes: &[u8]) -> usize {
     memchr::memmem::find_iter(bytes, b"\"action\"").count().min(bytes.len() / 40)
 }

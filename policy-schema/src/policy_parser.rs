@@ -46,13 +46,44 @@ const POLICY_FIELDS: &str = "`fleet`, `version`, `issued`, `expires`, `rules`";
 const RULE_FIELDS: &str = "`id`, `description`, `action`, `match`, `except`, `tags`";
 const MATCHER_FIELDS: &str = "`kind`, `id`, `name`, `publisher`, `signer`, `sha256`, `version`";
 /// Field names in the order they are tried by [`Parser::name`]: the most frequent first.
-const POLICY_NAMES: &[&str] = &["rules", "fleet", "version", "issued", "expires"];
-const RULE_NAMES: &[&str] = &["id", "action", "match", "description", "except", "tags"];
-const MATCHER_NAMES: &[&str] = &["sha256", "kind", "id", "name", "publisher", "signer", "version"];
-const ACTION_NAMES: &[&str] = &["quarantine", "remove", "audit"];
+const POLICY_NAMES: Names<5> = Names::new(["rules", "fleet", "version", "issued", "expires"]);
+const RULE_NAMES: Names<6> = Names::new(["id", "action", "match", "description", "except", "tags"]);
+const MATCHER_NAMES: Names<7> = Names::new(["sha256", "kind", "id", "name", "publisher", "signer", "version"]);
+const ACTION_NAMES: Names<3> = Names::new(["quarantine", "remove", "audit"]);
 /// `Kind::ALL` by name, in the same order (a unit test checks it).
-const KIND_NAMES: [&str; Kind::ALL.len()] =
-    ["deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix"];
+const KIND_NAMES: Names<{ Kind::ALL.len() }> = Names::new([
+    "deb", "rpm", "flatpak", "snap", "appimage", "desktop", "file", "android", "macos", "ios", "windows", "msix",
+]);
+
+/// Names the parser recognises without scanning them as strings (see [`Parser::name`]): each
+/// with the first 8 bytes of `name"` (the name and its closing quote) as a little-endian word
+/// and a mask of the bytes of that word that count, so that trying a name costs one AND and
+/// one compare (plus a short tail compare for names of 8 bytes or more).
+struct Names<const N: usize> {
+    names: [&'static str; N],
+    words: [(u64, u64); N],
+}
+
+impl<const N: usize> Names<N> {
+    const fn new(names: [&'static str; N]) -> Self {
+        let mut words = [(0u64, 0u64); N];
+        let mut i = 0;
+        while i < N {
+            let b = names[i].as_bytes();
+            let (mut word, mut mask) = (0u64, 0u64);
+            let mut j = 0;
+            while j < 8 && j <= b.len() {
+                let c = if j < b.len() { b[j] } else { b'"' };
+                word |= (c as u64) << (8 * j);
+                mask |= 0xff << (8 * j);
+                j += 1;
+            }
+            words[i] = (word, mask);
+            i += 1;
+        }
+        Self { names, words }
+    }
+}
 
 struct Parser<'a> {
     text: &'a str,
@@ -162,20 +193,26 @@ impl<'a> Parser<'a> {
     /// cannot occur inside a JSON string, so that match is exact) without scanning the string;
     /// anything else (escapes, other names) goes through [`Parser::string`] and is then looked
     /// up, so `"i\u0064"` is still `id`, exactly as serde reads it.
-    fn name(&mut self, what: &str, names: &[&str]) -> Result<(Option<usize>, Cow<'a, str>)> {
+    fn name<const N: usize>(&mut self, what: &str, names: &Names<N>) -> Result<(Option<usize>, Cow<'a, str>)> {
         if self.peek() == Some(b'"') {
             let start = self.pos + 1;
             let rest = &self.b[start..];
-            for (i, n) in names.iter().enumerate() {
-                // Names are a few bytes: an inline comparison, not a call to `memcmp`.
-                if rest.get(n.len()) == Some(&b'"') && rest.iter().zip(n.as_bytes()).all(|(a, b)| a == b) {
-                    self.pos = start + n.len() + 1;
-                    return Ok((Some(i), Cow::Borrowed(&self.text[start..start + n.len()])));
+            // Near the end of the payload (fewer than 8 bytes left) the string reader decides.
+            if let Some(first) = rest.first_chunk::<8>() {
+                let word = u64::from_le_bytes(*first);
+                for (i, (n, &(w, mask))) in names.names.iter().zip(&names.words).enumerate() {
+                    let len = n.len();
+                    if word & mask == w
+                        && (len < 8 || (rest.get(len) == Some(&b'"') && rest[8..len] == n.as_bytes()[8..]))
+                    {
+                        self.pos = start + len + 1;
+                        return Ok((Some(i), Cow::Borrowed(&self.text[start..start + len])));
+                    }
                 }
             }
         }
         let s = self.string(what)?;
-        Ok((names.iter().position(|n| *n == s), s))
+        Ok((names.names.iter().position(|n| *n == s), s))
     }
 
     /// The rest of a string that has an escape, from `start` (just after the opening quote).
@@ -307,10 +344,10 @@ impl<'a> Parser<'a> {
 
     /// Walks an object: calls `field(self, index of the key in names, key, key_offset)` with the
     /// parser positioned at each value, which the callback must consume.
-    fn object(
+    fn object<const N: usize>(
         &mut self,
         what: &str,
-        names: &[&str],
+        names: &Names<N>,
         mut field: impl FnMut(&mut Self, Option<usize>, Cow<'a, str>, usize) -> Result<()>,
     ) -> Result<()> {
         self.expect(b'{', what)?;
@@ -415,7 +452,7 @@ impl<'a> Parser<'a> {
         m.sha256.clear();
         m.version = None;
         let mut seen = 0u8;
-        self.object("a matcher object", MATCHER_NAMES, |p, known, key, at| {
+        self.object("a matcher object", &MATCHER_NAMES, |p, known, key, at| {
             let Some(i) = known else {
                 return Err(ParseError {
                     at,
@@ -463,7 +500,7 @@ impl<'a> Parser<'a> {
         r.description = Cow::Borrowed("");
         r.except.clear();
         r.tags.clear();
-        self.object("a rule object", RULE_NAMES, |p, known, key, at| {
+        self.object("a rule object", &RULE_NAMES, |p, known, key, at| {
             let Some(i) = known else {
                 return Err(ParseError {
                     at,
@@ -480,7 +517,7 @@ impl<'a> Parser<'a> {
                 1 => {
                     p.ws();
                     let at = p.pos;
-                    action = Some(match p.name("`action` (a string)", ACTION_NAMES)? {
+                    action = Some(match p.name("`action` (a string)", &ACTION_NAMES)? {
                         (Some(0), _) => Action::Quarantine,
                         (Some(1), _) => Action::Remove,
                         (Some(_), _) => Action::Audit,
@@ -515,17 +552,13 @@ impl<'a> Parser<'a> {
 /// each rule, rule-id uniqueness (by 64-bit hash, as the serde path), the rule count and the
 /// compiled-size `budget` exactly where the serde path does.
 ///
-/// `pipeline_min_bytes`: payloads at least this long are parsed and indexed on two threads
-/// ([`PIPELINE_MIN_BYTES`] normally; tests pass 0 to run small documents through that path).
-pub(crate) fn parse_policy(
-    text: &str,
-    set: &mut RuleSet,
-    budget: usize,
-    pipeline_min_bytes: usize,
-) -> Result<PolicyHeader> {
+/// On the calling thread: a second thread indexing what this one parses measured slower than
+/// one thread in some runs on an otherwise idle 2-core machine (docs/signed-channel.md,
+/// "Performance pass 4"), so it was removed.
+pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Result<PolicyHeader> {
     let mut p = Parser { text, b: text.as_bytes(), pos: 0 };
     let (mut fleet, mut version, mut issued, mut expires, mut rule_count) = (None, None, None, None, None);
-    p.object("a policy object", POLICY_NAMES, |p, _, key, at| {
+    p.object("a policy object", &POLICY_NAMES, |p, _, key, at| {
         let dup = |set: bool| -> Result<()> {
             if set {
                 return Err(ParseError { at, reason: format!("duplicate field `{key}`") });
@@ -551,7 +584,7 @@ pub(crate) fn parse_policy(
             }
             "rules" => {
                 dup(rule_count.is_some())?;
-                rule_count = Some(rules(p, set, budget, pipeline_min_bytes)?);
+                rule_count = Some(rules(p, set, budget)?);
             }
             other => {
                 return Err(ParseError {
@@ -603,17 +636,8 @@ fn empty_rule<'a>() -> RuleRef<'a> {
     }
 }
 
-/// Payloads at least this long are parsed and indexed on two threads (see [`pipelined`]);
-/// below it a thread costs more than it saves.
-pub(crate) const PIPELINE_MIN_BYTES: usize = 256 * 1024;
-/// Rules per batch handed from the parsing thread to the indexing thread.
-const BATCH_RULES: usize = 256;
-/// Batches in existence at once (they are recycled), which bounds how far parsing runs ahead of
-/// indexing: at most `BATCHES × BATCH_RULES` parsed rules wait, borrowing the payload's text.
-const BATCHES: usize = 4;
-
 /// What is checked of each rule as it is parsed, in the order the serde path checks it: the
-/// rule count, then the rule itself (its id's uniqueness is checked where it is indexed).
+/// rule count, then the rule itself (its id's uniqueness is checked by the [`Indexer`]).
 struct Checks {
     count: usize,
 }
@@ -663,109 +687,21 @@ impl<'s> Indexer<'s> {
     }
 }
 
-fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, pipeline_min_bytes: usize) -> Result<usize> {
+fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<usize> {
     // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
     // copies or rehashes while indexing.
     let rule_count = crate::metadata::rule_count_hint(p.b);
     let mut checks = Checks { count: 0 };
-    let two_cores = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let piped = two_cores && p.b.len() >= pipeline_min_bytes && pipelined(p, &mut checks, set, budget, rule_count)?;
-    if !piped {
-        let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
-        let mut r = empty_rule();
-        p.array("`rules` (a list of rules)", |p| {
-            let at = p.pos;
-            p.rule(&mut r)?;
-            checks.check(&r, at)?;
-            indexer.add(&r, at)
-        })?;
-    }
+    let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
+    let mut r = empty_rule();
+    p.array("`rules` (a list of rules)", |p| {
+        let at = p.pos;
+        p.rule(&mut r)?;
+        checks.check(&r, at)?;
+        indexer.add(&r, at)
+    })?;
     check_budget(set, budget, p.pos)?;
     Ok(checks.count)
-}
-
-/// A batch of parsed and checked rules on its way to the indexing thread; `at[i]` is where
-/// `rules[i]` starts in the payload. The vectors are reused from batch to batch.
-struct Batch<'a> {
-    rules: Vec<RuleRef<'a>>,
-    at: Vec<usize>,
-    len: usize,
-}
-
-/// The rule list on two threads: this one parses and checks each rule (JSON, count, field
-/// values), a second one indexes the checked rules into `set` batch by batch (id uniqueness,
-/// the index, the compiled-size budget). Used only after the policy's
-/// signatures verified (the caller, `trust::verify_policy`, verifies first; nothing here runs
-/// alongside verification). Same results and errors as the sequential path: rules reach the
-/// index in order, and an error from the indexing thread (a duplicate id, the budget) concerns a
-/// rule the parsing thread had already accepted, so it comes before any error the parsing
-/// thread finds later in the document. Memory: the index is the same one; what is added is at
-/// most `BATCHES × BATCH_RULES` parsed rules in flight, all borrowing the payload.
-///
-/// Returns `Ok(false)`, having consumed nothing, when the second thread cannot be started.
-fn pipelined<'a>(
-    p: &mut Parser<'a>,
-    checks: &mut Checks,
-    set: &mut RuleSet,
-    budget: usize,
-    rule_count: usize,
-) -> Result<bool> {
-    use std::sync::mpsc;
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
-    let (free_tx, free_rx) = mpsc::sync_channel::<Batch<'a>>(BATCHES);
-    for _ in 0..BATCHES {
-        let rules = (0..BATCH_RULES).map(|_| empty_rule()).collect();
-        free_tx.send(Batch { rules, at: vec![0; BATCH_RULES], len: 0 }).expect("the channel has room");
-    }
-    let text = p.b;
-    std::thread::scope(|s| {
-        let indexer = std::thread::Builder::new().name("policy-index".into()).spawn_scoped(s, move || {
-            // The sha256 count is taken here, while the first batch is being parsed.
-            let mut indexer = Indexer::new(set, budget, text, rule_count);
-            for batch in full_rx {
-                for (r, &at) in batch.rules[..batch.len].iter().zip(&batch.at) {
-                    indexer.add(r, at)?;
-                }
-                // The parser may have finished and dropped its receiver: nothing to recycle.
-                let _ = free_tx.send(batch);
-            }
-            Ok(())
-        });
-        let Ok(indexer) = indexer else {
-            return Ok(false);
-        };
-        let mut batch = free_rx.recv().ok();
-        let parsed = p.array("`rules` (a list of rules)", |p| {
-            let Some(b) = batch.as_mut() else {
-                // The indexer stopped (its error is reported below): stop parsing too.
-                return Err(ParseError { at: p.pos, reason: String::new() });
-            };
-            let at = p.pos;
-            p.rule(&mut b.rules[b.len])?;
-            checks.check(&b.rules[b.len], at)?;
-            b.at[b.len] = at;
-            b.len += 1;
-            if b.len == BATCH_RULES {
-                let full = batch.take().expect("checked above");
-                if full_tx.send(full).is_ok() {
-                    batch = free_rx.recv().ok().map(|mut b| {
-                        b.len = 0;
-                        b
-                    });
-                }
-            }
-            Ok(())
-        });
-        if let Some(b) = batch.take().filter(|b| b.len > 0) {
-            let _ = full_tx.send(b);
-        }
-        drop(full_tx);
-        let indexed = indexer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // The indexer's error concerns a rule before any the parser could still refuse.
-        indexed?;
-        parsed?;
-        Ok(true)
-    })
 }
 
 #[cfg(test)]
@@ -774,6 +710,6 @@ mod tests {
 
     #[test]
     fn kind_names_are_the_kinds_in_order() {
-        assert_eq!(KIND_NAMES, Kind::ALL.map(Kind::as_str));
+        assert_eq!(KIND_NAMES.names, Kind::ALL.map(Kind::as_str));
     }
 }

@@ -31,20 +31,6 @@ fn probe_apps() -> Vec<App> {
 fn same(bytes: &[u8]) -> Result<(), TestCaseError> {
     let fast = Policy::parse_compiled(bytes, &["mobile".into()]);
     let slow = Policy::parse_compiled_serde(bytes, &["mobile".into()]);
-    // The two-thread path (parse on one, index on another; normally for large payloads only)
-    // must give exactly what the one-thread path gives, errors included.
-    let two = Policy::parse_compiled_two_threads(bytes, &["mobile".into()]);
-    match (&fast, &two) {
-        (Ok((hf, sf)), Ok((ht, st))) => {
-            prop_assert_eq!(hf, ht);
-            prop_assert_eq!(sf.len(), st.len());
-            for app in probe_apps() {
-                prop_assert_eq!(sf.matches(&app), st.matches(&app), "{:?}", app);
-            }
-        }
-        (Err(f), Err(t)) => prop_assert_eq!(f.to_string(), t.to_string()),
-        _ => prop_assert!(false, "one and two threads disagree on {:?}", String::from_utf8_lossy(bytes)),
-    }
     match (&fast, &slow) {
         (Ok((hf, sf)), Ok((hs, ss))) => {
             prop_assert_eq!(hf, hs);
@@ -73,9 +59,8 @@ fn the_example_policy_parses_the_same_both_ways() {
 }
 
 /// A policy whose first 256 rules compile past the size bound (checked every 256 rules) and
-/// whose rule `bad_at` has an unknown action: on two threads the indexing thread finds the first
-/// and the parsing thread the second, and the error reported must be the one the sequential
-/// path reports — whichever comes first in the document.
+/// whose rule `bad_at` has an unknown action: the error reported is whichever comes first in
+/// the document.
 fn over_budget_with_a_bad_rule(bad_at: usize) -> Vec<u8> {
     let mut text = String::from(
         r#"{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":["#,
@@ -117,17 +102,15 @@ fn radix36(mut x: u64) -> String {
 }
 
 #[test]
-fn errors_come_in_document_order_on_one_and_two_threads() {
+fn errors_come_in_document_order() {
     for (bad_at, expected) in [(280, "compiled rules would take more than"), (100, "unknown action")] {
         let doc = over_budget_with_a_bad_rule(bad_at);
-        let one = Policy::parse_compiled_one_thread(&doc, &[]).map(|_| ()).unwrap_err().to_string();
-        let two = Policy::parse_compiled_two_threads(&doc, &[]).map(|_| ()).unwrap_err().to_string();
+        let one = Policy::parse_compiled(&doc, &[]).map(|_| ()).unwrap_err().to_string();
         assert!(one.contains(expected), "bad rule at {bad_at}: {one}");
-        assert_eq!(one, two, "bad rule at {bad_at}");
         assert!(Policy::parse_compiled_serde(&doc, &[]).is_err());
     }
     // A duplicate id (found where rules are indexed) before a bad rule (found where they are
-    // parsed): the duplicate is named on both paths.
+    // parsed): the duplicate is named.
     let rules: Vec<String> = (0..300)
         .map(|r| {
             let id = if r == 5 { 1 } else { r };
@@ -139,14 +122,12 @@ fn errors_come_in_document_order_on_one_and_two_threads() {
         r#"{{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":[{}]}}"#,
         rules.join(",")
     );
-    let one = Policy::parse_compiled_one_thread(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
-    let two = Policy::parse_compiled_two_threads(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    let one = Policy::parse_compiled(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
     assert!(one.contains(r#"rule id "r1" is used twice"#), "{one}");
-    assert_eq!(one, two);
     // Without the bad rule the bound alone refuses it, and it is the bound that is named.
     let doc = over_budget_with_a_bad_rule(usize::MAX);
-    let two = Policy::parse_compiled_two_threads(&doc, &[]).map(|_| ()).unwrap_err().to_string();
-    assert!(two.contains("compiled rules would take more than"), "{two}");
+    let one = Policy::parse_compiled(&doc, &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(one.contains("compiled rules would take more than"), "{one}");
 }
 
 /// Hand-picked edge cases of strict JSON and of the policy's shape.
