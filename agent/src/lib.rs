@@ -64,6 +64,8 @@ pub(crate) mod status;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+mod testutil;
 pub mod worker;
 
 use std::future::Future;

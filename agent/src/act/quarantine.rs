@@ -887,8 +887,7 @@ mod tests {
     /// refused; a root-owned root accepts any owner's file with one link.
     #[test]
     fn files_not_owned_by_the_folders_user_are_refused() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP: needs root to chown");
+        if !crate::testutil::root_or_skip("needs root to chown") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -938,9 +937,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         let tmp = tempfile::tempdir().unwrap();
         let Some(fs) = Tmpfs::mount(&tmp.path().join("home")) else {
-            // The unit tests have no EMBARGO_REQUIRE_TOOLS helper; say so plainly.
-            assert!(std::env::var("EMBARGO_REQUIRE_TOOLS").as_deref() != Ok("1"), "needs root to mount a tmpfs");
-            eprintln!("SKIP: needs root to mount a tmpfs");
+            crate::testutil::skip("needs root to mount a tmpfs");
             return;
         };
         let root = fs.0.join("alice/Downloads");
@@ -994,8 +991,7 @@ mod tests {
         use std::os::unix::fs::{FileExt as _, MetadataExt as _, PermissionsExt as _};
         let tmp = tempfile::tempdir().unwrap();
         let Some(fs) = Tmpfs::mount(&tmp.path().join("home")) else {
-            assert!(std::env::var("EMBARGO_REQUIRE_TOOLS").as_deref() != Ok("1"), "needs root to mount a tmpfs");
-            eprintln!("SKIP: needs root to mount a tmpfs");
+            crate::testutil::skip("needs root to mount a tmpfs");
             return;
         };
         // Writable by all, not sticky: a user could rename a store there away, so none is used.

@@ -623,8 +623,7 @@ mod tests {
     /// and the status reason names the owner refused.
     #[tokio::test]
     async fn the_bound_per_uid_spares_other_owners() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIP: needs root to chown");
+        if !crate::testutil::root_or_skip("needs root to chown") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
