@@ -19,7 +19,7 @@
 //! (size-capped) input.
 
 use super::xml::{
-    Attr, Event, Pull, Value, XmlError, ABX_MAGIC, MAX_ATTRS, MAX_DEPTH, MAX_ELEMENT_BYTES, MAX_EVENTS, MAX_VALUE,
+    Attr, Event, Pull, TextRun, Value, XmlError, ABX_MAGIC, MAX_ATTRS, MAX_DEPTH, MAX_ELEMENT_BYTES, MAX_EVENTS,
 };
 
 const START_DOCUMENT: u8 = 0;
@@ -58,8 +58,7 @@ pub struct AbxReader<'a> {
     interned: Vec<String>,
     depth: usize,
     events: usize,
-    text: String,
-    pending: Option<Event>,
+    text: TextRun,
     done: bool,
 }
 
@@ -67,16 +66,7 @@ impl<'a> AbxReader<'a> {
     /// A reader over a whole document (magic included; a wrong magic is reported by the first
     /// `next_event`).
     pub fn new(bytes: &'a [u8]) -> Self {
-        Self {
-            b: bytes,
-            pos: 0,
-            interned: Vec::new(),
-            depth: 0,
-            events: 0,
-            text: String::new(),
-            pending: None,
-            done: false,
-        }
+        Self { b: bytes, pos: 0, interned: Vec::new(), depth: 0, events: 0, text: TextRun::default(), done: false }
     }
 
     fn malformed(&self, what: impl Into<String>) -> XmlError {
@@ -172,21 +162,15 @@ impl<'a> AbxReader<'a> {
     }
 
     fn push_text(&mut self, s: &str) -> Result<(), XmlError> {
-        if self.text.len() + s.len() > MAX_VALUE {
-            return Err(self.limit("text longer than 256 KiB"));
+        if self.text.push(s) {
+            Ok(())
+        } else {
+            Err(self.limit("text longer than 256 KiB"))
         }
-        self.text.push_str(s);
-        Ok(())
     }
 
     fn flush_then(&mut self, next: Event) -> Event {
-        let text = std::mem::take(&mut self.text);
-        if text.trim().is_empty() {
-            next
-        } else {
-            self.pending = Some(next);
-            Event::Text(text)
-        }
+        self.text.flush_then(next)
     }
 
     fn start_tag(&mut self) -> Result<Event, XmlError> {
@@ -221,7 +205,7 @@ impl<'a> AbxReader<'a> {
 
 impl Pull for AbxReader<'_> {
     fn next_event(&mut self) -> Result<Option<Event>, XmlError> {
-        if let Some(e) = self.pending.take() {
+        if let Some(e) = self.text.take_pending() {
             return Ok(Some(e));
         }
         if self.done {
@@ -284,8 +268,7 @@ impl AbxReader<'_> {
             return Err(self.malformed("document ends inside an element"));
         }
         self.done = true;
-        let text = std::mem::take(&mut self.text);
-        Ok((!text.trim().is_empty()).then_some(Event::Text(text)))
+        Ok(self.text.finish())
     }
 }
 

@@ -138,6 +138,48 @@ pub enum Event {
     Text(String),
 }
 
+/// Text collected between markup (both readers: text XML and ABX), and the event held back
+/// behind it: text is reported before the element event that ends it, and whitespace-only text
+/// not at all.
+#[derive(Default)]
+pub(super) struct TextRun {
+    text: String,
+    pending: Option<Event>,
+}
+
+impl TextRun {
+    /// Appends `s`; false (nothing appended) when the text would pass `MAX_VALUE`.
+    pub(super) fn push(&mut self, s: &str) -> bool {
+        if self.text.len() + s.len() > MAX_VALUE {
+            return false;
+        }
+        self.text.push_str(s);
+        true
+    }
+
+    /// Emits collected text (if any is not whitespace) before `next`.
+    pub(super) fn flush_then(&mut self, next: Event) -> Event {
+        let text = std::mem::take(&mut self.text);
+        if text.trim().is_empty() {
+            next
+        } else {
+            self.pending = Some(next);
+            Event::Text(text)
+        }
+    }
+
+    /// The event held back behind text emitted last time.
+    pub(super) fn take_pending(&mut self) -> Option<Event> {
+        self.pending.take()
+    }
+
+    /// What is left at the end of the document (whitespace-only text is not an event).
+    pub(super) fn finish(&mut self) -> Option<Event> {
+        let text = std::mem::take(&mut self.text);
+        (!text.trim().is_empty()).then_some(Event::Text(text))
+    }
+}
+
 /// A source of [`Event`]s; `Ok(None)` is the end of a well-formed document.
 pub trait Pull {
     fn next_event(&mut self) -> Result<Option<Event>, XmlError>;
@@ -169,8 +211,7 @@ pub struct TextReader<'a> {
     reader: quick_xml::Reader<&'a [u8]>,
     depth: usize,
     events: usize,
-    text: String,
-    pending: Option<Event>,
+    text: TextRun,
     pending_end: Option<String>,
     done: bool,
 }
@@ -179,7 +220,7 @@ impl<'a> TextReader<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         let mut reader = quick_xml::Reader::from_reader(bytes);
         reader.config_mut().check_end_names = true;
-        Self { reader, depth: 0, events: 0, text: String::new(), pending: None, pending_end: None, done: false }
+        Self { reader, depth: 0, events: 0, text: TextRun::default(), pending_end: None, done: false }
     }
 
     fn offset(&self) -> usize {
@@ -195,22 +236,15 @@ impl<'a> TextReader<'a> {
     }
 
     fn push_text(&mut self, s: &str) -> Result<(), XmlError> {
-        if self.text.len() + s.len() > MAX_VALUE {
-            return Err(self.limit("text longer than 256 KiB"));
+        if self.text.push(s) {
+            Ok(())
+        } else {
+            Err(self.limit("text longer than 256 KiB"))
         }
-        self.text.push_str(s);
-        Ok(())
     }
 
-    /// Emits collected text (if any is not whitespace) before `next`.
     fn flush_then(&mut self, next: Event) -> Event {
-        let text = std::mem::take(&mut self.text);
-        if text.trim().is_empty() {
-            next
-        } else {
-            self.pending = Some(next);
-            Event::Text(text)
-        }
+        self.text.flush_then(next)
     }
 
     fn start(&self, e: &quick_xml::events::BytesStart<'_>) -> Result<Event, XmlError> {
@@ -241,7 +275,7 @@ impl<'a> TextReader<'a> {
 impl Pull for TextReader<'_> {
     fn next_event(&mut self) -> Result<Option<Event>, XmlError> {
         use quick_xml::events::Event as Q;
-        if let Some(e) = self.pending.take() {
+        if let Some(e) = self.text.take_pending() {
             return Ok(Some(e));
         }
         if let Some(name) = self.pending_end.take() {
@@ -305,8 +339,7 @@ impl Pull for TextReader<'_> {
                         return Err(self.malformed("document ends inside an element"));
                     }
                     self.done = true;
-                    let text = std::mem::take(&mut self.text);
-                    return Ok((!text.trim().is_empty()).then_some(Event::Text(text)));
+                    return Ok(self.text.finish());
                 }
                 Q::Decl(_) | Q::PI(_) | Q::Comment(_) | Q::DocType(_) => {}
             }
