@@ -98,7 +98,11 @@ fn hundreds_of_slow_and_idle_clients_do_not_stop_a_legitimate_one() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tls = connector(&ca);
     let timeouts = Duration::from_secs(TIMEOUT_SECS);
-    let slack = Duration::from_secs(4);
+    // What the server may take beyond its own timeouts to close a connection: on two loaded
+    // cores (the whole suite running, 860 connections in TLS handshakes) connections waiting in
+    // the accept queue while the server is at its connection limit took over 4 s to be reached.
+    // The test still fails when the server never closes one.
+    let slack = Duration::from_secs(10);
 
     rt.block_on(async move {
         let mut attacks = tokio::task::JoinSet::new();
