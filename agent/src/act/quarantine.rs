@@ -802,21 +802,33 @@ mod tests {
         let p = root.join(name);
         std::fs::write(&p, b"payload").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o750)).unwrap();
+        quarantine_existing(store, root, Path::new(name), sha256).0
+    }
+
+    /// Quarantines the existing file `root/rel` as the daemon does (opened beneath the root,
+    /// rule "r"); with the metadata it was opened with.
+    fn quarantine_existing(
+        store: &QuarantineStore,
+        root: &Path,
+        rel: &Path,
+        sha256: &str,
+    ) -> (Result<Manifest, QuarantineError>, Meta) {
         let root_fd = safefs::open_root(root).unwrap();
-        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new(name)).unwrap();
-        store.quarantine(Request {
+        let (file, meta) = safefs::open_file_beneath(&root_fd, rel).unwrap();
+        let r = store.quarantine(Request {
             root_path: root,
             root_fd: &root_fd,
-            rel: Path::new(name),
+            rel,
             file: &file,
             meta: &meta,
             sha256,
             rule: "r",
             action: Action::Quarantine,
             app_kind: "file",
-            app_id: &name.to_string_lossy(),
+            app_id: &rel.to_string_lossy(),
             purge_after: None,
-        })
+        });
+        (r, meta)
     }
 
     #[test]
@@ -858,21 +870,7 @@ mod tests {
         let mut child = std::process::Command::new(&prog).arg("30").spawn().unwrap();
         std::fs::hard_link(&prog, root.join("WeChat.AppImage")).unwrap();
         let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
-        let root_fd = safefs::open_root(&root).unwrap();
-        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
-        let r = store.quarantine(Request {
-            root_path: &root,
-            root_fd: &root_fd,
-            rel: Path::new("WeChat.AppImage"),
-            file: &file,
-            meta: &meta,
-            sha256: "00",
-            rule: "r",
-            action: Action::Quarantine,
-            app_kind: "file",
-            app_id: "WeChat.AppImage",
-            purge_after: None,
-        });
+        let (r, _) = quarantine_existing(&store, &root, Path::new("WeChat.AppImage"), "00");
         assert!(matches!(r, Err(QuarantineError::Refused { .. })), "{r:?}");
         assert!(r.unwrap_err().to_string().contains("2 hard links"));
         assert_eq!(std::fs::metadata(&prog).unwrap().mode() & 0o7777, 0o4755, "mode unchanged");
@@ -948,24 +946,8 @@ mod tests {
         drop(f);
         let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
         assert_ne!(std::fs::metadata(store.dir()).unwrap().dev(), std::fs::metadata(&root).unwrap().dev());
-        let root_fd = safefs::open_root(&root).unwrap();
-        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
-        let m = store
-            .quarantine(Request {
-                root_path: &root,
-                root_fd: &root_fd,
-                rel: Path::new("WeChat.AppImage"),
-                file: &file,
-                meta: &meta,
-                sha256: "00",
-                rule: "r",
-                action: Action::Quarantine,
-                app_kind: "appimage",
-                app_id: "WeChat",
-                purge_after: None,
-            })
-            .unwrap();
-        drop(file);
+        let (m, meta) = quarantine_existing(&store, &root, Path::new("WeChat.AppImage"), "00");
+        let m = m.unwrap_or_else(|e| panic!("{e}"));
         assert!(!big.exists());
         // Nothing of it in the main store but the manifest; the payload is the same inode, in
         // the tmpfs's own store, root-only.
@@ -1005,24 +987,8 @@ mod tests {
         f.write_all_at(&[0xCD; 65536], 2 << 30).unwrap();
         drop(f);
         let store = QuarantineStore::open(&tmp.path().join("q")).unwrap();
-        let root_fd = safefs::open_root(&root).unwrap();
-        let (file, meta) = safefs::open_file_beneath(&root_fd, Path::new("WeChat.AppImage")).unwrap();
-        let m = store
-            .quarantine(Request {
-                root_path: &root,
-                root_fd: &root_fd,
-                rel: Path::new("WeChat.AppImage"),
-                file: &file,
-                meta: &meta,
-                sha256: "00",
-                rule: "r",
-                action: Action::Quarantine,
-                app_kind: "appimage",
-                app_id: "WeChat",
-                purge_after: None,
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        drop(file);
+        let (m, _) = quarantine_existing(&store, &root, Path::new("WeChat.AppImage"), "00");
+        let m = m.unwrap_or_else(|e| panic!("{e}"));
         assert!(!big.exists());
         assert!(m.payload_dir.is_none(), "copied into the main store");
         assert!(!fs.0.join(FS_STORE).exists(), "no per-filesystem store under a world-writable top");
