@@ -376,6 +376,16 @@ impl RuleSet {
         Pattern { text, glob }
     }
 
+    /// Interns `s` lowercased (`str::to_lowercase`), without a temporary string when it is ASCII.
+    fn intern_lowercase(&mut self, s: &str) -> Str {
+        if !s.is_ascii() {
+            return self.intern(&s.to_lowercase());
+        }
+        let start = self.text.len() as u32;
+        self.text.extend(s.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        Str { start, len: s.len() as u32 }
+    }
+
     fn compile_matcher(&mut self, rule: u32, m: &MatcherRef<'_>, sha_is_key: bool) -> CompiledMatcher {
         let id = m.id.as_deref().map(|s| self.pattern(s, false));
         let stored_sha = !m.sha256.is_empty() && !sha_is_key;
@@ -384,9 +394,9 @@ impl RuleSet {
         let extra = if needs_extra {
             let name = m.name.as_deref().map(|s| self.pattern(s, true));
             let publisher = m.publisher.as_deref().map(|s| self.pattern(s, true));
-            let signer: Vec<Str> = m.signer.iter().map(|s| self.intern(&s.to_lowercase())).collect();
+            let signer: Vec<Str> = m.signer.iter().map(|s| self.intern_lowercase(s)).collect();
             let sha256: Vec<[u8; 32]> =
-                if stored_sha { m.sha256.iter().filter_map(|h| parse_sha(h)).collect() } else { Vec::new() };
+                if stored_sha { (0..m.sha256.len()).filter_map(|i| m.sha256_at(i)).collect() } else { Vec::new() };
             // Rules were checked before compiling; an unparsable constraint cannot reach here,
             // and if it did it would match nothing rather than everything.
             let version = m.version.as_deref().map(|v| Constraint::parse(v).unwrap_or_else(|_| Constraint::never()));
@@ -411,8 +421,8 @@ impl RuleSet {
         for m in &rule.matchers {
             let mi = self.matchers.len() as u32;
             let compiled = self.compile_matcher(ri, m, !m.sha256.is_empty());
+            self.index(m, &compiled, mi);
             self.matchers.push(compiled);
-            self.index(m, mi);
         }
         let start = self.excepts.len() as u32;
         for m in &rule.except {
@@ -426,28 +436,34 @@ impl RuleSet {
         self.rules.push(CompiledRule { id, description, action: rule.action, excepts, except_by_hash });
     }
 
-    fn index(&mut self, m: &MatcherRef<'_>, mi: u32) {
+    /// Indexes matcher `mi` under one of its conditions, reading the compiled form `c` for
+    /// everything but the hashes (its id and name patterns already say whether they are globs,
+    /// its signers are already lowercased and its name already folded).
+    fn index(&mut self, m: &MatcherRef<'_>, c: &CompiledMatcher, mi: u32) {
         let shared = &mut self.shared;
+        let extra = (c.extra != NO_EXTRA).then(|| &self.extras[c.extra as usize]);
+        let text = &self.text;
+        let get = |s: Str| &text[s.start as usize..(s.start + s.len) as usize];
         let mut added = 0;
         if !m.sha256.is_empty() {
-            for h in &m.sha256 {
-                if let Some(key) = parse_sha(h) {
+            for i in 0..m.sha256.len() {
+                if let Some(key) = m.sha256_at(i) {
                     added += insert(&mut self.by_sha256, shared, key, mi);
                 }
             }
-        } else if !m.signer.is_empty() {
-            for s in &m.signer {
-                added += insert(&mut self.by_signer, shared, hash_str(&s.to_lowercase()), mi);
+        } else if let Some(signers) = extra.map(|x| &x.signer).filter(|s| !s.is_empty()) {
+            for &s in signers {
+                added += insert(&mut self.by_signer, shared, hash_str(get(s)), mi);
             }
-        } else if let Some(id) = m.id.as_deref().filter(|id| !is_glob(id)) {
-            added += insert(&mut self.by_id, shared, hash_str(id), mi);
-        } else if let Some(id) = m.id.as_deref().filter(|id| !literal_prefix(id).is_empty()) {
-            added += self.id_globs.insert(shared, literal_prefix(id), mi);
-        } else if let Some(name) = m.name.as_deref().map(crate::normalize::fold) {
-            if !is_glob(&name) {
-                added += insert(&mut self.by_name, shared, hash_str(&name), mi);
-            } else if !literal_prefix(&name).is_empty() {
-                added += self.name_globs.insert(shared, literal_prefix(&name), mi);
+        } else if let Some(id) = c.id.filter(|id| !id.glob) {
+            added += insert(&mut self.by_id, shared, hash_str(get(id.text)), mi);
+        } else if let Some(prefix) = c.id.map(|id| literal_prefix(get(id.text))).filter(|p| !p.is_empty()) {
+            added += self.id_globs.insert(shared, prefix, mi);
+        } else if let Some(name) = extra.and_then(|x| x.name) {
+            if !name.glob {
+                added += insert(&mut self.by_name, shared, hash_str(get(name.text)), mi);
+            } else if !literal_prefix(get(name.text)).is_empty() {
+                added += self.name_globs.insert(shared, literal_prefix(get(name.text)), mi);
             } else {
                 self.scan[m.kind.map_or(Kind::ALL.len(), Kind::index)].push(mi);
             }

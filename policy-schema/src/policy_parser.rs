@@ -107,8 +107,14 @@ impl<'a> Parser<'a> {
 
     /// The next non-whitespace byte, not consumed.
     fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.b.get(self.pos).copied()
+        // Compact JSON has no whitespace between tokens: one compare decides that case.
+        match self.b.get(self.pos) {
+            Some(&c) if c > b' ' => Some(c),
+            _ => {
+                self.ws();
+                self.b.get(self.pos).copied()
+            }
+        }
     }
 
     fn expect(&mut self, c: u8, what: &str) -> Result<()> {
@@ -401,20 +407,26 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// A `sha256` list. A hash written as 64 lowercase hex digits and a closing quote is taken
-    /// without scanning it as a generic string (hex digits are never quotes, backslashes or
-    /// control characters, so the string is exactly those digits); anything else is read as a
-    /// string and left to the rule check, which names it.
-    fn sha256s(&mut self, out: &mut Vec<Cow<'a, str>>) -> Result<()> {
+    /// A `sha256` list into `out`, and each hash decoded into `decoded`. A hash written as 64
+    /// lowercase hex digits and a closing quote is decoded in place without scanning it as a
+    /// generic string (hex digits are never quotes, backslashes or control characters, so the
+    /// string is exactly those digits); anything else is read as a string and left to the rule
+    /// check, which names it (`decoded` is then shorter than `out`, and the check validates the
+    /// whole list: see [`MatcherRef::check`]).
+    fn sha256s(&mut self, out: &mut Vec<Cow<'a, str>>, decoded: &mut Vec<[u8; 32]>) -> Result<()> {
         out.clear();
+        decoded.clear();
         self.array("`sha256` (a list of strings)", |p| {
             if p.peek() == Some(b'"') {
                 let start = p.pos + 1;
                 if let Some(digits) = p.b.get(start..start + 65) {
-                    if digits[64] == b'"' && crate::rules::sha256_from_hex_bytes(&digits[..64]).is_some() {
-                        p.pos = start + 65;
-                        out.push(Cow::Borrowed(&p.text[start..start + 64]));
-                        return Ok(());
+                    if digits[64] == b'"' {
+                        if let Some(bytes) = crate::rules::sha256_from_hex_bytes(&digits[..64]) {
+                            p.pos = start + 65;
+                            out.push(Cow::Borrowed(&p.text[start..start + 64]));
+                            decoded.push(bytes);
+                            return Ok(());
+                        }
                     }
                 }
             }
@@ -450,6 +462,7 @@ impl<'a> Parser<'a> {
         m.publisher = None;
         m.signer.clear();
         m.sha256.clear();
+        m.sha256_decoded.clear();
         m.version = None;
         let mut seen = 0u8;
         self.object("a matcher object", &MATCHER_NAMES, |p, known, key, at| {
@@ -465,7 +478,7 @@ impl<'a> Parser<'a> {
             }
             seen |= bit;
             match i {
-                0 => p.sha256s(&mut m.sha256)?,
+                0 => p.sha256s(&mut m.sha256, &mut m.sha256_decoded)?,
                 1 => m.kind = p.kind()?,
                 2 => m.id = p.opt_string("`id` (a string)")?,
                 3 => m.name = p.opt_string("`name` (a string)")?,

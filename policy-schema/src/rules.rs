@@ -76,8 +76,14 @@ fn bounded(what: impl FnOnce() -> String, s: &str, max: usize) -> Result<(), Str
     if s.len() > max {
         return Err(format!("{} is {} bytes long (at most {max})", what(), s.len()));
     }
-    let ascii_control = s.bytes().any(|b| b < 0x20 || b == 0x7f);
-    if ascii_control || (!s.is_ascii() && s.chars().any(|c| c.is_control())) {
+    // One branch-free pass (it compiles to vector compares): ASCII controls, and whether any
+    // byte is non-ASCII (only then are the characters decoded to look for other controls).
+    let (mut ascii_control, mut non_ascii) = (false, false);
+    for &b in s.as_bytes() {
+        ascii_control |= (b < 0x20) | (b == 0x7f);
+        non_ascii |= b >= 0x80;
+    }
+    if ascii_control || (non_ascii && s.chars().any(|c| c.is_control())) {
         return Err(format!("{} contains a control character", what()));
     }
     Ok(())
@@ -134,6 +140,11 @@ pub struct MatcherRef<'a> {
     pub sha256: Vec<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub version: Option<Cow<'a, str>>,
+    /// `sha256` decoded, filled by a reader that already decoded (and so validated) every hash
+    /// of the list: when it has as many entries as `sha256`, [`MatcherRef::check`] need not
+    /// validate the hex again and the compiler need not decode it again. Empty otherwise.
+    #[serde(skip)]
+    pub sha256_decoded: Vec<[u8; 32]>,
 }
 
 /// A rule borrowing its strings (see [`MatcherRef`]).
@@ -166,6 +177,7 @@ impl Matcher {
             signer: self.signer.iter().map(|s| Cow::Borrowed(s.as_str())).collect(),
             sha256: self.sha256.iter().map(|s| Cow::Borrowed(s.as_str())).collect(),
             version: b(&self.version),
+            sha256_decoded: Vec::new(),
         }
     }
 
@@ -225,9 +237,11 @@ impl MatcherRef<'_> {
                 return Err(ctx("empty signer"));
             }
         }
-        for h in &self.sha256 {
-            if !is_sha256_hex(h) {
-                return Err(ctx(&format!("sha256 {h:?} is not 64 lowercase hex digits")));
+        if self.sha256_decoded.len() != self.sha256.len() {
+            for h in &self.sha256 {
+                if !is_sha256_hex(h) {
+                    return Err(ctx(&format!("sha256 {h:?} is not 64 lowercase hex digits")));
+                }
             }
         }
         if let Some(v) = &self.version {
@@ -240,6 +254,16 @@ impl MatcherRef<'_> {
     /// Whether this matcher identifies an app by something the app cannot choose freely.
     pub fn is_strong(&self) -> bool {
         !self.signer.is_empty() || !self.sha256.is_empty()
+    }
+
+    /// The `i`th hash decoded: from `sha256_decoded` when the reader filled it, else from the
+    /// text (`None` for text that is not a valid hash, which a checked matcher never has).
+    pub(crate) fn sha256_at(&self, i: usize) -> Option<[u8; 32]> {
+        if self.sha256_decoded.len() == self.sha256.len() {
+            Some(self.sha256_decoded[i])
+        } else {
+            sha256_from_hex(&self.sha256[i])
+        }
     }
 }
 
