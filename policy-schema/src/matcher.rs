@@ -10,11 +10,16 @@
 //! than sha256 are 64-bit hashes, so a hit is a candidate that the full check confirms; sha256
 //! keys are the full 32 bytes, so a sha256 hit needs no second comparison. Strings live in one
 //! arena; a 100,000-rule policy compiles to a few bytes per rule beyond its text.
+//!
+//! The indexes are sorted arrays, not hash tables ([`SortedIndex`]): adding a rule appends to
+//! them, and [`RuleSet::finish`] sorts each once, by a counting pass over the keys' top bits.
+//! Inserting into hash tables of a few megabytes while a large policy is read cost a cache miss
+//! per insert on memory a policy update finds cold, more than all of the parsing (measured in
+//! docs/signed-channel.md, "Performance pass 5").
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
@@ -83,67 +88,137 @@ struct Str {
     len: u32,
 }
 
-/// Hasher for sha256 keys: they are uniformly distributed already, so the first 8 bytes are
-/// the hash. (Keys come from the signed policy, never from the apps being matched.)
-#[derive(Default)]
-struct FirstBytes(u64);
-
-impl Hasher for FirstBytes {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-}
-
 fn hash_str(s: &str) -> u64 {
     let mut h = FxHasher::default();
     s.hash(&mut h);
     h.finish()
 }
 
-/// Matcher indices under one key. Almost always exactly one, stored inline; a key shared by
-/// several matchers points (high bit set) into `RuleSet::shared`.
-#[derive(Debug, Clone, Copy)]
-struct Entries(u32);
+/// A key of a [`SortedIndex`]: ordered, and with a 64-bit value whose top bits pick its bucket.
+/// 64-bit string hashes and SHA-256 digests are spread evenly over those bits, so buckets hold
+/// one or two entries; keys that are not (a signed but odd policy) only make buckets larger,
+/// and a lookup binary-searches its bucket, so it stays logarithmic whatever the keys.
+trait IndexKey: Copy + Ord + Default + std::fmt::Debug {
+    fn top(&self) -> u64;
+}
 
-const SHARED: u32 = 1 << 31;
-
-fn insert<K: Hash + Eq, S: std::hash::BuildHasher>(
-    map: &mut HashMap<K, Entries, S>,
-    shared: &mut Vec<Vec<u32>>,
-    k: K,
-    m: u32,
-) -> usize {
-    match map.entry(k) {
-        std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert(Entries(m));
-            0
-        }
-        std::collections::hash_map::Entry::Occupied(mut o) => {
-            let e = o.get_mut();
-            if e.0 & SHARED != 0 {
-                shared[(e.0 & !SHARED) as usize].push(m);
-                4
-            } else {
-                shared.push(vec![e.0, m]);
-                e.0 = (shared.len() - 1) as u32 | SHARED;
-                2 * 4
-            }
-        }
+impl IndexKey for u64 {
+    fn top(&self) -> u64 {
+        *self
     }
 }
 
-fn entries<'a>(e: &'a Entries, shared: &'a [Vec<u32>]) -> &'a [u32] {
-    if e.0 & SHARED != 0 {
-        &shared[(e.0 & !SHARED) as usize]
-    } else {
-        std::slice::from_ref(&e.0)
+impl IndexKey for [u8; 32] {
+    fn top(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
+/// `items` sorted, and a directory of where each bucket starts: bucket `b` (the items whose
+/// `top` has `b` as its top bits, `top >> shift`) is `sorted[dir[b]..dir[b + 1]]`. One counting
+/// pass over the top bits, a scatter into the buckets, and a sort of each bucket — one or two
+/// items for evenly spread `top` values — so the work is linear and the writes sequential or
+/// scattered once, instead of a hash-table probe per item.
+pub(crate) fn bucket_sort<T: Copy + Ord + Default>(items: Vec<T>, top: impl Fn(&T) -> u64) -> (Vec<T>, Vec<u32>, u32) {
+    let n = items.len();
+    // About two items per bucket: the directory costs 2 bytes per item.
+    let bits = (usize::BITS - (n / 2).max(2).leading_zeros() - 1).clamp(1, 30);
+    let shift = 64 - bits;
+    let buckets = 1usize << bits;
+    let bucket = |t: &T| (top(t) >> shift) as usize;
+    // Counts, then each bucket's start (`dir[buckets]` ends as `n`).
+    let mut dir = vec![0u32; buckets + 1];
+    for t in &items {
+        dir[bucket(t)] += 1;
+    }
+    let mut sum = 0;
+    for d in &mut dir {
+        let count = *d;
+        *d = sum;
+        sum += count;
+    }
+    // Scatter: each bucket's slot moves from its start to its end...
+    let mut sorted = vec![T::default(); n];
+    for t in &items {
+        let b = bucket(t);
+        sorted[dir[b] as usize] = *t;
+        dir[b] += 1;
+    }
+    drop(items);
+    // ...so each slot now holds the next bucket's start: shift them back by one.
+    for b in (1..=buckets).rev() {
+        dir[b] = dir[b - 1];
+    }
+    dir[0] = 0;
+    for b in 0..buckets {
+        let range = &mut sorted[dir[b] as usize..dir[b + 1] as usize];
+        if range.len() > 1 {
+            range.sort_unstable();
+        }
+    }
+    (sorted, dir, shift)
+}
+
+/// Matcher indices by key, as a sorted array with a directory of bucket starts.
+///
+/// Adding is an append to `staged` (in document order, so a large policy writes its index
+/// sequentially); [`SortedIndex::build`] moves everything into `entries` by [`bucket_sort`]. A
+/// lookup reads two directory slots and binary-searches one bucket. Several matchers under one
+/// key are adjacent entries.
+#[derive(Debug)]
+struct SortedIndex<K> {
+    /// Added since the last build, in the order added.
+    staged: Vec<(K, u32)>,
+    /// Every entry built, sorted by key (then matcher).
+    entries: Vec<(K, u32)>,
+    /// Bucket `b` is `entries[dir[b]..dir[b + 1]]`; empty when nothing was built.
+    dir: Vec<u32>,
+    /// A key's bucket is `top() >> shift`.
+    shift: u32,
+}
+
+impl<K> Default for SortedIndex<K> {
+    fn default() -> Self {
+        Self { staged: Vec::new(), entries: Vec::new(), dir: Vec::new(), shift: 63 }
+    }
+}
+
+impl<K: IndexKey> SortedIndex<K> {
+    fn push(&mut self, key: K, m: u32) {
+        self.staged.push((key, m));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.staged.is_empty() && self.entries.is_empty()
+    }
+
+    /// Sorts everything added into `entries` (entries of an earlier build included).
+    fn build(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.staged);
+        all.append(&mut self.entries);
+        let (entries, dir, shift) = bucket_sort(all, |e| e.0.top());
+        *self = Self { staged: Vec::new(), entries, dir, shift };
+    }
+
+    /// The matchers under `key` (built entries only).
+    fn get(&self, key: &K) -> impl Iterator<Item = u32> + '_ {
+        let bucket: &[(K, u32)] = match self.dir.get((key.top() >> self.shift) as usize..) {
+            Some([start, end, ..]) => &self.entries[*start as usize..*end as usize],
+            _ => &[],
+        };
+        let first = bucket.partition_point(|e| e.0 < *key);
+        let len = bucket[first..].partition_point(|e| e.0 == *key);
+        bucket[first..first + len].iter().map(|e| e.1)
+    }
+
+    /// Heap held, in bytes.
+    fn bytes(&self) -> usize {
+        (self.staged.capacity() + self.entries.capacity()) * std::mem::size_of::<(K, u32)>() + self.dir.capacity() * 4
     }
 }
 
@@ -191,27 +266,25 @@ struct CompiledRule {
 /// Index of glob patterns by a bounded literal prefix.
 #[derive(Debug, Default)]
 struct PrefixIndex {
-    by_prefix: FxHashMap<u64, Entries>,
+    by_prefix: SortedIndex<u64>,
     /// Distinct key lengths present, so a lookup tries only those.
     lengths: Vec<usize>,
 }
 
 impl PrefixIndex {
-    fn insert(&mut self, shared: &mut Vec<Vec<u32>>, prefix: &str, m: u32) -> usize {
+    fn insert(&mut self, prefix: &str, m: u32) {
         let key = truncate_chars(prefix, PREFIX_KEY_MAX);
         if !self.lengths.contains(&key.len()) {
             self.lengths.push(key.len());
             self.lengths.sort_unstable();
         }
-        insert(&mut self.by_prefix, shared, hash_str(key), m)
+        self.by_prefix.push(hash_str(key), m);
     }
 
-    fn candidates(&self, shared: &[Vec<u32>], value: &str, out: &mut Candidates) {
+    fn candidates(&self, value: &str, out: &mut Candidates) {
         for &len in &self.lengths {
             if let Some(key) = value.get(..len) {
-                if let Some(v) = self.by_prefix.get(&hash_str(key)) {
-                    out.extend(entries(v, shared));
-                }
+                out.extend(self.by_prefix.get(&hash_str(key)));
             }
         }
     }
@@ -240,8 +313,8 @@ impl Candidates {
         Self { inline: [0; 32], len: 0, spill: Vec::new() }
     }
 
-    fn extend(&mut self, items: &[u32]) {
-        for &m in items {
+    fn extend(&mut self, items: impl IntoIterator<Item = u32>) {
+        for m in items {
             if self.len < self.inline.len() {
                 self.inline[self.len] = m;
                 self.len += 1;
@@ -268,20 +341,18 @@ pub struct RuleSet {
     matchers: Vec<CompiledMatcher>,
     excepts: Vec<CompiledMatcher>,
     extras: Vec<Extra>,
-    by_sha256: HashMap<[u8; 32], Entries, BuildHasherDefault<FirstBytes>>,
-    by_signer: FxHashMap<u64, Entries>,
-    by_id: FxHashMap<u64, Entries>,
+    by_sha256: SortedIndex<[u8; 32]>,
+    by_signer: SortedIndex<u64>,
+    by_id: SortedIndex<u64>,
     id_globs: PrefixIndex,
-    by_name: FxHashMap<u64, Entries>,
+    by_name: SortedIndex<u64>,
     name_globs: PrefixIndex,
     /// Matchers with no indexable condition, per kind; the last slot is for "any kind".
     scan: Vec<Vec<u32>>,
-    /// Matcher lists of index keys shared by several matchers.
-    shared: Vec<Vec<u32>>,
     device_tags: Vec<String>,
     /// Whether any matcher looks at name or publisher (so matching can skip case folding).
     uses_names: bool,
-    /// Heap held inside `extras` and `shared` (their element vectors), kept as rules are added
+    /// Heap held inside `extras` (their element vectors), kept as rules are added
     /// so that [`RuleSet::approx_bytes`] costs the same whatever the set's size.
     inner_bytes: usize,
 }
@@ -307,18 +378,22 @@ impl RuleSet {
             matchers: Vec::new(),
             excepts: Vec::new(),
             extras: Vec::new(),
-            by_sha256: HashMap::default(),
-            by_signer: FxHashMap::default(),
-            by_id: FxHashMap::default(),
+            by_sha256: SortedIndex::default(),
+            by_signer: SortedIndex::default(),
+            by_id: SortedIndex::default(),
             id_globs: PrefixIndex::default(),
-            by_name: FxHashMap::default(),
+            by_name: SortedIndex::default(),
             name_globs: PrefixIndex::default(),
             scan: vec![Vec::new(); Kind::ALL.len() + 1],
-            shared: Vec::new(),
             device_tags: device_tags.to_vec(),
             uses_names: false,
             inner_bytes: 0,
         }
+    }
+
+    /// An empty set for the same device.
+    pub(crate) fn emptied(&self) -> Self {
+        Self::new(&self.device_tags)
     }
 
     /// Compiles already-validated rules.
@@ -327,21 +402,22 @@ impl RuleSet {
         for r in &rules {
             set.add(&r.view());
         }
-        set.shrink();
+        set.finish();
         set
     }
 
     /// Reserves room for about `rules` rules with one matcher each, `sha256` of them indexed
     /// by hash: a policy's counts are known before its rules are compiled (see
-    /// `Policy::parse_compiled`), and growing the tables by doubling costs a copy and a rehash
-    /// per doubling and leaves up to half of each table unused.
+    /// `Policy::parse_compiled`), and growing by doubling costs a copy per doubling and leaves
+    /// up to half of each vector unused.
     /// The id index gets room for the other rules (`rules - sha256`): most large policies
-    /// are hashes and package ids, and at worst (no ids at all) that is 17 bytes a rule unused.
-    pub fn reserve(&mut self, rules: usize, sha256: usize) {
+    /// are hashes and package ids, and at worst (no ids at all) that is 16 bytes a rule unused
+    /// until [`RuleSet::finish`].
+    pub(crate) fn reserve(&mut self, rules: usize, sha256: usize) {
         self.rules.reserve(rules);
         self.matchers.reserve(rules);
-        self.by_sha256.reserve(sha256);
-        self.by_id.reserve(rules.saturating_sub(sha256));
+        self.by_sha256.staged.reserve(sha256);
+        self.by_id.staged.reserve(rules.saturating_sub(sha256));
     }
 
     /// How many rules room was reserved for.
@@ -349,8 +425,16 @@ impl RuleSet {
         self.rules.capacity() - self.rules.len()
     }
 
-    /// Releases spare capacity once all rules are added.
-    pub fn shrink(&mut self) {
+    /// Builds the indexes once all rules are added, and releases spare capacity. A set is only
+    /// matched against after this (every constructor calls it); rules added later are not found
+    /// until it is called again.
+    pub(crate) fn finish(&mut self) {
+        self.by_sha256.build();
+        self.by_signer.build();
+        self.by_id.build();
+        self.by_name.build();
+        self.id_globs.by_prefix.build();
+        self.name_globs.by_prefix.build();
         self.text.shrink_to_fit();
         self.rules.shrink_to_fit();
         self.matchers.shrink_to_fit();
@@ -440,37 +524,34 @@ impl RuleSet {
     /// everything but the hashes (its id and name patterns already say whether they are globs,
     /// its signers are already lowercased and its name already folded).
     fn index(&mut self, m: &MatcherRef<'_>, c: &CompiledMatcher, mi: u32) {
-        let shared = &mut self.shared;
         let extra = (c.extra != NO_EXTRA).then(|| &self.extras[c.extra as usize]);
         let text = &self.text;
         let get = |s: Str| &text[s.start as usize..(s.start + s.len) as usize];
-        let mut added = 0;
         if !m.sha256.is_empty() {
             for i in 0..m.sha256.len() {
                 if let Some(key) = m.sha256_at(i) {
-                    added += insert(&mut self.by_sha256, shared, key, mi);
+                    self.by_sha256.push(key, mi);
                 }
             }
         } else if let Some(signers) = extra.map(|x| &x.signer).filter(|s| !s.is_empty()) {
             for &s in signers {
-                added += insert(&mut self.by_signer, shared, hash_str(get(s)), mi);
+                self.by_signer.push(hash_str(get(s)), mi);
             }
         } else if let Some(id) = c.id.filter(|id| !id.glob) {
-            added += insert(&mut self.by_id, shared, hash_str(get(id.text)), mi);
+            self.by_id.push(hash_str(get(id.text)), mi);
         } else if let Some(prefix) = c.id.map(|id| literal_prefix(get(id.text))).filter(|p| !p.is_empty()) {
-            added += self.id_globs.insert(shared, prefix, mi);
+            self.id_globs.insert(prefix, mi);
         } else if let Some(name) = extra.and_then(|x| x.name) {
             if !name.glob {
-                added += insert(&mut self.by_name, shared, hash_str(get(name.text)), mi);
+                self.by_name.push(hash_str(get(name.text)), mi);
             } else if !literal_prefix(get(name.text)).is_empty() {
-                added += self.name_globs.insert(shared, literal_prefix(get(name.text)), mi);
+                self.name_globs.insert(literal_prefix(get(name.text)), mi);
             } else {
                 self.scan[m.kind.map_or(Kind::ALL.len(), Kind::index)].push(mi);
             }
         } else {
             self.scan[m.kind.map_or(Kind::ALL.len(), Kind::index)].push(mi);
         }
-        self.inner_bytes += added;
     }
 
     pub fn len(&self) -> usize {
@@ -478,28 +559,24 @@ impl RuleSet {
     }
 
     /// An estimate of the heap this set holds: the capacity of every table times its element
-    /// size (hash tables: one control byte per slot besides the entry). Used to bound what a
+    /// size, plus the vectors inside `extras`. Used to bound what a
     /// policy may compile to; it is an estimate of the allocations, not of allocator overhead.
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-            m.capacity() * (size_of::<(K, V)>() + 1)
-        }
-        let shared = self.shared.capacity() * size_of::<Vec<u32>>();
         let extras = self.extras.capacity() * size_of::<Extra>();
         let scan: usize = self.scan.iter().map(|v| v.capacity() * 4).sum();
         self.text.capacity()
             + self.rules.capacity() * size_of::<CompiledRule>()
             + (self.matchers.capacity() + self.excepts.capacity()) * size_of::<CompiledMatcher>()
             + extras
-            + map(&self.by_sha256)
-            + map(&self.by_signer)
-            + map(&self.by_id)
-            + map(&self.by_name)
-            + map(&self.id_globs.by_prefix)
-            + map(&self.name_globs.by_prefix)
-            + shared
+            + self.by_sha256.bytes()
+            + self.by_signer.bytes()
+            + self.by_id.bytes()
+            + self.by_name.bytes()
+            + self.id_globs.by_prefix.bytes()
+            + self.name_globs.by_prefix.bytes()
             + scan
+            + self.inner_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -572,19 +649,13 @@ impl RuleSet {
         let mut c = Candidates::new();
         let app_sha = app.sha256.as_deref().and_then(parse_sha);
         if let Some(h) = &app_sha {
-            if let Some(v) = self.by_sha256.get(h) {
-                c.extend(entries(v, &self.shared));
-            }
+            c.extend(self.by_sha256.get(h));
         }
         for s in &app.signers {
-            if let Some(v) = self.by_signer.get(&hash_str(&s.to_lowercase())) {
-                c.extend(entries(v, &self.shared));
-            }
+            c.extend(self.by_signer.get(&hash_str(&s.to_lowercase())));
         }
-        if let Some(v) = self.by_id.get(&hash_str(&app.id)) {
-            c.extend(entries(v, &self.shared));
-        }
-        self.id_globs.candidates(&self.shared, &app.id, &mut c);
+        c.extend(self.by_id.get(&hash_str(&app.id)));
+        self.id_globs.candidates(&app.id, &mut c);
         let folded = if self.uses_names {
             Folded {
                 name: app.name.as_deref().map(|n| crate::normalize::fold(n).into_owned()),
@@ -594,13 +665,11 @@ impl RuleSet {
             Folded { name: None, publisher: None }
         };
         if let Some(name) = &folded.name {
-            if let Some(v) = self.by_name.get(&hash_str(name)) {
-                c.extend(entries(v, &self.shared));
-            }
-            self.name_globs.candidates(&self.shared, name, &mut c);
+            c.extend(self.by_name.get(&hash_str(name)));
+            self.name_globs.candidates(name, &mut c);
         }
-        c.extend(&self.scan[app.kind.index()]);
-        c.extend(&self.scan[Kind::ALL.len()]);
+        c.extend(self.scan[app.kind.index()].iter().copied());
+        c.extend(self.scan[Kind::ALL.len()].iter().copied());
         for mi in c.iter() {
             let m = &self.matchers[mi as usize];
             if !self.matcher_matches(m, app, app_sha, &folded) {
@@ -771,5 +840,116 @@ mod tests {
         assert!(set.verdict(&named).unwrap().except_by_hash);
         named.sha256 = Some(approved);
         assert!(set.verdict(&named).is_none(), "the approved build is lifted once its hash is known");
+    }
+
+    /// A small deterministic generator (xorshift), so that failures reproduce.
+    struct Draw(u64);
+
+    impl Draw {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// The sorted index finds exactly the matchers added under each key, and nothing under
+    /// keys never added: keys from a small range (many duplicates), spread over all 64 bits,
+    /// or all with the same top bits (one bucket, as a signed but odd policy could make), over
+    /// two builds (the second merges what the first built).
+    #[test]
+    fn sorted_index_finds_exactly_what_was_added() {
+        let mut draw = Draw(0x9e37_79b9_7f4a_7c15);
+        for n in [0usize, 1, 2, 3, 5, 64, 1000, 4097] {
+            for shape in 0..3 {
+                let key = |r: u64| match shape {
+                    0 => r % 7,
+                    1 => r,
+                    _ => r & 0xffff,
+                };
+                let mut index = SortedIndex::<u64>::default();
+                let mut added: Vec<(u64, u32)> = Vec::new();
+                for round in 0..2u32 {
+                    for m in 0..n as u32 {
+                        let k = key(draw.next());
+                        index.push(k, round * 10_000 + m);
+                        added.push((k, round * 10_000 + m));
+                    }
+                    index.build();
+                    let absent = (0..50).map(|_| key(draw.next())).filter(|k| !added.iter().any(|e| e.0 == *k));
+                    let probes: Vec<u64> = added.iter().map(|e| e.0).chain(absent).collect();
+                    for k in probes {
+                        let mut got: Vec<u32> = index.get(&k).collect();
+                        got.sort_unstable();
+                        let mut want: Vec<u32> = added.iter().filter(|e| e.0 == k).map(|e| e.1).collect();
+                        want.sort_unstable();
+                        assert_eq!(got, want, "n {n}, shape {shape}, round {round}, key {k:#x}");
+                    }
+                }
+            }
+        }
+        // Digests as keys, one of them under two matchers.
+        let mut index = SortedIndex::<[u8; 32]>::default();
+        let digests: Vec<[u8; 32]> =
+            (0..500u64).map(|i| parse_sha(&crate::trust::sha256_hex(&i.to_le_bytes())).unwrap()).collect();
+        for (m, d) in digests.iter().enumerate() {
+            index.push(*d, m as u32);
+        }
+        index.push(digests[7], 999);
+        index.build();
+        for (m, d) in digests.iter().enumerate() {
+            let got: Vec<u32> = index.get(d).collect();
+            let want = if m == 7 { vec![7, 999] } else { vec![m as u32] };
+            assert_eq!(got, want);
+        }
+        assert_eq!(index.get(&[0u8; 32]).count(), 0);
+    }
+
+    /// A set of a few thousand rules of every indexed shape gives each app exactly the rules
+    /// that match it when each rule is compiled on its own: the index loses no candidate at
+    /// scale (where its buckets are many) that it finds in a set of one rule.
+    #[test]
+    fn a_large_set_matches_as_its_rules_do_one_by_one() {
+        let mut draw = Draw(0x2545_f491_4f6c_dd1d);
+        let hash = |i: u64| crate::trust::sha256_hex(&i.to_le_bytes());
+        let rules: Vec<Rule> = (0..1500u64)
+            .map(|i| {
+                let r = draw.next() % 40;
+                let kind = Kind::ALL[(draw.next() % 4) as usize];
+                let m = match i % 8 {
+                    0 | 1 => Matcher { sha256: vec![hash(r)], ..Default::default() },
+                    2 => Matcher { signer: vec![format!("SIGNER{r}")], ..Default::default() },
+                    3 => Matcher { kind: Some(kind), id: Some(format!("org.app{r}")), ..Default::default() },
+                    4 => Matcher { id: Some(format!("com.v{}.*", r % 9)), ..Default::default() },
+                    5 => Matcher { name: Some(format!("Banned App {r}")), ..Default::default() },
+                    6 => Matcher { name: Some(format!("banned*{}", r % 5)), ..Default::default() },
+                    _ => Matcher { kind: Some(kind), version: Some(format!("<{}.0", r % 5)), ..Default::default() },
+                };
+                rule(&format!("r{i}"), Action::Quarantine, vec![m])
+            })
+            .collect();
+        let set = RuleSet::compile(rules.clone(), &[]);
+        let alone: Vec<RuleSet> = rules.iter().map(|r| RuleSet::compile(vec![r.clone()], &[])).collect();
+        let mut hits = 0;
+        for _ in 0..300 {
+            let r = draw.next() % 40;
+            let mut a = app(Kind::ALL[(draw.next() % 4) as usize], &format!("org.app{r}"));
+            if draw.next() % 3 == 0 {
+                a.id = format!("com.v{}.thing", r % 9);
+            }
+            a.name = Some(format!("banned app {}", draw.next() % 40));
+            a.version = Some(format!("{}.1", draw.next() % 6));
+            a.signers = vec![format!("signer{}", draw.next() % 40)];
+            a.sha256 = Some(hash(draw.next() % 40));
+            let got: Vec<String> = set.matches(&a).into_iter().map(|v| v.rule).collect();
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            let mut want: Vec<String> = alone.iter().filter_map(|s| s.verdict(&a)).map(|v| v.rule.to_owned()).collect();
+            want.sort();
+            assert_eq!(got_sorted, want, "app {a:?}");
+            hits += got.len();
+        }
+        assert!(hits > 300, "the apps should hit many rules ({hits})");
     }
 }

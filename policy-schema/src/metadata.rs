@@ -371,7 +371,7 @@ impl Policy {
         let header = crate::policy_parser::parse_policy(text, &mut set, compiled_budget(bytes.len()))
             .map_err(|e| PayloadError::Json { role: "policy", source: e.into_json(text) })?;
         check_fleet("policy", &header.fleet)?;
-        set.shrink();
+        set.finish();
         Ok((header, set))
     }
 
@@ -395,7 +395,7 @@ impl Policy {
             .and_then(|h| de.end().map(|()| h))
             .map_err(|source| PayloadError::Json { role: "policy", source })?;
         check_fleet("policy", &header.fleet)?;
-        set.shrink();
+        set.finish();
         Ok((header, set))
     }
 }

@@ -561,14 +561,41 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// How rule-id uniqueness is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdCheck {
+    /// Each id against a hash set as its rule is read, so a duplicate is reported exactly where
+    /// the serde path reports it, before any later error.
+    InOrder,
+    /// The ids' hashes are collected and sorted once after the last rule: no hash-set probe per
+    /// rule into a table of megabytes of cold memory (docs/signed-channel.md, "Performance pass
+    /// 5"). Any error at all, a duplicate included, makes [`parse_policy`] parse again
+    /// `InOrder`, so what is reported is exactly what the in-order check reports.
+    Deferred,
+}
+
 /// Parses a policy payload (already UTF-8-checked) and compiles its rules into `set`, checking
 /// each rule, rule-id uniqueness (by 64-bit hash, as the serde path), the rule count and the
 /// compiled-size `budget` exactly where the serde path does.
+///
+/// A valid policy is read once, with the id check deferred; a policy with any error is read a
+/// second time with the in-order check, for the error the serde path reports (errors are rare
+/// and their cost is bounded: at most twice a valid policy's).
 ///
 /// On the calling thread: a second thread indexing what this one parses measured slower than
 /// one thread in some runs on an otherwise idle 2-core machine (docs/signed-channel.md,
 /// "Performance pass 4"), so it was removed.
 pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Result<PolicyHeader> {
+    match parse_with(text, set, budget, IdCheck::Deferred) {
+        Ok(header) => Ok(header),
+        Err(_) => {
+            *set = set.emptied();
+            parse_with(text, set, budget, IdCheck::InOrder)
+        }
+    }
+}
+
+fn parse_with(text: &str, set: &mut RuleSet, budget: usize, ids: IdCheck) -> Result<PolicyHeader> {
     let mut p = Parser { text, b: text.as_bytes(), pos: 0 };
     let (mut fleet, mut version, mut issued, mut expires, mut rule_count) = (None, None, None, None, None);
     p.object("a policy object", &POLICY_NAMES, |p, _, key, at| {
@@ -597,7 +624,7 @@ pub(crate) fn parse_policy(text: &str, set: &mut RuleSet, budget: usize) -> Resu
             }
             "rules" => {
                 dup(rule_count.is_some())?;
-                rule_count = Some(rules(p, set, budget)?);
+                rule_count = Some(rules(p, set, budget, ids)?);
             }
             other => {
                 return Err(ParseError {
@@ -666,30 +693,45 @@ impl Checks {
 }
 
 /// Indexes checked rules in order: checks each rule id's uniqueness (by 64-bit hash, as the
-/// serde path), adds the rule, and checks the compiled-size budget every 256 rules (and at the
-/// end, by the caller), as the serde path does: one rule adds at most MAX_MATCHERS × MAX_LIST
-/// index entries, so the overshoot between checks is bounded.
+/// serde path; see [`IdCheck`]), adds the rule, and checks the compiled-size budget every 256
+/// rules (and at the end, by the caller), as the serde path does: one rule adds at most
+/// MAX_MATCHERS × MAX_LIST index entries, so the overshoot between checks is bounded.
 struct Indexer<'s> {
     set: &'s mut RuleSet,
     budget: usize,
-    ids: rustc_hash::FxHashSet<u64>,
+    ids: Ids,
     count: usize,
 }
 
+enum Ids {
+    InOrder(rustc_hash::FxHashSet<u64>),
+    Deferred(Vec<u64>),
+}
+
 impl<'s> Indexer<'s> {
-    /// Reserves the set's tables (and the id set) from counts in the verified text
+    /// Reserves the set's tables (and the ids' room) from counts in the verified text
     /// (`metadata::table_sizes`): no doubling copies or rehashes while indexing.
-    fn new(set: &'s mut RuleSet, budget: usize, text: &[u8], rule_count: usize) -> Self {
+    fn new(set: &'s mut RuleSet, budget: usize, text: &[u8], rule_count: usize, check: IdCheck) -> Self {
         set.reserve(rule_count, crate::metadata::sha256_count_hint(text));
-        let ids = rustc_hash::FxHashSet::with_capacity_and_hasher(rule_count, Default::default());
+        let ids = match check {
+            IdCheck::InOrder => {
+                Ids::InOrder(rustc_hash::FxHashSet::with_capacity_and_hasher(rule_count, Default::default()))
+            }
+            IdCheck::Deferred => Ids::Deferred(Vec::with_capacity(rule_count)),
+        };
         Self { set, budget, ids, count: 0 }
     }
 
     fn add(&mut self, r: &RuleRef<'_>, at: usize) -> Result<()> {
         let mut h = rustc_hash::FxHasher::default();
         r.id.hash(&mut h);
-        if !self.ids.insert(h.finish()) {
-            return Err(ParseError { at, reason: format!("rule id {:?} is used twice", r.id) });
+        match &mut self.ids {
+            Ids::InOrder(seen) => {
+                if !seen.insert(h.finish()) {
+                    return Err(ParseError { at, reason: format!("rule id {:?} is used twice", r.id) });
+                }
+            }
+            Ids::Deferred(all) => all.push(h.finish()),
         }
         self.set.add(r);
         self.count += 1;
@@ -698,14 +740,26 @@ impl<'s> Indexer<'s> {
         }
         Ok(())
     }
+
+    /// The deferred id check, after the last rule: an error (which makes the caller parse again
+    /// in order, to find which id and where) if any two ids hash alike.
+    fn check_ids(self, at: usize) -> Result<()> {
+        if let Ids::Deferred(all) = self.ids {
+            let (sorted, _, _) = crate::matcher::bucket_sort(all, |h| *h);
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return Err(ParseError { at, reason: "a rule id is used twice".into() });
+            }
+        }
+        Ok(())
+    }
 }
 
-fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<usize> {
+fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize, ids: IdCheck) -> Result<usize> {
     // Table sizes from counts in the verified text (`metadata::table_sizes`): no doubling
     // copies or rehashes while indexing.
     let rule_count = crate::metadata::rule_count_hint(p.b);
     let mut checks = Checks { count: 0 };
-    let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count);
+    let mut indexer = Indexer::new(&mut *set, budget, p.b, rule_count, ids);
     let mut r = empty_rule();
     p.array("`rules` (a list of rules)", |p| {
         let at = p.pos;
@@ -713,6 +767,7 @@ fn rules<'a>(p: &mut Parser<'a>, set: &mut RuleSet, budget: usize) -> Result<usi
         checks.check(&r, at)?;
         indexer.add(&r, at)
     })?;
+    indexer.check_ids(p.pos)?;
     check_budget(set, budget, p.pos)?;
     Ok(checks.count)
 }

@@ -124,6 +124,22 @@ fn errors_come_in_document_order() {
     );
     let one = Policy::parse_compiled(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
     assert!(one.contains(r#"rule id "r1" is used twice"#), "{one}");
+    // A duplicate and nothing else wrong (the parser's first pass defers the id check to
+    // after the last rule; its second pass names the id and where, as the serde path does).
+    let rules: Vec<String> = (0..300)
+        .map(|r| {
+            let id = if r == 299 { 3 } else { r };
+            format!(r#"{{"id":"r{id}","action":"remove","match":[{{"id":"app{r}"}}]}}"#)
+        })
+        .collect();
+    let doc = format!(
+        r#"{{"fleet":"f","version":1,"issued":"2026-06-01T00:00:00Z","expires":"2026-07-01T00:00:00Z","rules":[{}]}}"#,
+        rules.join(",")
+    );
+    let one = Policy::parse_compiled(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    let serde = Policy::parse_compiled_serde(doc.as_bytes(), &[]).map(|_| ()).unwrap_err().to_string();
+    assert!(one.contains(r#"rule id "r3" is used twice"#), "{one}");
+    assert!(serde.contains(r#"rule id "r3" is used twice"#), "{serde}");
     // Without the bad rule the bound alone refuses it, and it is the bound that is named.
     let doc = over_budget_with_a_bad_rule(usize::MAX);
     let one = Policy::parse_compiled(&doc, &[]).map(|_| ()).unwrap_err().to_string();
