@@ -75,7 +75,9 @@ struct RawSignature<'a> {
 /// slice of them, so a large policy is held in memory once.
 pub struct Envelope {
     payload_type: String,
+    /// The PAE is `pae[pae_start..]`; the payload `pae[payload_start..]`.
     pae: Vec<u8>,
+    pae_start: usize,
     payload_start: usize,
     signatures: Vec<(String, Vec<u8>)>,
 }
@@ -140,20 +142,21 @@ fn build_pae(payload_type: &str, text: &str) -> Result<Vec<u8>, EnvelopeError> {
     Ok(buf)
 }
 
-/// Writes `header` at the start of `bytes` and decodes the base64 text at `range` right behind
-/// it, chunk by chunk. Output never overtakes input: the header fits before the text and every
-/// 4 text bytes become at most 3 output bytes.
+/// Decodes the base64 text at `range` of `bytes` in place, to the text's own start, and writes
+/// `header` right before it, so that the PAE is `bytes[range.start - header.len()..]` with no
+/// copy of the megabytes decoded (the caller checked that the header fits before the text).
 ///
-/// Whole middle chunks carry no padding and no partial group, so they go through the SIMD
-/// decoder; the last chunk (padding, canonical trailing bits) goes through the `base64` crate's
-/// strict engine, like every small envelope.
+/// All but the last chunk of text (whole groups, no padding) goes through the SIMD decoder in
+/// place (output never overtakes input: every 4 text bytes become 3); the last chunk (padding,
+/// canonical trailing bits) through the `base64` crate's strict engine, like every small
+/// envelope, into a small buffer copied behind the rest.
 fn decode_in_place(
     bytes: &mut Vec<u8>,
     header: &[u8],
     range: std::ops::Range<usize>,
     payload_len: usize,
 ) -> Result<(), EnvelopeError> {
-    const CHUNK: usize = 16 * 1024;
+    const TAIL: usize = 16 * 1024;
     let text = &bytes[range.clone()];
     let url_safe = memchr::memchr2(b'-', b'_', text).is_some();
     let padded = text.last() == Some(&b'=');
@@ -165,24 +168,23 @@ fn decode_in_place(
         (true, false) => &URL_SAFE_NO_PAD,
     };
     let simd = if url_safe { &base64_simd::URL_SAFE_NO_PAD } else { &base64_simd::STANDARD_NO_PAD };
-    bytes[..header.len()].copy_from_slice(header);
-    let mut w = header.len();
-    let mut r = range.start;
-    let mut out = vec![0u8; CHUNK / 4 * 3];
-    while r < range.end {
-        let end = (r + CHUNK).min(range.end);
-        let n = if end == range.end {
-            engine.decode_slice(&bytes[r..end], &mut out).map_err(|_| EnvelopeError::Base64)?
-        } else {
-            simd.decode(&bytes[r..end], base64_simd::Out::from_slice(&mut out))
-                .map_err(|_| EnvelopeError::Base64)?
-                .len()
-        };
-        bytes[w..w + n].copy_from_slice(&out[..n]);
-        w += n;
-        r = end;
-    }
-    if w != header.len() + payload_len {
+    // The middle: a multiple of 4 text bytes, leaving 1..=TAIL bytes (at least one whole group
+    // when there is one) for the strict engine.
+    let middle = range.len().saturating_sub(1) / TAIL * TAIL;
+    let decoded = if middle > 0 {
+        simd.decode_inplace(&mut bytes[range.start..range.start + middle]).map_err(|_| EnvelopeError::Base64)?.len()
+    } else {
+        0
+    };
+    let mut out = vec![0u8; TAIL / 4 * 3];
+    let n =
+        engine.decode_slice(&bytes[range.start + middle..range.end], &mut out).map_err(|_| EnvelopeError::Base64)?;
+    let w = range.start + decoded;
+    bytes[w..w + n].copy_from_slice(&out[..n]);
+    let pae_start = range.start - header.len();
+    bytes[pae_start..range.start].copy_from_slice(header);
+    let w = w + n;
+    if w - range.start != payload_len {
         return Err(EnvelopeError::Base64);
     }
     bytes.truncate(w);
@@ -197,7 +199,7 @@ impl Envelope {
         let signatures = Self::signatures_of(&raw)?;
         let pae = build_pae(&raw.payload_type, &raw.payload)?;
         let payload_start = pae.len() - decoded_len(&raw.payload).ok_or(EnvelopeError::Base64)?;
-        Ok(Self { payload_type: raw.payload_type.into_owned(), pae, payload_start, signatures })
+        Ok(Self { payload_type: raw.payload_type.into_owned(), pae, pae_start: 0, payload_start, signatures })
     }
 
     /// The signatures of a raw envelope, checked for count and keyid length. A malformed
@@ -243,26 +245,27 @@ impl Envelope {
             };
             (raw.payload_type.into_owned(), signatures, range)
         };
-        let (pae, payload_start) = match text_range {
+        let (pae, pae_start, payload_start) = match text_range {
             Ok((range, payload_len)) => {
                 let payload_len = payload_len.ok_or(EnvelopeError::Base64)?;
                 let header = pae_header(&payload_type, payload_len);
                 if header.len() <= range.start {
-                    decode_in_place(&mut bytes, &header, range, payload_len)?;
-                    (bytes, header.len())
+                    let pae_start = range.start - header.len();
+                    decode_in_place(&mut bytes, &header, range.clone(), payload_len)?;
+                    (bytes, pae_start, range.start)
                 } else {
                     let text = std::str::from_utf8(&bytes[range]).map_err(|_| EnvelopeError::Base64)?;
-                    (build_pae(&payload_type, text)?, header.len())
+                    (build_pae(&payload_type, text)?, 0, header.len())
                 }
             }
             Err(text) => {
                 drop(bytes);
                 let pae = build_pae(&payload_type, &text)?;
                 let start = pae.len() - decoded_len(&text).ok_or(EnvelopeError::Base64)?;
-                (pae, start)
+                (pae, 0, start)
             }
         };
-        Ok(Self { payload_type, pae, payload_start, signatures })
+        Ok(Self { payload_type, pae, pae_start, payload_start, signatures })
     }
 
     pub fn payload_type(&self) -> &str {
@@ -314,7 +317,7 @@ impl Envelope {
         // the keys that signed are recorded (see above).
         for (i, sig) in sigs.iter().enumerate() {
             let (Some(sig), Some(k)) = (sig, hinted[i]) else { continue };
-            if trusted[k].verify_strict(&self.pae, sig) {
+            if trusted[k].verify_strict(&self.pae[self.pae_start..], sig) {
                 settled[i] = true;
                 if counted[k] {
                     duplicate += 1;
@@ -340,7 +343,7 @@ impl Envelope {
             };
             let mut order: Vec<usize> = (0..trusted.len()).filter(|&k| !counted[k]).collect();
             order.extend((0..trusted.len()).filter(|&k| counted[k]));
-            match order.into_iter().find(|&k| trusted[k].verify_strict(&self.pae, sig)) {
+            match order.into_iter().find(|&k| trusted[k].verify_strict(&self.pae[self.pae_start..], sig)) {
                 Some(k) if counted[k] => duplicate += 1,
                 Some(k) => {
                     counted[k] = true;
@@ -459,7 +462,7 @@ mod tests {
                 let text = signed.replace(&std_text, &engine.encode(&payload));
                 let dec = Envelope::decode_owned(text.clone().into_bytes()).unwrap();
                 assert_eq!(dec.payload(), payload, "len {len}");
-                assert_eq!(dec.pae, pae("application/x", &payload));
+                assert!(dec.pae[dec.pae_start..] == pae("application/x", &payload), "len {len}");
                 assert_eq!(dec.verify(&[key.public()], 1), Ok(1));
                 let start = text.find(&engine.encode(&payload)).unwrap();
                 for (at, bad) in [(20_000, b'*'), (20_000, b'='), (5, b'.'), (17_000, b'\\')] {

@@ -207,13 +207,22 @@ impl<K: IndexKey> SortedIndex<K> {
 
     /// The matchers under `key` (built entries only).
     fn get(&self, key: &K) -> impl Iterator<Item = u32> + '_ {
-        let bucket: &[(K, u32)] = match self.dir.get((key.top() >> self.shift) as usize..) {
-            Some([start, end, ..]) => &self.entries[*start as usize..*end as usize],
+        let key = *key;
+        let b = (key.top() >> self.shift) as usize;
+        let bucket: &[(K, u32)] = match (self.dir.get(b), self.dir.get(b + 1)) {
+            (Some(&start), Some(&end)) => &self.entries[start as usize..end as usize],
             _ => &[],
         };
-        let first = bucket.partition_point(|e| e.0 < *key);
-        let len = bucket[first..].partition_point(|e| e.0 == *key);
-        bucket[first..first + len].iter().map(|e| e.1)
+        // Entries are in key order, which is also `top` order: compare the 64-bit `top` first
+        // (one load, no byte-wise compare), the whole key only where it is equal. Buckets hold
+        // one or two entries when keys are even: a scan; a long one is binary-searched.
+        let top = key.top();
+        let first = if bucket.len() <= 8 {
+            bucket.iter().position(|e| e.0.top() >= top).unwrap_or(bucket.len())
+        } else {
+            bucket.partition_point(|e| e.0.top() < top)
+        };
+        bucket[first..].iter().take_while(move |e| e.0.top() == top).filter(move |e| e.0 == key).map(|e| e.1)
     }
 
     /// Heap held, in bytes.
