@@ -133,6 +133,7 @@ pub fn conclude_removal(
 ) -> PackageOutcome {
     match result {
         Ok(Removal::Purged) => PackageOutcome::Removed,
+        Ok(Removal::PurgedAs(uid)) => PackageOutcome::RemovedAs(uid),
         Ok(Removal::Busy) => PackageOutcome::WaitingForLock,
         Ok(Removal::Protected(why)) => PackageOutcome::Protected(why),
         Ok(Removal::NeedsAdmin(why)) => {

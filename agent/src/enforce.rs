@@ -1019,6 +1019,9 @@ impl Enforcer {
         let (action, result, counted) = match &outcome {
             PackageOutcome::Audited => ("audit".to_owned(), "recorded".to_owned(), Outcome::Recorded),
             PackageOutcome::Removed => ("remove".to_owned(), format!("removed by {removed_by}"), Outcome::Removed),
+            PackageOutcome::RemovedAs(uid) => {
+                ("remove".to_owned(), format!("removed by {removed_by} run as uid {uid}"), Outcome::Removed)
+            }
             PackageOutcome::NeedsAdmin(why) => {
                 (v.action.to_string(), format!("needs admin: {why}"), Outcome::NeedsAdmin)
             }

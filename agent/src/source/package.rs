@@ -88,6 +88,9 @@ pub fn executables_of(files: impl IntoIterator<Item = String>) -> Vec<String> {
 pub enum Removal {
     /// Removed (dry run: would be removed, and nothing else with it).
     Purged,
+    /// Removed by a package-manager process that ran as this uid (a user's own flatpak
+    /// installation is changed with its owner's rights, not root's); recorded in the evidence.
+    PurgedAs(u32),
     /// The manager would have to remove or break other packages: not done.
     NeedsAdmin(String),
     /// Another package-manager transaction holds the lock: try again once it ends.

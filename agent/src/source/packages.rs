@@ -28,6 +28,8 @@ pub enum PackageOutcome {
     /// Audit-only verdict recorded.
     Audited,
     Removed,
+    /// Removed by a package-manager process that ran as this uid (a user's flatpak installation).
+    RemovedAs(u32),
     /// Not removable without taking others along: executables quarantined, admin needed.
     NeedsAdmin(String),
     /// A package-manager transaction holds the lock; retried when it ends.
