@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use embargo_e2e::flatpak::{flatpak, LocalRepo};
 use embargo_e2e::*;
 use embargo_policy::example::WECHAT_KASPERSKY_TOML;
 
@@ -268,35 +269,6 @@ fn a_banned_rpm_is_erased_with_rpm_and_one_another_needs_is_not() {
     assert!(inv.contains("\"kind\":\"rpm\"") || inv.contains("\"kind\": \"rpm\""), "{inv}");
 }
 
-fn flatpak(user_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("flatpak").arg("--user").args(args).env("FLATPAK_USER_DIR", user_dir).output().unwrap()
-}
-
-fn flatpak_ok(user_dir: &Path, args: &[&str]) {
-    let o = flatpak(user_dir, args);
-    assert!(o.status.success(), "flatpak {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Builds an app into `repo` with the real flatpak build tools.
-fn build_flatpak_app(tmp: &Path, user_dir: &Path, repo: &Path, id: &str) {
-    let dir = tmp.join(format!("build-{id}"));
-    let ok = |mut c: Command| {
-        let o = c.env("FLATPAK_USER_DIR", user_dir).output().unwrap();
-        assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    let mut c = Command::new("flatpak");
-    c.args(["build-init"]).arg(&dir).args([id, "org.example.Platform", "org.example.Platform", "1"]);
-    ok(c);
-    std::fs::create_dir_all(dir.join("files/bin")).unwrap();
-    std::fs::write(dir.join("files/bin/app"), "#!/bin/sh\necho app\n").unwrap();
-    let mut c = Command::new("flatpak");
-    c.args(["build-finish", "--command=app"]).arg(&dir);
-    ok(c);
-    let mut c = Command::new("flatpak");
-    c.arg("build-export").arg(repo).arg(&dir).arg("stable");
-    ok(c);
-}
-
 #[test]
 fn a_banned_flatpak_is_uninstalled_with_flatpak() {
     if !need(&["flatpak"]) {
@@ -304,29 +276,18 @@ fn a_banned_flatpak_is_uninstalled_with_flatpak() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let user_dir = tmp.path().join("flatpak-user");
-    let repo = tmp.path().join("repo");
-    // A tiny runtime, exported and installed from a local repository (offline).
-    let arch = String::from_utf8(Command::new("flatpak").arg("--default-arch").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let rt = tmp.path().join("runtime");
-    std::fs::create_dir_all(rt.join("files")).unwrap();
-    std::fs::create_dir_all(rt.join("usr")).unwrap();
-    std::fs::write(rt.join("metadata"), format!("[Runtime]\nname=org.example.Platform\nruntime=org.example.Platform/{arch}/1\nsdk=org.example.Platform/{arch}/1\n")).unwrap();
-    let o = Command::new("flatpak").args(["build-export", "--runtime"]).arg(&repo).arg(&rt).arg("1").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    flatpak_ok(&user_dir, &["remote-add", "--no-gpg-verify", "local", repo.to_str().unwrap()]);
-    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "org.example.Platform//1"]);
-    build_flatpak_app(tmp.path(), &user_dir, &repo, "com.tencent.WeChat");
-    build_flatpak_app(tmp.path(), &user_dir, &repo, "org.example.Editor");
+    // A tiny runtime and two apps, exported into a local repository (offline); the runtime is
+    // installed into the watched installation itself (root-owned: root runs flatpak there).
+    let repo = LocalRepo::new(tmp.path(), &user_dir);
+    repo.add_app("com.tencent.WeChat");
+    repo.add_app("org.example.Editor");
     let dev = Device::with_config(
         WECHAT_KASPERSKY_TOML,
         "1d",
         &format!("\n[[watch]]\nkind = \"flatpak\"\npaths = [\"{}\"]\n", user_dir.display()),
     );
-    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "org.example.Editor//stable"]);
-    flatpak_ok(&user_dir, &["install", "-y", "--noninteractive", "local", "com.tencent.WeChat//stable"]);
+    repo.install(&user_dir, &["org.example.Editor//stable"]);
+    repo.install(&user_dir, &["com.tencent.WeChat//stable"]);
     let list = || {
         String::from_utf8_lossy(&flatpak(&user_dir, &["list", "--app", "--columns=application"]).stdout).into_owned()
     };
@@ -334,6 +295,9 @@ fn a_banned_flatpak_is_uninstalled_with_flatpak() {
     assert!(list().contains("org.example.Editor"), "an allowed app stays: {}", list());
     let actions = last_result(&dev);
     assert!(actions.contains("removed by flatpak uninstall") && actions.contains("com.tencent.WeChat"), "{actions}");
+    // A root-owned installation under root-owned directories: root ran it, as before.
+    let me = std::fs::metadata(&user_dir).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    assert!(actions.contains(&format!("run as uid {me}")), "{actions}");
     let inv = String::from_utf8_lossy(&dev.ctl(&["inventory"]).stdout).into_owned();
     assert!(inv.contains("org.example.Editor"), "{inv}");
 }

@@ -249,17 +249,9 @@ fn search_path() -> std::ffi::OsString {
     std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())
 }
 
-/// Uninstalls `p` from installation `inst` with the real flatpak: `--system` for the system
-/// installation (as root, as before), else `--user` run as the installation's owner
-/// ([`run_as`]) with an environment of its own (`HOME`, `FLATPAK_USER_DIR`, `PATH`, nothing
-/// else of root's) in `/`: a user's installation is the user's to change, so flatpak acts on it
-/// with no more than the user's rights. The result names the uid it ran as
-/// ([`Removal::PurgedAs`]).
-pub fn uninstall(inst: &Path, p: &Package) -> Result<Removal, String> {
-    if let Some(why) = protected(p) {
-        return Ok(Removal::Protected(why));
-    }
-    let r#ref = format!("app/{}/{}/{}", p.name, p.architecture, p.version);
+/// The `flatpak uninstall` of `ref` for installation `inst`, and the uid it will run as
+/// (`None`: the system installation, run as root with the agent's environment, as always).
+fn uninstall_command(inst: &Path, r#ref: &str) -> Result<(Command, Option<u32>), String> {
     let mut c = Command::new("flatpak");
     let ran_as = if inst == Path::new(SYSTEM_INSTALLATION) {
         c.arg("--system");
@@ -276,10 +268,23 @@ pub fn uninstall(inst: &Path, p: &Package) -> Result<Removal, String> {
         tracing::info!(installation = %inst.display(), uid = who.uid, "running flatpak --user uninstall as the installation's owner");
         Some(who.uid)
     };
-    let out = c
-        .args(["uninstall", "-y", "--noninteractive", &r#ref])
-        .output()
-        .map_err(|e| format!("running flatpak: {e}"))?;
+    c.args(["uninstall", "-y", "--noninteractive", r#ref]);
+    Ok((c, ran_as))
+}
+
+/// Uninstalls `p` from installation `inst` with the real flatpak: `--system` for the system
+/// installation (as root, as before), else `--user` run as the installation's owner
+/// ([`run_as`]) with an environment of its own (`HOME`, `FLATPAK_USER_DIR`, `PATH`, nothing
+/// else of root's) in `/`: a user's installation is the user's to change, so flatpak acts on it
+/// with no more than the user's rights. The result names the uid it ran as
+/// ([`Removal::PurgedAs`]).
+pub fn uninstall(inst: &Path, p: &Package) -> Result<Removal, String> {
+    if let Some(why) = protected(p) {
+        return Ok(Removal::Protected(why));
+    }
+    let r#ref = format!("app/{}/{}/{}", p.name, p.architecture, p.version);
+    let (mut c, ran_as) = uninstall_command(inst, &r#ref)?;
+    let out = c.output().map_err(|e| format!("running flatpak: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("lock") {
@@ -390,5 +395,26 @@ mod tests {
         assert!(run_as(&rooted).is_err());
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         assert_eq!(run_as(&rooted).unwrap().uid, 0, "sticky: others cannot rename root's entries");
+    }
+
+    #[test]
+    fn the_system_installation_is_uninstalled_as_before_and_a_user_one_with_its_own_environment() {
+        let (c, ran_as) = uninstall_command(Path::new(SYSTEM_INSTALLATION), "app/a.B/x86_64/stable").unwrap();
+        assert_eq!(ran_as, None, "root, as always");
+        let args: Vec<_> = c.get_args().collect();
+        assert_eq!(args, ["--system", "uninstall", "-y", "--noninteractive", "app/a.B/x86_64/stable"]);
+        assert_eq!(c.get_envs().count(), 0, "the agent's environment, unchanged");
+        assert_eq!(c.get_current_dir(), None);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let inst = tmp.path().join("inst");
+        std::fs::create_dir(&inst).unwrap();
+        let (c, ran_as) = uninstall_command(&inst, "app/a.B/x86_64/stable").unwrap();
+        assert_eq!(ran_as, Some(rustix::process::geteuid().as_raw()));
+        assert_eq!(c.get_args().next().unwrap(), "--user");
+        let mut envs: Vec<_> = c.get_envs().map(|(k, _)| k.to_str().unwrap().to_owned()).collect();
+        envs.sort();
+        assert_eq!(envs, ["FLATPAK_USER_DIR", "HOME", "PATH"]);
+        assert_eq!(c.get_current_dir(), Some(Path::new("/")));
     }
 }
