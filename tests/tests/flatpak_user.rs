@@ -195,3 +195,72 @@ fn a_symlink_planted_inside_the_installation_gets_only_the_users_rights() {
     assert_eq!(listing(&target), before, "root's directory untouched ({actions})");
     assert!(std::fs::symlink_metadata(u.inst.join(".removed")).unwrap().file_type().is_symlink());
 }
+
+/// The system installation is unchanged: root runs `flatpak --system uninstall` there, as
+/// before, and the evidence names no uid. The real `/var/lib/flatpak` is never touched: the
+/// agent runs in a mount namespace of its own (`unshare --mount`) where a throwaway
+/// installation is bind-mounted over it, so the agent and the flatpak it runs see only that.
+#[test]
+fn the_system_installation_is_still_uninstalled_by_root_with_flatpak_system() {
+    if !can_run() || !need(&["unshare", "mount"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = LocalRepo::new(tmp.path(), &tmp.path().join("build-installation"));
+    for app in [WECHAT, EDITOR] {
+        repo.add_app(app);
+    }
+    let system = tmp.path().join("system");
+    let sys_flatpak = |args: &[&str]| {
+        let o = Command::new("flatpak").arg("--system").args(args).env("FLATPAK_SYSTEM_DIR", &system).output().unwrap();
+        assert!(o.status.success(), "flatpak --system {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    sys_flatpak(&["remote-add", "--no-gpg-verify", "local", repo.repo.to_str().unwrap()]);
+    sys_flatpak(&[
+        "install",
+        "-y",
+        "--noninteractive",
+        "local",
+        "org.example.Editor//stable",
+        "com.tencent.WeChat//stable",
+    ]);
+    assert!(deployed(&system, WECHAT) && deployed(&system, EDITOR));
+    let host_before = listing(Path::new(embargo_agent::flatpak::SYSTEM_INSTALLATION));
+
+    let mut dev = Device::with_config(WECHAT_KASPERSKY_TOML, "1d", "");
+    dev.stop_agent();
+    let mut config = std::fs::read_to_string(&dev.config).unwrap();
+    config.push_str(&format!(
+        "\n[[watch]]\nkind = \"flatpak\"\npaths = [\"{}\"]\n",
+        embargo_agent::flatpak::SYSTEM_INSTALLATION
+    ));
+    std::fs::write(&dev.config, config).unwrap();
+    let agent = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$2\" && exec \"$3\" --config \"$4\"",
+            "sh",
+        ])
+        .arg(&system)
+        .arg(embargo_agent::flatpak::SYSTEM_INSTALLATION)
+        .arg(bin("embargod"))
+        .arg(&dev.config)
+        .env("EMBARGO_LOG", "warn,embargo_agent=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dev.tmp.path().join("embargod-ns.log")).unwrap())
+        .spawn()
+        .expect("start embargod in a mount namespace");
+    dev.agent = Some(Running(agent));
+    eventually("WeChat removed from the system installation", WAIT, || (!deployed(&system, WECHAT)).then_some(()));
+    assert!(deployed(&system, EDITOR), "an allowed app stays");
+    let actions = eventually("the removal recorded", WAIT, || {
+        let a = last_actions(&dev);
+        a.contains(WECHAT).then_some(a)
+    });
+    assert!(actions.contains("removed by flatpak uninstall") && !actions.contains("run as uid"), "{actions}");
+    assert_eq!(listing(Path::new(embargo_agent::flatpak::SYSTEM_INSTALLATION)), host_before, "the real one untouched");
+}
