@@ -264,3 +264,33 @@ fn the_system_installation_is_still_uninstalled_by_root_with_flatpak_system() {
     assert!(actions.contains("removed by flatpak uninstall") && !actions.contains("run as uid"), "{actions}");
     assert_eq!(listing(Path::new(embargo_agent::flatpak::SYSTEM_INSTALLATION)), host_before, "the real one untouched");
 }
+
+/// flatpak waits without limit for the installation's lock (`repo/.lock`, an ostree record
+/// lock, taken to prune the repository after the app is undeployed), and in a user's
+/// installation that file is the user's: holding a lock on it for ever made `flatpak
+/// uninstall` wait for ever (seen: still waiting after 20 s), and with it the package worker and
+/// every later removal. Now the removal is killed at its deadline and fails naming it. The lock
+/// is held here by the test (the owner can take the same lock: the file is theirs); the removal
+/// is called through the agent's library with a short deadline, the daemon's being
+/// [`UNINSTALL_TIMEOUT`]. A regression guard for the deadline: today's main has no deadline (nor
+/// `uninstall_within`), and runs no flatpak at all on an installation a user owns.
+///
+/// [`UNINSTALL_TIMEOUT`]: embargo_agent::flatpak::UNINSTALL_TIMEOUT
+#[test]
+fn a_lock_held_for_ever_on_a_users_installation_costs_the_removal_its_deadline() {
+    use embargo_agent::source::package::Package;
+    if !can_run() {
+        return;
+    }
+    let u = UserInstallation::new(&[WECHAT]);
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(u.inst.join("repo/.lock")).unwrap();
+    rustix::fs::fcntl_lock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let mut p = Package::new(WECHAT, "stable");
+    p.architecture = embargo_e2e::flatpak::default_arch();
+    let started = std::time::Instant::now();
+    let r = embargo_agent::flatpak::uninstall_within(&u.inst, &p, Duration::from_secs(2));
+    let took = started.elapsed();
+    let e = r.unwrap_err();
+    assert!(e.contains("did not finish within 2 s") && e.contains(WECHAT), "{e}");
+    assert!(took < Duration::from_secs(15), "killed at the deadline, not waited out: {took:?}");
+}

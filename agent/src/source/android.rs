@@ -459,10 +459,17 @@ pub struct CmdOutput {
 /// The group is signalled only while its leader is unreaped (a zombie at worst), so its id cannot
 /// have been reused by another process. Runs on the package worker, never on the loop.
 pub fn run_bounded(program: &OsStr, argv: &[String], timeout: Duration) -> Result<CmdOutput, String> {
-    use std::os::unix::process::CommandExt as _;
     let shown = format!("{} {}", program.to_string_lossy(), argv.join(" "));
-    let mut child = Command::new(program)
-        .args(argv)
+    let mut c = Command::new(program);
+    c.args(argv);
+    run_command_bounded(c, &shown, timeout)
+}
+
+/// [`run_bounded`] for a command already set up (its environment, user, directory), shown in
+/// errors as `shown`.
+pub fn run_command_bounded(mut c: Command, shown: &str, timeout: Duration) -> Result<CmdOutput, String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -272,21 +272,33 @@ fn uninstall_command(inst: &Path, r#ref: &str) -> Result<(Command, Option<u32>),
     Ok((c, ran_as))
 }
 
-/// Uninstalls `p` from installation `inst` with the real flatpak: `--system` for the system
-/// installation (as root, as before), else `--user` run as the installation's owner
-/// ([`run_as`]) with an environment of its own (`HOME`, `FLATPAK_USER_DIR`, `PATH`, nothing
-/// else of root's) in `/`: a user's installation is the user's to change, so flatpak acts on it
-/// with no more than the user's rights. The result names the uid it ran as
-/// ([`Removal::PurgedAs`]).
+/// How long one `flatpak uninstall` may run before it is killed (its whole process group) and
+/// the removal fails naming the timeout. flatpak waits without limit for the installation's
+/// lock (`repo/.lock`), and a user installation's owner can hold that lock for ever; without a
+/// deadline one such user would hold the package worker, and every later removal, for good.
+/// An uninstall is a rename, a delete and a prune: seconds even for a large app.
+pub const UNINSTALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Uninstalls `p` from installation `inst` with the real flatpak, within [`UNINSTALL_TIMEOUT`]:
+/// `--system` for the system installation (as root, as before), else `--user` run as the
+/// installation's owner ([`run_as`]) with an environment of its own (`HOME`,
+/// `FLATPAK_USER_DIR`, `PATH`, nothing else of root's) in `/`: a user's installation is the
+/// user's to change, so flatpak acts on it with no more than the user's rights. The result
+/// names the uid it ran as ([`Removal::PurgedAs`]).
 pub fn uninstall(inst: &Path, p: &Package) -> Result<Removal, String> {
+    uninstall_within(inst, p, UNINSTALL_TIMEOUT)
+}
+
+/// [`uninstall`] with the deadline `timeout`.
+pub fn uninstall_within(inst: &Path, p: &Package, timeout: std::time::Duration) -> Result<Removal, String> {
     if let Some(why) = protected(p) {
         return Ok(Removal::Protected(why));
     }
     let r#ref = format!("app/{}/{}/{}", p.name, p.architecture, p.version);
-    let (mut c, ran_as) = uninstall_command(inst, &r#ref)?;
-    let out = c.output().map_err(|e| format!("running flatpak: {e}"))?;
+    let (c, ran_as) = uninstall_command(inst, &r#ref)?;
+    let out = super::android::run_command_bounded(c, &format!("flatpak uninstall {ref}", ref = r#ref), timeout)?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = out.stderr;
         if err.contains("lock") {
             return Ok(Removal::Busy);
         }
