@@ -10,13 +10,6 @@ use std::process::Command;
 use embargo_agent::artifact;
 use embargo_e2e::*;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// `program args…`, as nobody when we are root; its stdout.
 fn oracle(program: &str, args: &[&str]) -> String {
     let mut c = if is_root() && have("setpriv") {

@@ -166,13 +166,6 @@ fn python_reads_every_format_and_a_new_version_replaces_the_apple_profile() {
     assert_eq!(export(&repo, "apple-mdm", &[]).stdout, std::fs::read(&v2).unwrap());
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// `/bin/true` with `tag` appended: a real ELF executable whose bytes (and sha256) are its own.
 fn executable(path: &Path, tag: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -19,13 +19,6 @@ const WECHAT: &str = "com.tencent.WeChat";
 const EDITOR: &str = "org.example.Editor";
 const NOBODY: u32 = 65534;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// Whether this test can run: root (embargod as root, the user as nobody) and the tools.
 fn can_run() -> bool {
     if !is_root() {

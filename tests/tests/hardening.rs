@@ -211,13 +211,6 @@ while time.time() < end:
     flood.wait().unwrap();
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// Finding 4: the `AI\x02` bytes are optional (the kernel and the runtime ignore them). A real
 /// AppImage with them zeroed, under a name that says nothing, is still found by its squashfs
 /// after the ELF section headers and quarantined; so is a file only named `*.AppImage`.

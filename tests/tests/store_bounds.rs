@@ -17,13 +17,6 @@ fn gone(p: &Path) -> Option<()> {
     (!p.exists()).then_some(())
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
 /// Whether this test can run: root (to run embargod as root and the attacker as nobody) and
 /// setpriv. Skips saying why otherwise (fails under EMBARGO_REQUIRE_TOOLS=1).
 fn can_run() -> bool {
