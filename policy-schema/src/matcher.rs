@@ -430,7 +430,7 @@ impl RuleSet {
     }
 
     /// How many rules room was reserved for.
-    pub fn capacity_hint(&self) -> usize {
+    pub(crate) fn capacity_hint(&self) -> usize {
         self.rules.capacity() - self.rules.len()
     }
 
@@ -505,8 +505,10 @@ impl RuleSet {
         CompiledMatcher { rule, kind: m.kind, strong: m.is_strong(), id, extra }
     }
 
-    /// Adds one validated rule (ignored when its tags exclude this device).
-    pub fn add(&mut self, rule: &RuleRef<'_>) {
+    /// Adds one validated rule (ignored when its tags exclude this device). Crate-only: a set is
+    /// matched only after [`RuleSet::finish`], which [`RuleSet::compile`] and the policy parsers
+    /// call, so no set outside this crate can be matched half-built.
+    pub(crate) fn add(&mut self, rule: &RuleRef<'_>) {
         if !rule.tags.is_empty() && !rule.tags.iter().any(|t| self.device_tags.iter().any(|d| d == t)) {
             return;
         }
