@@ -252,6 +252,41 @@ pub fn needs_admin_paths(
     true
 }
 
+/// A banned package the agent could not remove, as the core loop hands it to
+/// [`read_needs_admin_paths`] (on the package worker).
+pub struct NeedsAdminPackage {
+    pub manager: &'static dyn PackageManager,
+    pub root: PathBuf,
+    pub installed: InstalledPackage,
+    pub rule: String,
+}
+
+/// The needs-admin paths of `packages` ([`needs_admin_paths`] of each, at most
+/// [`MAX_OWNED_PATHS`], a warning when that bound is reached). It reads dpkg's `.list` files
+/// (100,000 paths at most), so it runs on the package worker, never on the core loop: the log
+/// line names the thread that read.
+pub fn read_needs_admin_paths(packages: &[NeedsAdminPackage]) -> OwnedPaths {
+    let mut owned = OwnedPaths::default();
+    for p in packages {
+        if !needs_admin_paths(p.manager, &p.root, &p.installed, &p.rule, &mut owned) {
+            tracing::warn!(
+                package = %p.installed.package.name,
+                bound = MAX_OWNED_PATHS,
+                "exec gate: too many files of needs-admin packages; the rest are not denied by path"
+            );
+            break;
+        }
+    }
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+    tracing::info!(
+        packages = packages.len(),
+        paths = owned.len(),
+        thread,
+        "exec gate: files of needs-admin packages read"
+    );
+    owned
+}
+
 /// The gate's configuration from `[exec]` and the agent's mode.
 pub fn gate_config(cfg: &Config) -> GateConfig {
     GateConfig {

@@ -612,5 +612,12 @@ fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allo
     assert!(text.contains(helper.to_str().unwrap()), "{text}");
     assert!(allowed.0.try_wait().unwrap().is_none(), "the dependent package's own process keeps running");
     assert_eq!(run(&helper), Err(EPERM), "and the helper cannot start again");
+    // The package's `.list` file was read on the package worker, not on the core loop (the
+    // read logs the name of the thread that did it).
+    let log = std::fs::read_to_string(d.tmp.path().join("embargod.log")).unwrap_or_default();
+    let read = log.lines().find(|l| l.contains("files of needs-admin packages read")).unwrap_or_else(|| {
+        panic!("no log line for the read of the needs-admin files:\n{log}");
+    });
+    assert!(read.contains("thread=\"embargo-packages-"), "read off the package worker: {read}");
     drop(d);
 }
