@@ -621,3 +621,56 @@ fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allo
     assert!(read.contains("thread=\"embargo-packages-"), "read off the package worker: {read}");
     drop(d);
 }
+
+/// Monitor mode never removes a package, so no package becomes "needs admin" and nothing is
+/// stopped by path: the ban is recorded (`audit`), the process keeps running. That a needs-admin
+/// target is only recorded in monitor mode is shown at sweep level
+/// (`needs_admin_sweep.rs`): here no such target can arise.
+#[test]
+fn in_monitor_mode_a_banned_package_is_only_recorded_and_its_running_process_keeps_running() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (root, helper, _) = needs_admin_root(&p, work.path());
+    let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let mut d = Device::with_config(NOTHING, "1d", &extra);
+    d.reconfigure(|text| {
+        assert!(text.contains("mode = \"enforce\""), "{text}");
+        text.replace("mode = \"enforce\"", "mode = \"monitor\"")
+    });
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let sweeps = || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .unwrap_or_default()
+            .matches("running-process sweep done")
+            .count()
+    };
+    // The start-up sweep (the restarted daemon starts with the policy it persisted, which the
+    // first sync does not change).
+    let before = eventually("the start-up sweep", Duration::from_secs(120), || Some(sweeps()).filter(|n| *n >= 1));
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = eventually("the package's ban recorded (audit)", Duration::from_secs(60), || {
+        d.status().filter(|s| s["enforcement"]["last_actions"].to_string().contains("wechat-deb"))
+    });
+    let actions = s["enforcement"]["last_actions"].to_string();
+    assert!(!actions.contains("needs admin"), "monitor mode never tries the removal: {actions}");
+    // A sweep after the update has run without stopping it.
+    eventually("a sweep after the update", Duration::from_secs(120), || Some(sweeps()).filter(|n| *n > before));
+    assert!(banned.0.try_wait().unwrap().is_none(), "monitor mode kills nothing");
+    let s = d.status().unwrap();
+    assert_eq!(s["enforcement"]["counters"]["processes_killed"].as_u64(), Some(0), "{s}");
+    assert!(root.join("usr/bin/wechat").exists(), "monitor mode removes nothing");
+    drop(d);
+}
