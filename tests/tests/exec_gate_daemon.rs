@@ -674,3 +674,55 @@ fn in_monitor_mode_a_banned_package_is_only_recorded_and_its_running_process_kee
     assert!(root.join("usr/bin/wechat").exists(), "monitor mode removes nothing");
     drop(d);
 }
+
+/// The kill of a needs-admin package's process counts against the update's action cap with the
+/// update's removal: with `max_actions_per_update = 1` the removal (one act) is tried, the kill
+/// on top makes two and waits for `confirm`.
+#[test]
+fn a_needs_admin_kill_counts_against_the_updates_action_cap_and_waits_for_confirm() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (root, helper, _) = needs_admin_root(&p, work.path());
+    let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 1\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(NOTHING, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = banned.0.id();
+    let held = eventually("the kill held for confirmation", Duration::from_secs(60), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("needs confirmation")
+        })
+    });
+    assert!(held.to_string().contains("wechat-deb"), "{held}");
+    assert!(banned.0.try_wait().unwrap().is_none(), "not killed over the cap");
+    assert_eq!(d.status().unwrap()["pending"]["needs_confirmation"], 1);
+
+    let out = d.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = eventually("killed after confirm", Duration::from_secs(10), || banned.0.try_wait().unwrap());
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let killed = eventually("the kill recorded", Duration::from_secs(10), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("\"killed\":true")
+        })
+    });
+    let text = killed.to_string();
+    assert!(text.contains("wechat-deb") && text.contains("needs admin"), "{text}");
+    drop(d);
+}
