@@ -3,10 +3,12 @@
 //! `lib.rs::run_with_clock` calls [`start`] when `[exec] enabled = true`: the gate
 //! (`exec_gate::ExecGate`) decides with a `subscribe()`d receiver of the published rule set, and
 //! a small task turns its `GateEvent`s into `AuditEvent`s and sends them, with the scans of the
-//! running processes (`running::scan`, on a blocking thread at start-up and after every change
-//! of the published rule set), to the core loop ([`ExecInput`]). The core loop decides the kills
-//! (they count against the policy update's action cap), refreshes the [`ProtectedPaths`] after
-//! package reads and hands the gate the needs-admin packages' files ([`needs_admin_paths`]).
+//! running processes (`running::scan_with_owned`, on a blocking thread at start-up and after
+//! every change of the published rule set or of the gate's needs-admin paths), to the core loop
+//! ([`ExecInput`]). The core loop decides the kills (they count against the policy update's
+//! action cap), refreshes the [`ProtectedPaths`] after package reads and hands the gate the
+//! needs-admin packages' files ([`needs_admin_paths`], read on the package worker by
+//! [`read_needs_admin_paths`]).
 //! The gate itself is owned by the `Enforcer` (its counters go into `status`); dropping the
 //! enforcer at shutdown stops the gate and flushes its marks.
 
