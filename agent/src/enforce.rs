@@ -148,6 +148,9 @@ pub struct Enforcer {
     pending_scan: Option<(Arc<RuleSet>, crate::running::Scan)>,
     /// The needs-admin packages (root, name, version, rule) whose files the exec gate denies.
     needs_admin: Vec<(PathBuf, String, String, String)>,
+    /// The newest request to read their files (on the package worker); a result for an older
+    /// one is dropped, and a job that starts after a newer request reads nothing.
+    needs_admin_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Enforcer {
@@ -201,6 +204,7 @@ impl Enforcer {
             last_update: None,
             pending_scan: None,
             needs_admin: Vec::new(),
+            needs_admin_seq: Default::default(),
             reports: None,
             held: Held::default(),
             exempt,
@@ -953,6 +957,7 @@ impl Enforcer {
                 self.on_suspended(root, &name, *manifest, result, &verdict, since)
             }
             packages::Done::Unsuspended { id, result, uid, reply } => self.on_unsuspended(id, result, uid, reply),
+            packages::Done::NeedsAdminPaths { seq, result } => self.on_needs_admin_paths(seq, result),
         }
         self.publish_needs_admin();
     }
@@ -1163,38 +1168,69 @@ impl Enforcer {
     }
 
     /// Hands the exec gate the files of every banned package the agent could not remove
-    /// ("needs admin"), when that list changed: their execs are denied naming the rule.
+    /// ("needs admin"), when that list changed: their execs are denied naming the rule, and the
+    /// sweep that follows stops their running processes. Reading the files (dpkg's `.list`
+    /// files, up to [`crate::exec_wire::MAX_OWNED_PATHS`] paths) is a job on the package worker;
+    /// the loop publishes its result when it comes back ([`Self::on_needs_admin_paths`]).
     fn publish_needs_admin(&mut self) {
-        let Some(gate) = &self.exec_gate else { return };
+        if self.exec_gate.is_none() {
+            return;
+        }
         let mut now = Vec::new();
+        let mut pkgs = Vec::new();
         for r in &self.packages.roots {
             for (name, it) in &r.packages {
                 if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
                     now.push((r.root.clone(), name.clone(), it.installed.package.version.clone(), v.rule.clone()));
+                    pkgs.push(crate::exec_wire::NeedsAdminPackage {
+                        manager: r.manager,
+                        root: r.root.clone(),
+                        installed: it.installed.clone(),
+                        rule: v.rule.clone(),
+                    });
                 }
             }
         }
         if now == self.needs_admin {
             return;
         }
-        let mut owned = crate::exec_gate::OwnedPaths::default();
-        'roots: for r in &self.packages.roots {
-            for (name, it) in &r.packages {
-                if let (Some(PackageOutcome::NeedsAdmin(_)), Some(v)) = (&it.outcome, &it.verdict) {
-                    if !crate::exec_wire::needs_admin_paths(r.manager, &r.root, &it.installed, &v.rule, &mut owned) {
-                        tracing::warn!(
-                            package = %name,
-                            bound = crate::exec_wire::MAX_OWNED_PATHS,
-                            "exec gate: too many files of needs-admin packages; the rest are not denied by path"
-                        );
-                        break 'roots;
-                    }
-                }
-            }
-        }
-        tracing::info!(packages = now.len(), paths = owned.len(), "exec gate: files of needs-admin packages denied");
-        gate.set_owned_paths(owned);
         self.needs_admin = now;
+        use std::sync::atomic::Ordering;
+        let seq = self.needs_admin_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let latest = self.needs_admin_seq.clone();
+        self.package_worker.submit(
+            move || {
+                // A newer set was asked for while this one waited: only that one is read.
+                let result = if latest.load(Ordering::Acquire) == seq {
+                    Some(crate::exec_wire::read_needs_admin_paths(&pkgs))
+                } else {
+                    None
+                };
+                packages::Done::NeedsAdminPaths { seq, result: Ok(result) }
+            },
+            move |why| packages::Done::NeedsAdminPaths { seq, result: Err(why) },
+        );
+    }
+
+    /// The needs-admin packages' files, read on the package worker: handed to the gate unless
+    /// a newer request was made since (its result follows).
+    fn on_needs_admin_paths(&mut self, seq: u64, result: Result<Option<crate::exec_gate::OwnedPaths>, String>) {
+        if seq != self.needs_admin_seq.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let Some(gate) = &self.exec_gate else { return };
+        match result {
+            Ok(Some(owned)) => {
+                tracing::info!(
+                    packages = self.needs_admin.len(),
+                    paths = owned.len(),
+                    "exec gate: files of needs-admin packages denied"
+                );
+                gate.set_owned_paths(owned);
+            }
+            Ok(None) => {}
+            Err(why) => tracing::error!(%why, "exec gate: reading the files of needs-admin packages panicked"),
+        }
     }
 
     /// Input from the exec side: gate evidence, or a scan of the running processes.

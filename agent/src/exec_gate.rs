@@ -757,6 +757,8 @@ pub struct ExecGate {
     /// Stops the rule-set watcher (dropping it does too).
     stop_policy: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The needs-admin paths in force, for the running-process sweeps ([`Self::subscribe_owned`]).
+    owned_tx: watch::Sender<Arc<OwnedPaths>>,
 }
 
 impl std::fmt::Debug for ExecGate {
@@ -847,7 +849,8 @@ impl ExecGate {
             let reader = Reader { shared: s, rules, current, generation: 0, jobs: job_tx, pending: VecDeque::new() };
             threads.push(spawn("gate-reader", Box::new(move || reader.run(&stop)))?);
         }
-        Ok(ExecGate { shared, stop, stop_policy: Some(stop_policy), threads })
+        let (owned_tx, _) = watch::channel(Arc::new(OwnedPaths::default()));
+        Ok(ExecGate { shared, stop, stop_policy: Some(stop_policy), threads, owned_tx })
     }
 
     pub fn stats(&self) -> GateStats {
@@ -868,10 +871,13 @@ impl ExecGate {
     /// Replaces the needs-admin packages' files whose execs are denied. Like a rule-set change,
     /// it drops every cached verdict (ours and the kernel's) before it returns, so no exec
     /// after this call is answered from a verdict reached without it.
+    /// Then it tells the [`Self::subscribe_owned`] receivers (the sweeps: processes already
+    /// running from those files are stopped too).
     pub fn set_owned_paths(&self, owned: OwnedPaths) {
         let s = &self.shared;
+        let owned = Arc::new(owned);
         let mut ig = s.ignores.lock().unwrap_or_else(|e| e.into_inner());
-        *s.owned.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(owned);
+        *s.owned.write().unwrap_or_else(|e| e.into_inner()) = owned.clone();
         let gen = s.owned_gen.fetch_add(1, Ordering::AcqRel) + 1;
         {
             let mut c = s.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -882,6 +888,14 @@ impl ExecGate {
         if ig.count > 0 {
             s.flush_ignores(&mut ig);
         }
+        drop(ig);
+        self.owned_tx.send_replace(owned);
+    }
+
+    /// The needs-admin paths in force, changed by every [`Self::set_owned_paths`] (after its
+    /// caches are dropped).
+    pub fn subscribe_owned(&self) -> watch::Receiver<Arc<OwnedPaths>> {
+        self.owned_tx.subscribe()
     }
 
     /// Answers what is pending (allow), stops the threads and closes the group.

@@ -3,10 +3,12 @@
 //! `lib.rs::run_with_clock` calls [`start`] when `[exec] enabled = true`: the gate
 //! (`exec_gate::ExecGate`) decides with a `subscribe()`d receiver of the published rule set, and
 //! a small task turns its `GateEvent`s into `AuditEvent`s and sends them, with the scans of the
-//! running processes (`running::scan`, on a blocking thread at start-up and after every change
-//! of the published rule set), to the core loop ([`ExecInput`]). The core loop decides the kills
-//! (they count against the policy update's action cap), refreshes the [`ProtectedPaths`] after
-//! package reads and hands the gate the needs-admin packages' files ([`needs_admin_paths`]).
+//! running processes (`running::scan_with_owned`, on a blocking thread at start-up and after
+//! every change of the published rule set or of the gate's needs-admin paths), to the core loop
+//! ([`ExecInput`]). The core loop decides the kills (they count against the policy update's
+//! action cap), refreshes the [`ProtectedPaths`] after package reads and hands the gate the
+//! needs-admin packages' files ([`needs_admin_paths`], read on the package worker by
+//! [`read_needs_admin_paths`]).
 //! The gate itself is owned by the `Enforcer` (its counters go into `status`); dropping the
 //! enforcer at shutdown stops the gate and flushes its marks.
 
@@ -22,8 +24,8 @@ use embargo_policy::app::Kind;
 use crate::config::{Config, Mode};
 use crate::evidence::AuditEvent;
 use crate::exec_gate::{
-    judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, Protected,
-    SpareReason,
+    judge_exec, Answer, ExecGate, ExecInfo, GateConfig, GateError, GateEvent, GateMode, MarkScope, OwnedPaths,
+    Protected, SpareReason,
 };
 use crate::running::{Scan, StopReason, SweepReport, Target};
 use crate::source::package::{InstalledPackage, PackageManager};
@@ -252,6 +254,41 @@ pub fn needs_admin_paths(
     true
 }
 
+/// A banned package the agent could not remove, as the core loop hands it to
+/// [`read_needs_admin_paths`] (on the package worker).
+pub struct NeedsAdminPackage {
+    pub manager: &'static dyn PackageManager,
+    pub root: PathBuf,
+    pub installed: InstalledPackage,
+    pub rule: String,
+}
+
+/// The needs-admin paths of `packages` ([`needs_admin_paths`] of each, at most
+/// [`MAX_OWNED_PATHS`], a warning when that bound is reached). It reads dpkg's `.list` files
+/// (100,000 paths at most), so it runs on the package worker, never on the core loop: the log
+/// line names the thread that read.
+pub fn read_needs_admin_paths(packages: &[NeedsAdminPackage]) -> OwnedPaths {
+    let mut owned = OwnedPaths::default();
+    for p in packages {
+        if !needs_admin_paths(p.manager, &p.root, &p.installed, &p.rule, &mut owned) {
+            tracing::warn!(
+                package = %p.installed.package.name,
+                bound = MAX_OWNED_PATHS,
+                "exec gate: too many files of needs-admin packages; the rest are not denied by path"
+            );
+            break;
+        }
+    }
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+    tracing::info!(
+        packages = packages.len(),
+        paths = owned.len(),
+        thread,
+        "exec gate: files of needs-admin packages read"
+    );
+    owned
+}
+
 /// The gate's configuration from `[exec]` and the agent's mode.
 pub fn gate_config(cfg: &Config) -> GateConfig {
     GateConfig {
@@ -341,24 +378,32 @@ pub fn start(
     let (gate_tx, gate_rx) = mpsc::channel::<GateEvent>(1024);
     let gate = ExecGate::start(gate_config(cfg), rules.subscribe(), protected.clone(), gate_tx)?;
     let applied = gate.policy_applied();
-    let task = tokio::spawn(relay(gate_rx, rules.subscribe(), protected, applied, evidence));
+    let watches = Watches { rules: rules.subscribe(), owned: gate.subscribe_owned() };
+    let task = tokio::spawn(relay(gate_rx, watches, protected, applied, evidence));
     Ok((gate, task, handle))
 }
 
 /// Whether the gate has applied a rule set ([`ExecGate::policy_applied`]).
 type Applied = Arc<crate::exec_gate::PolicyApplied>;
 
+/// What a change of wakes the sweeps: the published rule set, and the needs-admin paths the
+/// gate denies ([`ExecGate::subscribe_owned`]).
+struct Watches {
+    rules: watch::Receiver<Arc<RuleSet>>,
+    owned: watch::Receiver<Arc<OwnedPaths>>,
+}
+
 /// Relays gate events to the core loop, and (in its own task, so a long scan never holds up
-/// the gate's evidence) scans the running processes at start-up and after every rule-set
-/// change.
+/// the gate's evidence) scans the running processes at start-up and after every change of the
+/// rule set or of the needs-admin paths.
 async fn relay(
     mut gate_rx: mpsc::Receiver<GateEvent>,
-    rules: watch::Receiver<Arc<RuleSet>>,
+    watches: Watches,
     protected: Arc<Protected>,
     applied: Applied,
     evidence: mpsc::Sender<ExecInput>,
 ) {
-    let sweeper = tokio::spawn(scans(rules, protected, applied, evidence.clone()));
+    let sweeper = tokio::spawn(scans(watches, protected, applied, evidence.clone()));
     while let Some(ev) = gate_rx.recv().await {
         if let Some(a) = audit_of(ev) {
             if evidence.send(ExecInput::Audit(Box::new(a))).await.is_err() {
@@ -369,20 +414,24 @@ async fn relay(
     sweeper.abort();
 }
 
-/// One scan at start-up and one after each change of the published rule set (changes during a
-/// scan are coalesced into one more), each on a blocking thread; the core loop decides the
-/// kills.
-async fn scans(
-    mut rules: watch::Receiver<Arc<RuleSet>>,
-    protected: Arc<Protected>,
-    applied: Applied,
-    evidence: mpsc::Sender<ExecInput>,
-) {
+/// One scan at start-up and one after each change of the published rule set or of the
+/// needs-admin paths (changes during a scan are coalesced into one more), each on a blocking
+/// thread; the core loop decides the kills. A process running a needs-admin package's file is
+/// found by its path ([`crate::running::scan_with_owned`]), the paths being the gate's own.
+async fn scans(watches: Watches, protected: Arc<Protected>, applied: Applied, evidence: mpsc::Sender<ExecInput>) {
+    let Watches { mut rules, mut owned } = watches;
     // The start-up scan: the value in force counts as changed.
     rules.mark_changed();
     let hashes = Arc::new(SweepHashes::default());
-    while rules.changed().await.is_ok() {
+    // The gate holds the needs-admin sender: once it is gone only rule sets wake a scan.
+    let mut owned_open = true;
+    loop {
+        tokio::select! {
+            r = rules.changed() => if r.is_err() { return },
+            o = owned.changed(), if owned_open => if o.is_err() { owned_open = false; continue },
+        }
         let current = rules.borrow_and_update().clone();
+        let owned_now = owned.borrow_and_update().clone();
         // Scan only once the gate has dropped the kernel-cached verdicts of older rule sets
         // (a thread wake-up after publication; bounded, and a newer set supersedes this one).
         let waiting = std::time::Instant::now();
@@ -395,7 +444,7 @@ async fn scans(
         let (p, h, r) = (protected.clone(), hashes.clone(), current.clone());
         let scan = tokio::task::spawn_blocking(move || {
             let judge = move |r: &RuleSet, f: &mut std::fs::File, path: &Path| h.judge(r, f, path);
-            crate::running::scan(&r, &judge, &*p)
+            crate::running::scan_with_owned(&r, &owned_now, &judge, &*p)
         })
         .await;
         match scan {
@@ -543,6 +592,7 @@ fn stop_reason(r: &StopReason) -> String {
         StopReason::AppImageMount { runtime_pid, appimage, .. } => {
             format!("runs from the mount of banned AppImage {} (runtime pid {runtime_pid})", appimage.display())
         }
+        StopReason::NeedsAdmin => "runs a file of a banned package the agent could not remove (needs admin)".into(),
     }
 }
 

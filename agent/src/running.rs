@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use embargo_policy::matcher::RuleSet;
 
-use crate::exec_gate::{parse_mountinfo, process_uid, GateMode, Judge, Judgement, Protected};
+use crate::exec_gate::{parse_mountinfo, process_uid, GateMode, Judge, Judgement, OwnedPaths, Protected};
 
 /// Why a process is stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,9 @@ pub enum StopReason {
     Exe,
     /// It runs from the FUSE mount of a banned AppImage runtime.
     AppImageMount { runtime_pid: i32, appimage: PathBuf, mount_point: PathBuf },
+    /// Its executable is a file of a banned package the agent could not remove ("needs
+    /// admin"), matched by path ([`OwnedPaths`]), whatever the rule set says of the file.
+    NeedsAdmin,
 }
 
 /// One process the sweep stopped (or, in monitor mode or past the cap, would have).
@@ -72,6 +75,8 @@ struct Proc {
     exe: PathBuf,
     verdict: Option<String>,
     appimage: bool,
+    /// The verdict is the needs-admin paths', not the rule set's.
+    needs_admin: bool,
 }
 
 /// A banned process found by [`scan`], not yet stopped.
@@ -137,6 +142,15 @@ pub fn stop(scan: Scan, mode: GateMode, max_kills: usize) -> SweepReport {
 /// Finds every process whose executable is banned (and those running from a banned AppImage's
 /// mount), protected ones set apart; kills nothing.
 pub fn scan(rules: &RuleSet, judge: &Judge, protected: &Protected) -> Scan {
+    scan_with_owned(rules, &OwnedPaths::default(), judge, protected)
+}
+
+/// [`scan`], and also the processes whose executable is a needs-admin package's file: the path
+/// `/proc/PID/exe` names (as this mount namespace names it, the same name the exec gate matches
+/// with [`OwnedPaths::rule_for`]) is looked up first, and a match needs no judging at all (the
+/// gate does the same). Such a process is stopped naming the package's rule
+/// ([`StopReason::NeedsAdmin`]).
+pub fn scan_with_owned(rules: &RuleSet, owned: &OwnedPaths, judge: &Judge, protected: &Protected) -> Scan {
     let mut report = Scan::default();
     let me = std::process::id() as i32;
     let mut judged: HashMap<(u64, u64), (Option<String>, bool)> = HashMap::new();
@@ -156,6 +170,11 @@ pub fn scan(rules: &RuleSet, judge: &Judge, protected: &Protected) -> Scan {
         report.scanned += 1;
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         let key = (meta.dev(), meta.ino());
+        if let Some(rule) = owned.rule_for(&exe) {
+            let verdict = Some(rule.to_owned());
+            procs.push(Proc { pid, dev: key.0, ino: key.1, exe, verdict, appimage: false, needs_admin: true });
+            continue;
+        }
         let (verdict, appimage) = match judged.get(&key) {
             Some(v) => v.clone(),
             None => {
@@ -174,7 +193,7 @@ pub fn scan(rules: &RuleSet, judge: &Judge, protected: &Protected) -> Scan {
                 (verdict, appimage)
             }
         };
-        procs.push(Proc { pid, dev: key.0, ino: key.1, exe, verdict, appimage });
+        procs.push(Proc { pid, dev: key.0, ino: key.1, exe, verdict, appimage, needs_admin: false });
     }
 
     // (pid, rule, reason) to stop: processes on banned runtimes' mounts first, then the
@@ -199,7 +218,8 @@ pub fn scan(rules: &RuleSet, judge: &Judge, protected: &Protected) -> Scan {
     for (i, p) in procs.iter().enumerate() {
         if let Some(rule) = &p.verdict {
             if !targets.iter().any(|(t, _, _)| *t == i) {
-                targets.push((i, rule.clone(), StopReason::Exe));
+                let reason = if p.needs_admin { StopReason::NeedsAdmin } else { StopReason::Exe };
+                targets.push((i, rule.clone(), reason));
             }
         }
     }

@@ -425,6 +425,14 @@ fn kills_count_against_the_updates_action_cap_with_its_files_and_wait_for_confir
 /// A .deb named `name` with the scripts `files` (paths inside the package, each `exit 0`),
 /// built with the real dpkg-deb.
 fn build_deb(dir: &Path, name: &str, depends: Option<&str>, files: &[&str]) -> PathBuf {
+    let script = b"#!/bin/sh\nexit 0\n".to_vec();
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|f| (*f, script.clone())).collect();
+    build_deb_with(dir, name, depends, &files)
+}
+
+/// A .deb named `name` holding `files` (path inside the package, contents; each mode 0755),
+/// built with the real dpkg-deb; no maintainer scripts.
+fn build_deb_with(dir: &Path, name: &str, depends: Option<&str>, files: &[(&str, Vec<u8>)]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let tree = dir.join(format!("{name}-tree"));
     std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
@@ -435,10 +443,10 @@ fn build_deb(dir: &Path, name: &str, depends: Option<&str>, files: &[&str]) -> P
         control.push_str(&format!("Depends: {d}\n"));
     }
     std::fs::write(tree.join("DEBIAN/control"), control).unwrap();
-    for f in files {
+    for (f, bytes) in files {
         let path = tree.join(f.trim_start_matches('/'));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::write(&path, bytes).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let out = dir.join(format!("{name}_1.0-1_all.deb"));
@@ -496,5 +504,225 @@ fn files_of_a_banned_package_the_agent_could_not_remove_are_denied_by_path() {
     });
     assert!(denied.to_string().contains(helper.to_str().unwrap()), "{denied}");
     assert_eq!(run(&plugin_exe), Ok(true), "the dependent package's own program runs");
+    drop(d);
+}
+
+/// A dpkg root on the gated tmpfs holding `wechat` (a `sleep` copy at /opt/wechat/wechat-helper,
+/// outside bin/ so the needs-admin fallback's quarantine of bin/ programs leaves it in place) and
+/// `wechat-plugin` (depends on wechat, so removing wechat is refused: needs admin; its own
+/// program another `sleep` copy), installed with the real dpkg. Returns the root, the helper
+/// and the plugin's program.
+fn needs_admin_root(p: &Private, work: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let root = p.fs.join("sysroot");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/log", "usr/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    let wechat = build_deb_with(
+        work,
+        "wechat",
+        None,
+        &[
+            ("/usr/bin/wechat", b"#!/bin/sh\nexit 0\n".to_vec()),
+            ("/opt/wechat/wechat-helper", elf("/bin/sleep", "wechat helper")),
+        ],
+    );
+    let plugin = build_deb_with(
+        work,
+        "wechat-plugin",
+        Some("wechat"),
+        &[("/usr/bin/wechat-plugin", elf("/bin/sleep", "wechat plugin"))],
+    );
+    let o = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(&wechat)
+        .arg(&plugin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg -i: {}", String::from_utf8_lossy(&o.stderr));
+    let (helper, plugin_exe) = (root.join("opt/wechat/wechat-helper"), root.join("usr/bin/wechat-plugin"));
+    (root, helper, plugin_exe)
+}
+
+/// Bans nothing installed: the policy before the update.
+const NOTHING: &str =
+    "[[rule]]\nid = \"other\"\naction = \"quarantine\"\n[[rule.match]]\nkind = \"appimage\"\nid = \"never-seen\"\n";
+const WECHAT_DEB: &str =
+    "[[rule]]\nid = \"wechat-deb\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"wechat\"\n";
+
+#[test]
+fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allowed_one_keeps_running() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (root, helper, plugin_exe) = needs_admin_root(&p, work.path());
+    // Both run before the agent and before the policy that bans wechat. The rule bans the
+    // package by its dpkg id: the helper's file alone (a `file` app named `wechat-helper`) is
+    // banned by nothing, so only the needs-admin path can stop it.
+    let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
+    let mut allowed = embargo_e2e::Running(Command::new(&plugin_exe).arg("300").spawn().expect("start the plugin"));
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(NOTHING, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    eventually("the sweeps before the update to finish", Duration::from_secs(120), || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .ok()
+            .filter(|l| l.matches("running-process sweep done").count() >= 2)
+    });
+    assert!(banned.0.try_wait().unwrap().is_none(), "the helper runs before the ban");
+
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("needs admin reported", Duration::from_secs(60), || {
+        d.status().map(|s| s["enforcement"]["last_actions"].to_string()).filter(|a| a.contains("needs admin"))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = banned.0.try_wait().unwrap() {
+            break st;
+        }
+        let log = std::fs::read_to_string(d.tmp.path().join("embargod.log")).unwrap_or_default();
+        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the needs-admin package's running process was not killed; embargod log (newest first):\n{tail}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "killed with SIGKILL: {status:?}");
+    let killed = eventually("a process-killed audit entry naming the package's rule", Duration::from_secs(10), || {
+        audit_entry(&d, "process-killed", "wechat-deb")
+    });
+    let text = killed.to_string();
+    assert!(text.contains(&format!("\"pid\":{}", banned.0.id())), "{text}");
+    assert!(text.contains("needs admin"), "the reason names needs admin: {text}");
+    assert!(text.contains("\"killed\":true"), "{text}");
+    assert!(text.contains(helper.to_str().unwrap()), "{text}");
+    assert!(allowed.0.try_wait().unwrap().is_none(), "the dependent package's own process keeps running");
+    assert_eq!(run(&helper), Err(EPERM), "and the helper cannot start again");
+    // The package's `.list` file was read on the package worker, not on the core loop (the
+    // read logs the name of the thread that did it).
+    let log = std::fs::read_to_string(d.tmp.path().join("embargod.log")).unwrap_or_default();
+    let read = log.lines().find(|l| l.contains("files of needs-admin packages read")).unwrap_or_else(|| {
+        panic!("no log line for the read of the needs-admin files:\n{log}");
+    });
+    assert!(read.contains("thread=\"embargo-packages-"), "read off the package worker: {read}");
+    drop(d);
+}
+
+/// Monitor mode never removes a package, so no package becomes "needs admin" and nothing is
+/// stopped by path: the ban is recorded (`audit`), the process keeps running. That a needs-admin
+/// target is only recorded in monitor mode is shown at sweep level
+/// (`needs_admin_sweep.rs`): here no such target can arise.
+#[test]
+fn in_monitor_mode_a_banned_package_is_only_recorded_and_its_running_process_keeps_running() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (root, helper, _) = needs_admin_root(&p, work.path());
+    let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let mut d = Device::with_config(NOTHING, "1d", &extra);
+    d.reconfigure(|text| {
+        assert!(text.contains("mode = \"enforce\""), "{text}");
+        text.replace("mode = \"enforce\"", "mode = \"monitor\"")
+    });
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    let sweeps = || {
+        std::fs::read_to_string(d.tmp.path().join("embargod.log"))
+            .unwrap_or_default()
+            .matches("running-process sweep done")
+            .count()
+    };
+    // The start-up sweep (the restarted daemon starts with the policy it persisted, which the
+    // first sync does not change).
+    let before = eventually("the start-up sweep", Duration::from_secs(120), || Some(sweeps()).filter(|n| *n >= 1));
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = eventually("the package's ban recorded (audit)", Duration::from_secs(60), || {
+        d.status().filter(|s| s["enforcement"]["last_actions"].to_string().contains("wechat-deb"))
+    });
+    let actions = s["enforcement"]["last_actions"].to_string();
+    assert!(!actions.contains("needs admin"), "monitor mode never tries the removal: {actions}");
+    // A sweep after the update has run without stopping it.
+    eventually("a sweep after the update", Duration::from_secs(120), || Some(sweeps()).filter(|n| *n > before));
+    assert!(banned.0.try_wait().unwrap().is_none(), "monitor mode kills nothing");
+    let s = d.status().unwrap();
+    assert_eq!(s["enforcement"]["counters"]["processes_killed"].as_u64(), Some(0), "{s}");
+    assert!(root.join("usr/bin/wechat").exists(), "monitor mode removes nothing");
+    drop(d);
+}
+
+/// The kill of a needs-admin package's process counts against the update's action cap with the
+/// update's removal: with `max_actions_per_update = 1` the removal (one act) is tried, the kill
+/// on top makes two and waits for `confirm`.
+#[test]
+fn a_needs_admin_kill_counts_against_the_updates_action_cap_and_waits_for_confirm() {
+    let _serial = serial();
+    let Some(p) = Private::new() else { return };
+    if !embargo_e2e::need(&["dpkg", "dpkg-deb"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (root, helper, _) = needs_admin_root(&p, work.path());
+    let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 1\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let d = Device::with_config(NOTHING, "1d", &extra);
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = banned.0.id();
+    let held = eventually("the kill held for confirmation", Duration::from_secs(60), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("needs confirmation")
+        })
+    });
+    assert!(held.to_string().contains("wechat-deb"), "{held}");
+    assert!(banned.0.try_wait().unwrap().is_none(), "not killed over the cap");
+    assert_eq!(d.status().unwrap()["pending"]["needs_confirmation"], 1);
+
+    let out = d.ctl(&["confirm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = eventually("killed after confirm", Duration::from_secs(10), || banned.0.try_wait().unwrap());
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    let killed = eventually("the kill recorded", Duration::from_secs(10), || {
+        audit_lines(&d).into_iter().find(|v| {
+            let t = v.to_string();
+            t.contains("process-killed") && t.contains(&format!("\"pid\":{pid}")) && t.contains("\"killed\":true")
+        })
+    });
+    let text = killed.to_string();
+    assert!(text.contains("wechat-deb") && text.contains("needs admin"), "{text}");
     drop(d);
 }

@@ -69,6 +69,9 @@ pub enum Done {
     },
     /// `embargoctl quarantine restore ID` of a suspension ran; `reply` answers the request.
     Unsuspended { id: String, result: Result<(), String>, uid: u32, reply: Reply },
+    /// The files of the needs-admin packages were read (request `seq`, for the exec gate);
+    /// `Ok(None)`: not read, a newer request had been made by then.
+    NeedsAdminPaths { seq: u64, result: Result<Option<crate::exec_gate::OwnedPaths>, String> },
 }
 
 /// A control request's reply, shared by a job and its panic handler (whichever runs answers).
