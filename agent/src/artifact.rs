@@ -11,8 +11,9 @@
 //!   stream into a tar reader that stops at `./control` (at most `MAX_CONTROL` bytes); at most
 //!   `MAX_CONTROL_TAR` decompressed bytes are read before it, and a zstd frame declaring a window
 //!   over `MAX_ZSTD_WINDOW` is refused before decoding (the decoder holds a window before it
-//!   yields anything). gzip: miniz_oxide; zstd: ruzstd; xz: lzma-rs (all pure Rust; lzma-rs grows
-//!   its dictionary only as output is produced, so the cap bounds it too).
+//!   yields anything), as is an xz stream declaring a dictionary over `MAX_XZ_DICT`. gzip:
+//!   miniz_oxide; zstd: ruzstd; xz: xz4rust through `crate::xz` (all pure Rust; the xz decoder
+//!   streams its output, so the cap bounds it).
 //! - `.rpm`: lead (96 bytes), signature header, header. Index counts at most `MAX_RPM_INDEX`,
 //!   data stores at most `MAX_RPM_DATA` (rpm's own limits); only the index and the few strings
 //!   named (NAME, VERSION, RELEASE, EPOCH, ARCH, VENDOR; each at most `MAX_RPM_STRING`) are read.
@@ -33,6 +34,9 @@ pub const MAX_CONTROL: u64 = 1 << 20;
 /// Largest zstd window accepted (zstd's own default limit for decoders is 128 MiB; control
 /// archives are small and dpkg's compressor never needs more than a few MiB).
 pub const MAX_ZSTD_WINDOW: u64 = 16 << 20;
+/// Largest xz dictionary a control archive may declare (xz's presets up to -7; dpkg-deb's
+/// default is 8 MiB): the decoder allocates what the stream declares, so this bounds it.
+pub const MAX_XZ_DICT: usize = 16 << 20;
 /// Largest pax extended header or GNU long name read.
 const MAX_TAR_META: u64 = 64 << 10;
 /// rpm's own bounds on a header (`hdrchkTags`, `hdrchkData`).
@@ -136,7 +140,27 @@ fn control_from_tar(suffix: &str, member: &[u8]) -> Result<Vec<u8>, ArtifactErro
     let result: Result<(), String> = match suffix {
         "" => sink.write_all(member).map_err(|e| e.to_string()),
         ".gz" => gunzip(member, &mut sink),
-        ".xz" => lzma_rs::xz_decompress(&mut &member[..], &mut sink).map_err(|e| e.to_string()),
+        ".xz" => crate::xz::decode(member, MAX_CONTROL_TAR + 1, MAX_XZ_DICT, |piece| {
+            sink.write_all(piece).map_err(|e| e.to_string())
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            let bound = match e {
+                crate::xz::XzError::Dictionary { .. } => Some(ArtifactError::TooLarge {
+                    what: "the xz dictionary of control.tar.xz",
+                    limit: MAX_XZ_DICT as u64,
+                }),
+                crate::xz::XzError::TooLarge { .. } => Some(ArtifactError::TooLarge {
+                    what: "the control archive (decompressed, before ./control)",
+                    limit: MAX_CONTROL_TAR,
+                }),
+                _ => None,
+            };
+            if sink.error.is_none() {
+                sink.error = bound;
+            }
+            e.to_string()
+        }),
         ".zst" => unzstd(member, &mut sink),
         other => return Err(deb(format!("control.tar{other}: compression not supported"))),
     };

@@ -67,6 +67,7 @@ pub mod sys;
 #[cfg(test)]
 mod testutil;
 pub mod worker;
+pub mod xz;
 
 use std::future::Future;
 

@@ -29,6 +29,9 @@ fn the_embedded_desktop_entry_is_read_from_real_images() {
         &["-comp", "gzip", "-no-fragments"],
         &["-comp", "zstd", "-no-fragments", "-b", "4096"],
         &["-comp", "gzip", "-noI", "-noD", "-noF"],
+        &["-comp", "xz"],
+        &["-comp", "xz", "-Xbcj", "x86", "-no-fragments"],
+        &["-comp", "xz", "-Xdict-size", "25%", "-b", "65536"],
     ];
     for args in variants {
         for symlinked in [false, true] {
@@ -74,9 +77,13 @@ fn unsupported_compression_and_non_images_say_why() {
     if !need(&["mksquashfs"]) {
         return;
     }
-    let spec =
-        RealAppImage { mksquashfs_args: &["-comp", "xz"], ..RealAppImage::new("com.tencent.WeChat", "WeChat", "1") };
-    assert_eq!(entry_of(&spec.build(tmp.path()), tmp.path()), Err(SquashError::Unsupported(4)));
+    for (comp, id) in [("lzo", 3), ("lz4", 5)] {
+        let spec = RealAppImage {
+            mksquashfs_args: &["-comp", comp],
+            ..RealAppImage::new("com.tencent.WeChat", "WeChat", "1")
+        };
+        assert_eq!(entry_of(&spec.build(tmp.path()), tmp.path()), Err(SquashError::Unsupported(id)), "{comp}");
+    }
 }
 
 /// Damaged images of every kind (flipped bits anywhere in the squashfs, truncation) give an
@@ -88,7 +95,12 @@ fn damaged_images_never_panic() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let runtime = std::fs::metadata("/bin/true").unwrap().len() as usize;
-    for args in [&["-comp", "gzip"][..], &["-comp", "zstd"][..], &["-comp", "gzip", "-noI", "-noD", "-noF"][..]] {
+    for args in [
+        &["-comp", "gzip"][..],
+        &["-comp", "zstd"][..],
+        &["-comp", "gzip", "-noI", "-noD", "-noF"][..],
+        &["-comp", "xz", "-Xbcj", "x86"][..],
+    ] {
         let spec = RealAppImage {
             symlinked: true,
             mksquashfs_args: args,

@@ -6,9 +6,9 @@
 //! through the already opened fd (`pread`), every offset is checked against the file, metadata
 //! blocks are at most 8 KiB, a cursor reads at most `MAX_META_BLOCKS` of them, directories and
 //! the desktop entry are size-capped, decompression output is capped, paths are resolved inside
-//! the image only, and one symlink hop at most. Compression: gzip (zlib) and zstd, the two that
-//! appimagetool and the type-2 runtime use; anything else is reported as unsupported and the
-//! caller falls back to the file name.
+//! the image only, and one symlink hop at most. Compression: gzip (zlib), zstd and xz (with or
+//! without its BCJ filters; the xz dictionary is capped at the largest squashfs block, 1 MiB);
+//! lzo, lz4 and lzma are reported as unsupported and the caller falls back to the file name.
 //!
 //! Format: squashfs 4.0 (https://dr-emann.github.io/squashfs/ and the kernel's squashfs_fs.h).
 
@@ -27,7 +27,7 @@ const NO_FRAGMENT: u32 = 0xffff_ffff;
 pub enum SquashError {
     #[error("no squashfs image after the ELF runtime")]
     NoImage,
-    #[error("squashfs compression {0} is not supported (gzip and zstd are)")]
+    #[error("squashfs compression {0} is not supported (gzip, xz and zstd are)")]
     Unsupported(u16),
     #[error("malformed squashfs: {0}")]
     Malformed(&'static str),
@@ -56,13 +56,23 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, SquashError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compression {
     Gzip,
+    Xz,
     Zstd,
 }
+
+/// Largest xz dictionary a squashfs block may declare: mksquashfs's dictionary is at most the
+/// block size, which is at most 1 MiB.
+const MAX_XZ_DICT: usize = 1 << 20;
 
 fn decompress(c: Compression, data: &[u8], limit: usize) -> Result<Vec<u8>, SquashError> {
     match c {
         Compression::Gzip => miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, limit)
             .map_err(|_| bad("gzip block does not decompress within its size")),
+        Compression::Xz => crate::xz::decode_to_vec(data, limit as u64, MAX_XZ_DICT).map_err(|e| match e {
+            crate::xz::XzError::TooLarge { .. } => bad("xz block decompresses beyond its size"),
+            crate::xz::XzError::Dictionary { .. } => bad("xz dictionary larger than a squashfs block"),
+            _ => bad("xz block does not decompress"),
+        }),
         Compression::Zstd => {
             use std::io::Read as _;
             // The decoder keeps a whole window before it yields a byte: a frame declaring a
@@ -235,6 +245,7 @@ impl<'f> Image<'f> {
         }
         let compression = match u16_at(&sb, 20)? {
             1 => Compression::Gzip,
+            4 => Compression::Xz,
             6 => Compression::Zstd,
             other => return Err(SquashError::Unsupported(other)),
         };
