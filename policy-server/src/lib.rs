@@ -16,6 +16,7 @@
 
 pub mod files;
 pub mod limits;
+pub mod pages;
 pub mod store;
 pub mod summary;
 pub mod tls;

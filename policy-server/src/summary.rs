@@ -164,7 +164,8 @@ pub async fn summary(store: &Store, now: u64, staleness: Staleness) -> Result<Su
             .map(|s| counts.get(s).copied().unwrap_or(0))
             .sum();
         // A rule no device ever matched has no history to chart (every device is compliant).
-        let series = if k.matched { series(store, &rule, k.first_seen, now, &devices).await? } else { Vec::new() };
+        let known = |t: u64| devices.iter().filter(|d| d.first_seen <= t).count() as u64;
+        let series = if k.matched { series(store, &rule, k.first_seen, now, known).await? } else { Vec::new() };
         let mut in_policy_versions: Vec<u64> = k.in_policies.iter().map(|&i| policies[i].version).collect();
         in_policy_versions.dedup();
         rules.push(RuleSummary {
@@ -215,13 +216,13 @@ pub async fn summary(store: &Store, now: u64, staleness: Staleness) -> Result<Su
 
 /// The rule's counts at evenly spaced times from its first report to `now`: each device's last
 /// recorded state at that time; devices known by then without a non-compliant state count as
-/// compliant.
-async fn series(
+/// compliant. `known(t)` is how many devices the server knew at time `t`.
+pub(crate) async fn series(
     store: &Store,
     rule: &str,
     from: u64,
     now: u64,
-    devices: &[DeviceRow],
+    known: impl Fn(u64) -> u64,
 ) -> Result<Vec<Point>, StoreError> {
     let history = store.rule_history(rule).await?;
     let span = now.saturating_sub(from).max(1);
@@ -233,7 +234,7 @@ async fn series(
             let _ = at;
             state.insert(device.as_str(), *status);
         }
-        let known = devices.iter().filter(|d| d.first_seen <= t).count() as u64;
+        let known = known(t);
         let count = |s: RuleStatus| state.values().filter(|v| **v == s).count() as u64;
         let (inst, pend, fail) = (count(RuleStatus::Installed), count(RuleStatus::Pending), count(RuleStatus::Failed));
         out.push((t, known.saturating_sub(inst + pend + fail), inst, pend, fail));

@@ -87,8 +87,32 @@ pub fn http(
         let text = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, head.to_owned(), body.to_owned())
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        (status, head.to_owned(), body)
     })
+}
+
+/// The payload of a chunked HTTP/1.1 body (streamed responses such as the exports). A body
+/// that ends before its last (empty) chunk is a failed transfer: it panics.
+pub fn dechunk(body: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = body.as_bytes();
+    loop {
+        let line = rest.iter().position(|&b| b == b'\n').unwrap_or_else(|| panic!("truncated chunked body"));
+        let size = String::from_utf8_lossy(&rest[..line]);
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).expect("a chunk size");
+        rest = &rest[line + 1..];
+        if size == 0 {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        assert!(rest.len() >= size + 2, "truncated chunked body");
+        out.extend_from_slice(&rest[..size]);
+        rest = rest[size..].strip_prefix(b"\r\n").expect("CRLF after a chunk");
+    }
 }
 
 pub fn report(device: &str, sequence: u64, policy_version: u64, rules: serde_json::Value) -> Vec<u8> {
