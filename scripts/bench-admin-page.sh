@@ -6,7 +6,7 @@
 # median, p90 and max time per request (curl's time_total), the page size in bytes, and the
 # server's peak RSS (VmHWM) before the first request and after the last.
 # Usage: scripts/bench-admin-page.sh [SERVER_BINARY] (default target/debug/embargo-server; pass
-# another build to compare). Needs openssl, curl, python3. Stops its server on exit.
+# another build to compare). Needs openssl, curl, python3, sqlite3. Stops its server on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SERVER_BIN="${1:-$PWD/target/debug/embargo-server}"
@@ -80,20 +80,34 @@ EOF
         --data-binary @"$DIR/report.json" -o /dev/null -w '' "$URL/v1/reports"
 done
 ADMIN=("${C[@]}" --cert "$DIR/pki/admin.pem" --key "$DIR/pki/admin.key")
-# The upkeep task reads the policy from the repository (at start, then every 30 s): wait for it.
+# The upkeep task reads the policy from the repository (at start, then every 30 s): wait for it
+# without asking /admin/ (so the peak RSS below is the server's before any admin request).
 for _ in $(seq 600); do
-    "${ADMIN[@]}" -o "$DIR/page.html" "$URL/admin/"
-    grep -q "data-policy=" "$DIR/page.html" && break
+    [ "$(sqlite3 "$DIR/fleet.db" 'SELECT COUNT(*) FROM policies' 2>/dev/null)" = 1 ] && break
     sleep 0.5
 done
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$SERVER/status"; }
 echo "rules: $RULES  devices: $(echo $DEVICES | wc -w)  server: $SERVER_BIN"
 echo "peak RSS before the timed requests: $(hwm) kB"
-times=()
-for _ in $(seq "$REQUESTS"); do
-    times+=("$("${ADMIN[@]}" -o "$DIR/page.html" -w '%{time_total}' "$URL/admin/")")
-done
-printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {
-    printf "GET /admin/: %d requests, median %.3f s, p90 %.3f s, max %.3f s\n", NR, a[int((NR+1)/2)], a[int(NR*0.9+0.999)], a[NR] }'
-echo "page: $(wc -c <"$DIR/page.html") bytes, $(grep -o '<tr data-rule=' "$DIR/page.html" | wc -l) rule rows"
+first="$("${ADMIN[@]}" -o "$DIR/page.html" -w '%{time_total}' "$URL/admin/")"
+echo "first request (fills the server's caches): $first s; peak RSS after it: $(hwm) kB"
+timed() { # label path
+    local times=()
+    for _ in $(seq "$REQUESTS"); do
+        times+=("$("${ADMIN[@]}" -o "$DIR/out" -w '%{time_total}' "$URL$2")")
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk -v l="$1" -v b="$(wc -c <"$DIR/out")" '{a[NR]=$1} END {
+        printf "%s: %d requests, median %.3f s, p90 %.3f s, max %.3f s, %d bytes\n", l, NR, a[int((NR+1)/2)], a[int(NR*0.9+0.999)], a[NR], b }'
+}
+timed "GET /admin/" /admin/
+echo "page: $(grep -o '<tr data-rule=' "$DIR/out" | wc -l) rule rows"
 echo "peak RSS after: $(hwm) kB"
+if [ -z "${EMBARGO_BENCH_PAGES_ONLY:-}" ]; then
+    last=$(( (RULES + 199) / 200 ))
+    timed "GET /admin/?page=$last (the last page of a paged server)" "/admin/?page=$last"
+    timed "GET /admin/?rule=app-05 (a filter)" "/admin/?rule=app-05"
+    echo "peak RSS after: $(hwm) kB"
+    timed "GET /admin/export/rules.csv" /admin/export/rules.csv
+    echo "rows in the export: $(($(wc -l <"$DIR/out") - 1))"
+    echo "peak RSS after: $(hwm) kB"
+fi
