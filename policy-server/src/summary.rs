@@ -242,9 +242,25 @@ pub(crate) async fn series(
     Ok(out)
 }
 
-/// The summary as terminal text (`embargo-server fleet`).
-pub fn to_text(s: &Summary) -> String {
+/// Rule and device lines `embargo-server fleet` prints by default (`--limit`; `--all` for every
+/// one): a 100,000-rule policy would otherwise print 100,000 lines.
+pub const TEXT_LIMIT: usize = 50;
+
+/// The summary as terminal text (`embargo-server fleet`): rules some device must act on first
+/// (most such devices first), then the rest by id; at most `limit` rules and `limit` devices per
+/// list (`None`: all), each list saying how many it left out.
+pub fn to_text(s: &Summary, limit: Option<usize>) -> String {
     use std::fmt::Write as _;
+    let limit = limit.unwrap_or(usize::MAX);
+    let more = |out: &mut String, shown: usize, total: usize, what: &str| {
+        if total > shown {
+            let _ = writeln!(
+                out,
+                "  … {} more {what} not shown ({total} in all): --limit N or --all to print them, --json has every one",
+                total - shown
+            );
+        }
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -252,12 +268,20 @@ pub fn to_text(s: &Summary) -> String {
         s.devices,
         s.current_policy_version.map_or("none".into(), |v| v.to_string())
     );
+    let attention = |r: &RuleSummary| r.installed + r.pending + r.failed;
+    let mut order: Vec<&RuleSummary> = s.rules.iter().collect();
+    order.sort_by(|a, b| {
+        (attention(a) == 0).cmp(&(attention(b) == 0)).then(attention(b).cmp(&attention(a))).then(a.rule.cmp(&b.rule))
+    });
     let _ = writeln!(
         out,
-        "\n{:<32} {:>10} {:>10} {:>10} {:>10}  IN",
-        "RULE", "COMPLIANT", "INSTALLED", "PENDING", "FAILED"
+        "\nrules: {} ({} with devices still installed, pending or failed; listed first)",
+        s.rules.len(),
+        order.iter().filter(|r| attention(r) > 0).count()
     );
-    for r in &s.rules {
+    let _ =
+        writeln!(out, "{:<32} {:>10} {:>10} {:>10} {:>10}  IN", "RULE", "COMPLIANT", "INSTALLED", "PENDING", "FAILED");
+    for r in order.iter().take(limit) {
         let _ = writeln!(
             out,
             "{:<32} {:>10} {:>10} {:>10} {:>10}  {}",
@@ -269,6 +293,7 @@ pub fn to_text(s: &Summary) -> String {
             in_policies(r)
         );
     }
+    more(&mut out, order.len().min(limit), order.len(), "rules");
     let _ = writeln!(out, "\npolicies applied (rule lists read from the repository):");
     for p in &s.policies {
         let _ =
@@ -278,13 +303,15 @@ pub fn to_text(s: &Summary) -> String {
         let _ = writeln!(out, "  devices on a policy the repository does not hold: {}", s.devices_policy_unknown);
     }
     let _ = writeln!(out, "\nstale devices (not seen for more than {} s): {}", s.stale_after_secs, s.stale.len());
-    for d in &s.stale {
+    for d in s.stale.iter().take(limit) {
         let _ = writeln!(out, "  {}  last seen {}", d.device, fmt_time(d.last_seen));
     }
+    more(&mut out, s.stale.len().min(limit), s.stale.len(), "stale devices");
     let _ = writeln!(out, "devices on an old policy version: {}", s.old_policy.len());
-    for d in &s.old_policy {
+    for d in s.old_policy.iter().take(limit) {
         let _ = writeln!(out, "  {}  policy {}", d.device, d.policy_version.map_or("none".into(), |v| v.to_string()));
     }
+    more(&mut out, s.old_policy.len().min(limit), s.old_policy.len(), "devices on an old policy");
     out
 }
 
