@@ -27,6 +27,9 @@ pub struct PolicyIds {
     pub ids: Vec<Box<str>>,
 }
 
+/// A reported rule's first report: (time, policy version).
+type FirstReport = (u64, Option<u64>);
+
 /// The rules devices reported (the `rules` table), sorted by id.
 #[derive(Debug, Default)]
 struct Matched {
@@ -34,7 +37,7 @@ struct Matched {
     count: u64,
     ids: Vec<Box<str>>,
     /// (first seen, first policy version), parallel to `ids`.
-    meta: Vec<(u64, Option<u64>)>,
+    meta: Vec<FirstReport>,
 }
 
 /// Kept by the server for its life (in `web::Fleet`). Holds the rule ids of the policies devices
@@ -73,15 +76,13 @@ impl RuleCache {
         let count = store.rules_count().await?;
         let mut cached = self.matched.lock().await;
         if cached.count != count || (count > 0 && cached.ids.is_empty()) {
-            let rows = store.rules().await?;
-            let mut m = Matched { count: rows.len() as u64, ids: Vec::with_capacity(rows.len()), meta: Vec::new() };
-            m.meta.reserve(rows.len());
-            // `rules()` is ordered by rule id.
-            for (rule, first_seen, first_version) in rows {
-                m.ids.push(rule.into_boxed_str());
-                m.meta.push((first_seen, first_version));
-            }
-            *cached = Arc::new(m);
+            let mut rows: Vec<(Box<str>, FirstReport)> =
+                store.rules().await?.into_iter().map(|(r, seen, v)| (r.into_boxed_str(), (seen, v))).collect();
+            // Sorted here, by bytes: PostgreSQL's ORDER BY follows the database's collation,
+            // which need not be the order the binary searches below assume.
+            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let (ids, meta) = rows.into_iter().unzip();
+            *cached = Arc::new(Matched { count, ids, meta });
         }
         Ok(cached.clone())
     }
