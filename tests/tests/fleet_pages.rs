@@ -4,7 +4,8 @@
 //! (rules some device must act on first), its links visit every rule once, the filter finds a
 //! rule and echoes it escaped, bad query parameters are 400s naming the parameter, the device
 //! list and a device's timeline are paged, the exports stay complete, and `embargo-server fleet`
-//! prints a bounded summary unless asked for all of it.
+//! prints a bounded summary unless asked for all of it. The paging and export tests run on SQLite
+//! and on a throwaway PostgreSQL cluster.
 
 mod fleet_common;
 
@@ -91,7 +92,8 @@ impl Fleet {
     }
 }
 
-fn fleet(extra: usize) -> Fleet {
+/// `database`: a PostgreSQL URL, or none for SQLite in the fixture's directory.
+fn fleet(extra: usize, database: Option<&str>) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let repo = make_repo(tmp.path(), &policy_toml());
     let entry = std::fs::read_dir(repo.dir.join("policy")).unwrap().flatten().next().unwrap();
@@ -99,7 +101,7 @@ fn fleet(extra: usize) -> Fleet {
     let ca = test_ca(tmp.path());
     let devices = issuer(tmp.path(), "devices");
     let admins = issuer(tmp.path(), "admins");
-    let db = format!("sqlite://{}", tmp.path().join("fleet.db").display());
+    let db = database.map_or_else(|| format!("sqlite://{}", tmp.path().join("fleet.db").display()), str::to_owned);
     let (server, url) = start_server(
         &repo.dir,
         &ca,
@@ -147,7 +149,17 @@ fn fleet(extra: usize) -> Fleet {
 /// (more devices than a page) is paged the same way.
 #[test]
 fn the_rule_table_is_paged_attention_first_and_its_links_visit_every_rule_once() {
-    let f = fleet(PAGE);
+    rule_table_paged(None);
+}
+
+#[test]
+fn the_rule_table_is_paged_attention_first_and_its_links_visit_every_rule_once_on_postgresql() {
+    let Some(pg) = Postgres::start() else { return };
+    rule_table_paged(Some(&pg.url));
+}
+
+fn rule_table_paged(database: Option<&str>) {
+    let f = fleet(PAGE, database);
     let first = &f.first;
     let rows = table_rows(first, "rules", "data-rule");
     assert_eq!(rows.len(), PAGE, "the first page holds one page of rows");
@@ -192,7 +204,7 @@ fn the_rule_table_is_paged_attention_first_and_its_links_visit_every_rule_once()
 /// are 400s naming the parameter.
 #[test]
 fn the_filter_finds_a_rule_and_bad_parameters_are_refused() {
-    let f = fleet(0);
+    let f = fleet(0, None);
     let (code, body) = f.get("/admin/?rule=app-1234");
     assert_eq!(code, 200);
     let want: Vec<String> = (12340..12350).map(rule_id).collect();
@@ -229,7 +241,17 @@ fn the_filter_finds_a_rule_and_bad_parameters_are_refused() {
 /// and the exports stay complete (streamed).
 #[test]
 fn a_device_timeline_is_paged_and_exports_stay_complete() {
-    let f = fleet(0);
+    timeline_and_exports(None);
+}
+
+#[test]
+fn a_device_timeline_is_paged_and_exports_stay_complete_on_postgresql() {
+    let Some(pg) = Postgres::start() else { return };
+    timeline_and_exports(Some(&pg.url));
+}
+
+fn timeline_and_exports(database: Option<&str>) {
+    let f = fleet(0, database);
     let (code, dev) = f.get("/admin/device/laptop-1");
     assert_eq!(code, 200, "{dev}");
     let events = |page: &str| -> Vec<String> {
@@ -266,7 +288,7 @@ fn a_device_timeline_is_paged_and_exports_stay_complete() {
 /// see the rest), all of it with `--all`.
 #[test]
 fn the_fleet_command_prints_a_bounded_summary_unless_asked_for_all() {
-    let f = fleet(0);
+    let f = fleet(0, None);
     let run = |extra: &[&str]| {
         let out =
             Command::new(bin("embargo-server")).args(["fleet", "--database", &f.db]).args(extra).output().unwrap();
