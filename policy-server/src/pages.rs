@@ -8,7 +8,8 @@
 //! **Invariant:** counts are the same as `summary::summary`'s (see its module comment); only the
 //! work differs: per request, aggregates the database computes (devices per policy, non-compliant
 //! rows per rule and policy), a walk over the cached sorted id lists without allocating, and the
-//! rows of one page. A request holds no per-rule data besides the rules needing attention.
+//! rows of one page. A request holds no per-rule data besides the rules needing attention, and
+//! no per-device data (the charts' device counts come from a cached list of first contacts).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ struct Matched {
 pub struct RuleCache {
     policies: tokio::sync::Mutex<HashMap<String, Arc<PolicyIds>>>,
     matched: tokio::sync::Mutex<Arc<Matched>>,
+    /// Every device's first contact, sorted: 8 bytes a device, kept once.
+    first_seen: tokio::sync::Mutex<Arc<Vec<u64>>>,
 }
 
 impl RuleCache {
@@ -70,6 +73,28 @@ impl RuleCache {
             out.push(p);
         }
         Ok(out)
+    }
+
+    /// Every device's first contact (server clock), sorted: for the charts' "devices known at
+    /// time t". Devices are never deleted and a first contact never changes, so when the count
+    /// grows only the devices first seen since the newest cached time are read; if the count
+    /// still differs (a clock that went back), everything is read again.
+    pub async fn first_seen(&self, store: &Store) -> Result<Arc<Vec<u64>>, StoreError> {
+        let total = store.devices_count(crate::store::DeviceList::All).await?;
+        let mut cached = self.first_seen.lock().await;
+        if cached.len() as u64 != total {
+            let v = Arc::make_mut(&mut cached);
+            let newest = v.last().copied();
+            if let Some(t) = newest {
+                // Those first seen at `t` are read again with the rest.
+                v.truncate(v.partition_point(|&x| x < t));
+            }
+            v.extend(store.devices_first_seen(newest).await?);
+            if v.len() as u64 != total {
+                *v = store.devices_first_seen(None).await?;
+            }
+        }
+        Ok(cached.clone())
     }
 
     async fn matched(&self, store: &Store) -> Result<Arc<Matched>, StoreError> {

@@ -708,10 +708,11 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// Every device's first contact, sorted (for charts: how many devices were known at a time;
-    /// 8 bytes a device, read only when a page draws a chart).
-    pub async fn devices_first_seen(&self) -> Result<Vec<u64>, StoreError> {
-        sqlx::query("SELECT first_seen FROM devices ORDER BY first_seen")
+    /// The first contact of every device first seen at or after `since`, sorted (for charts: how
+    /// many devices were known at a time; `pages::RuleCache` keeps them).
+    pub async fn devices_first_seen(&self, since: Option<u64>) -> Result<Vec<u64>, StoreError> {
+        sqlx::query("SELECT first_seen FROM devices WHERE first_seen >= $1 ORDER BY first_seen")
+            .bind(since.unwrap_or(0) as i64)
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -590,7 +590,7 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
     // most ADMIN_PAGE_CHARTS: each reads the rule's whole state history.
     let charted: Vec<&summary::RuleSummary> = table.rows.iter().filter(|r| r.matched).collect();
     if !charted.is_empty() {
-        let first_seen = match fleet.store.devices_first_seen().await {
+        let first_seen = match fleet.rules.first_seen(&fleet.store).await {
             Ok(f) => f,
             Err(e) => return store_unreadable(e),
         };
