@@ -10,12 +10,14 @@
 //!
 //! Modules: `limits` (connection counts, I/O timeouts), `tls` (certificates and who a client is),
 //! `files` (the repository documents, streamed), `store` (SQLite/PostgreSQL through sqlx),
-//! `summary` (compliance counts and series), `web` (`/v1/reports` and `/admin/`), `upkeep` (the
+//! `summary` (compliance counts and series), `pages` (the admin view's paged rule table and the
+//! caches behind it), `web` (`/v1/reports` and `/admin/`), `upkeep` (the
 //! repository's policy rule lists into the store, event retention; off the request path).
 #![forbid(unsafe_code)]
 
 pub mod files;
 pub mod limits;
+pub mod pages;
 pub mod store;
 pub mod summary;
 pub mod tls;

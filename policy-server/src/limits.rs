@@ -18,6 +18,19 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+/// Rows per page of every list on `/admin/` and `/admin/device/<id>` (rules, devices, a device's
+/// rules and timeline). A page shows how many rows there are and links to the others, so nothing
+/// is hidden; the HTML of one page stays a few hundred KiB whatever the policy or fleet size.
+pub const ADMIN_PAGE_ROWS: u64 = 200;
+/// Charts (one SVG per matched rule, built from the rule's state history) on one `/admin/` page.
+/// The page's first matched rules get one; the page says how many more it has.
+pub const ADMIN_PAGE_CHARTS: usize = 20;
+/// Longest `?rule=` filter accepted (the longest rule id, `embargo_policy::limits::RULE_ID_LEN`).
+pub const ADMIN_FILTER_LEN: usize = 128;
+/// Rows an export reads from the store and writes out at a time: an export streams (a 64 KiB
+/// pipe to the connection), so a 100,000-rule table never sits in memory as a whole.
+pub const EXPORT_CHUNK_ROWS: u64 = 1000;
+
 /// Every bound on what a client may hold. Defaults suit a server in front of a fleet whose
 /// agents each open one short connection per sync; a loopback load test, where every simulated
 /// agent comes from 127.0.0.1, raises `max_connections_per_ip`.

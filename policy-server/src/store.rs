@@ -434,6 +434,333 @@ impl Store {
     }
 }
 
+/// Which devices a paged device list shows (`/admin/`'s three device tables and their exports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceList {
+    All,
+    /// Not seen since this time (server clock).
+    SeenBefore(u64),
+    /// On a policy version below this one, or on none.
+    PolicyBelow(u64),
+}
+
+impl DeviceList {
+    fn clause(self) -> (&'static str, Option<i64>) {
+        match self {
+            DeviceList::All => ("", None),
+            DeviceList::SeenBefore(t) => (" WHERE last_seen < $1", Some(t as i64)),
+            DeviceList::PolicyBelow(v) => (" WHERE (policy_version IS NULL OR policy_version < $1)", Some(v as i64)),
+        }
+    }
+}
+
+/// One row of a device's timeline as stored, before it is worded (see `Store::timeline_page`).
+#[derive(Debug, Clone)]
+pub struct TimelineRow {
+    pub at: u64,
+    pub what: String,
+}
+
+/// The read queries of the paged admin view (`pages.rs`): each returns at most the rows asked
+/// for, or aggregates the database computes, so a request's memory does not grow with the fleet.
+impl Store {
+    /// The devices in `list`, most recently seen first: `limit` rows from `offset`.
+    pub async fn devices_page(&self, list: DeviceList, offset: u64, limit: u64) -> Result<Vec<DeviceRow>, StoreError> {
+        let (filter, bound) = list.clause();
+        let n = if bound.is_some() { 2 } else { 1 };
+        let sql = format!(
+            "SELECT device, first_seen, last_seen, last_sequence, agent_version, mode, policy_fleet, policy_version, \
+             policy_sha256, degraded, reasons FROM devices{filter} ORDER BY last_seen DESC, device LIMIT ${n} OFFSET ${}",
+            n + 1
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(b) = bound {
+            q = q.bind(b);
+        }
+        let rows = q.bind(limit as i64).bind(offset as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(device_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
+    }
+
+    /// How many devices `list` holds.
+    pub async fn devices_count(&self, list: DeviceList) -> Result<u64, StoreError> {
+        let (filter, bound) = list.clause();
+        let sql = format!("SELECT COUNT(*) FROM devices{filter}");
+        let mut q = sqlx::query(&sql);
+        if let Some(b) = bound {
+            q = q.bind(b);
+        }
+        Ok(q.fetch_one(&self.pool).await?.try_get::<i64, _>(0)? as u64)
+    }
+
+    /// One device's row.
+    pub async fn device(&self, device: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT device, first_seen, last_seen, last_sequence, agent_version, mode, policy_fleet, policy_version, \
+             policy_sha256, degraded, reasons FROM devices WHERE device = $1",
+        )
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(device_row).transpose().map_err(Into::into)
+    }
+
+    /// The newest policy version any device reports.
+    pub async fn newest_policy_version(&self) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query("SELECT MAX(policy_version) FROM devices").fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Devices per (policy sha256, policy version): (sha256, version, devices, earliest first_seen).
+    pub async fn devices_by_policy(&self) -> Result<Vec<(Option<String>, Option<u64>, u64, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT policy_sha256, policy_version, COUNT(*), MIN(first_seen) FROM devices \
+             GROUP BY policy_sha256, policy_version ORDER BY policy_version, policy_sha256",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<Option<i64>, _>(1)?.map(|v| v as u64),
+                    r.try_get::<i64, _>(2)? as u64,
+                    r.try_get::<i64, _>(3)? as u64,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The policies (sha256, fleet, version) some device applies whose rule list is stored,
+    /// oldest version first; the rule lists themselves are read by `policy_rules`.
+    pub async fn applied_policy_heads(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sha256, fleet, version FROM policies \
+             WHERE sha256 IN (SELECT policy_sha256 FROM devices WHERE policy_sha256 IS NOT NULL) \
+             ORDER BY version, sha256",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The stored rule ids of the policy `sha256` (empty when none is stored).
+    pub async fn policy_rules(&self, sha256: &str) -> Result<Vec<String>, StoreError> {
+        let row =
+            sqlx::query("SELECT rules FROM policies WHERE sha256 = $1").bind(sha256).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => serde_json::from_str(&r.try_get::<String, _>(0)?).unwrap_or_default(),
+            None => Vec::new(),
+        })
+    }
+
+    /// How many rules devices have reported (the `rules` table only grows).
+    pub async fn rules_count(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM rules").fetch_one(&self.pool).await?.try_get::<i64, _>(0)? as u64)
+    }
+
+    /// Non-compliant (device, rule) rows counted per (rule, status, the device's policy sha256
+    /// and version), with the rule's first policy version: what the admin must act on, aggregated
+    /// by the database. (rule, status, sha256, version, rows)
+    #[allow(clippy::type_complexity)]
+    pub async fn noncompliant_counts(
+        &self,
+    ) -> Result<Vec<(String, RuleStatus, Option<String>, Option<u64>, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT dr.rule, dr.status, d.policy_sha256, d.policy_version, COUNT(*) FROM device_rules dr \
+             JOIN devices d ON d.device = dr.device WHERE dr.status <> 'compliant' \
+             GROUP BY dr.rule, dr.status, d.policy_sha256, d.policy_version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    RuleStatus::parse(&r.try_get::<String, _>(1)?).unwrap_or(RuleStatus::Failed),
+                    r.try_get(2)?,
+                    r.try_get::<Option<i64>, _>(3)?.map(|v| v as u64),
+                    r.try_get::<i64, _>(4)? as u64,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// A device's rules, non-compliant first, then by rule id: `limit` rows from `offset`.
+    pub async fn device_rules_page(
+        &self,
+        device: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<DeviceRuleRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device, rule, status, since, updated, apps FROM device_rules WHERE device = $1 \
+             ORDER BY CASE WHEN status = 'compliant' THEN 1 ELSE 0 END, rule LIMIT $2 OFFSET $3",
+        )
+        .bind(device)
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(device_rule_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
+    }
+
+    /// How many rules a device has a row for.
+    pub async fn device_rules_count(&self, device: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM device_rules WHERE device = $1")
+            .bind(device)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>(0)? as u64)
+    }
+
+    /// Every (device, rule) row after `after` in (rule, device) order, at most `limit`: the
+    /// export reads the table in such chunks instead of whole.
+    /// With each row, its device's policy version.
+    pub async fn device_rules_after(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u64,
+    ) -> Result<Vec<(DeviceRuleRow, Option<u64>)>, StoreError> {
+        let (rule, device) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(
+            "SELECT dr.device, dr.rule, dr.status, dr.since, dr.updated, dr.apps, d.policy_version \
+             FROM device_rules dr LEFT JOIN devices d ON d.device = dr.device \
+             WHERE dr.rule > $1 OR (dr.rule = $1 AND dr.device > $2) ORDER BY dr.rule, dr.device LIMIT $3",
+        )
+        .bind(rule)
+        .bind(device)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((device_rule_row(r)?, r.try_get::<Option<i64>, _>(6)?.map(|v| v as u64))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The devices in `list` after `after` by device id, at most `limit` (the exports' order:
+    /// by id, which a device's report does not change, so a streamed export lists each once).
+    pub async fn devices_after(
+        &self,
+        list: DeviceList,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<DeviceRow>, StoreError> {
+        let (filter, bound) = list.clause();
+        let n = if bound.is_some() { 2 } else { 1 };
+        let joiner = if bound.is_some() { " AND" } else { " WHERE" };
+        let sql = format!(
+            "SELECT device, first_seen, last_seen, last_sequence, agent_version, mode, policy_fleet, policy_version, \
+             policy_sha256, degraded, reasons FROM devices{filter}{joiner} device > ${n} ORDER BY device LIMIT ${}",
+            n + 1
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(b) = bound {
+            q = q.bind(b);
+        }
+        let rows = q.bind(after.unwrap_or("")).bind(limit as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(device_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
+    }
+
+    /// One device's timeline, newest first: `limit` rows from `offset` of its rule state changes,
+    /// policy changes, gaps, degraded reports and audit events (one query; the database sorts).
+    pub async fn timeline_page(&self, device: &str, offset: u64, limit: u64) -> Result<Vec<TimelineRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, k, n, a, b, c, d FROM (\
+               SELECT at, CAST(0 AS BIGINT) AS k, sequence AS n, rule AS a, status AS b, policy_version AS c, NULL AS d \
+                 FROM rule_history WHERE device = $1 \
+               UNION ALL SELECT at, CAST(1 AS BIGINT), sequence, what, NULL, NULL, NULL FROM device_history WHERE device = $1 \
+               UNION ALL SELECT at, CAST(2 AS BIGINT), seq, kind, rule, NULL, detail FROM events WHERE device = $1\
+             ) t ORDER BY at DESC, k DESC, n DESC, a DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(device)
+        .bind(limit as i64)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let at = r.try_get::<i64, _>(0)? as u64;
+                let a: String = r.try_get(3)?;
+                let b: Option<String> = r.try_get(4)?;
+                let what = match r.try_get::<i64, _>(1)? {
+                    0 => format!(
+                        "rule {a}: {} (policy {})",
+                        b.unwrap_or_default(),
+                        r.try_get::<Option<i64>, _>(5)?.map_or("none".into(), |v| v.to_string())
+                    ),
+                    1 => a,
+                    _ => format!(
+                        "event {a}{}: {}",
+                        b.map(|r| format!(" [{r}]")).unwrap_or_default(),
+                        r.try_get::<Option<String>, _>(6)?.unwrap_or_default()
+                    ),
+                };
+                Ok(TimelineRow { at, what })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The first contact of every device first seen at or after `since`, sorted (for charts: how
+    /// many devices were known at a time; `pages::RuleCache` keeps them).
+    pub async fn devices_first_seen(&self, since: Option<u64>) -> Result<Vec<u64>, StoreError> {
+        sqlx::query("SELECT first_seen FROM devices WHERE first_seen >= $1 ORDER BY first_seen")
+            .bind(since.unwrap_or(0) as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get::<i64, _>(0)? as u64))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// How many rows a device's timeline has.
+    pub async fn timeline_count(&self, device: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM rule_history WHERE device = $1) + \
+             (SELECT COUNT(*) FROM device_history WHERE device = $1) + (SELECT COUNT(*) FROM events WHERE device = $1)",
+        )
+        .bind(device)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get::<i64, _>(0)? as u64)
+    }
+}
+
+fn device_row(r: &AnyRow) -> Result<DeviceRow, sqlx::Error> {
+    Ok(DeviceRow {
+        device: r.try_get(0)?,
+        first_seen: r.try_get::<i64, _>(1)? as u64,
+        last_seen: r.try_get::<i64, _>(2)? as u64,
+        last_sequence: r.try_get::<i64, _>(3)? as u64,
+        agent_version: r.try_get(4)?,
+        mode: r.try_get(5)?,
+        policy_fleet: r.try_get(6)?,
+        policy_version: r.try_get::<Option<i64>, _>(7)?.map(|v| v as u64),
+        policy_sha256: r.try_get(8)?,
+        degraded: r.try_get::<i64, _>(9)? != 0,
+        reasons: serde_json::from_str(&r.try_get::<String, _>(10)?).unwrap_or_default(),
+    })
+}
+
+fn device_rule_row(r: &AnyRow) -> Result<DeviceRuleRow, sqlx::Error> {
+    Ok(DeviceRuleRow {
+        device: r.try_get(0)?,
+        rule: r.try_get(1)?,
+        status: RuleStatus::parse(&r.try_get::<String, _>(2)?).unwrap_or(RuleStatus::Failed),
+        since: r.try_get::<i64, _>(3)? as u64,
+        updated: r.try_get::<i64, _>(4)? as u64,
+        apps: serde_json::from_str(&r.try_get::<String, _>(5)?).unwrap_or_default(),
+    })
+}
+
 /// A value bound into a statement built at run time (multi-row `VALUES`).
 #[derive(Debug, Clone)]
 enum Val {

@@ -164,7 +164,8 @@ pub async fn summary(store: &Store, now: u64, staleness: Staleness) -> Result<Su
             .map(|s| counts.get(s).copied().unwrap_or(0))
             .sum();
         // A rule no device ever matched has no history to chart (every device is compliant).
-        let series = if k.matched { series(store, &rule, k.first_seen, now, &devices).await? } else { Vec::new() };
+        let known = |t: u64| devices.iter().filter(|d| d.first_seen <= t).count() as u64;
+        let series = if k.matched { series(store, &rule, k.first_seen, now, known).await? } else { Vec::new() };
         let mut in_policy_versions: Vec<u64> = k.in_policies.iter().map(|&i| policies[i].version).collect();
         in_policy_versions.dedup();
         rules.push(RuleSummary {
@@ -215,13 +216,13 @@ pub async fn summary(store: &Store, now: u64, staleness: Staleness) -> Result<Su
 
 /// The rule's counts at evenly spaced times from its first report to `now`: each device's last
 /// recorded state at that time; devices known by then without a non-compliant state count as
-/// compliant.
-async fn series(
+/// compliant. `known(t)` is how many devices the server knew at time `t`.
+pub(crate) async fn series(
     store: &Store,
     rule: &str,
     from: u64,
     now: u64,
-    devices: &[DeviceRow],
+    known: impl Fn(u64) -> u64,
 ) -> Result<Vec<Point>, StoreError> {
     let history = store.rule_history(rule).await?;
     let span = now.saturating_sub(from).max(1);
@@ -233,7 +234,7 @@ async fn series(
             let _ = at;
             state.insert(device.as_str(), *status);
         }
-        let known = devices.iter().filter(|d| d.first_seen <= t).count() as u64;
+        let known = known(t);
         let count = |s: RuleStatus| state.values().filter(|v| **v == s).count() as u64;
         let (inst, pend, fail) = (count(RuleStatus::Installed), count(RuleStatus::Pending), count(RuleStatus::Failed));
         out.push((t, known.saturating_sub(inst + pend + fail), inst, pend, fail));
@@ -241,9 +242,25 @@ async fn series(
     Ok(out)
 }
 
-/// The summary as terminal text (`embargo-server fleet`).
-pub fn to_text(s: &Summary) -> String {
+/// Rule and device lines `embargo-server fleet` prints by default (`--limit`; `--all` for every
+/// one): a 100,000-rule policy would otherwise print 100,000 lines.
+pub const TEXT_LIMIT: usize = 50;
+
+/// The summary as terminal text (`embargo-server fleet`): rules some device must act on first
+/// (most such devices first), then the rest by id; at most `limit` rules and `limit` devices per
+/// list (`None`: all), each list saying how many it left out.
+pub fn to_text(s: &Summary, limit: Option<usize>) -> String {
     use std::fmt::Write as _;
+    let limit = limit.unwrap_or(usize::MAX);
+    let more = |out: &mut String, shown: usize, total: usize, what: &str| {
+        if total > shown {
+            let _ = writeln!(
+                out,
+                "  … {} more {what} not shown ({total} in all): --limit N or --all to print them, --json has every one",
+                total - shown
+            );
+        }
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -251,12 +268,20 @@ pub fn to_text(s: &Summary) -> String {
         s.devices,
         s.current_policy_version.map_or("none".into(), |v| v.to_string())
     );
+    let attention = |r: &RuleSummary| r.installed + r.pending + r.failed;
+    let mut order: Vec<&RuleSummary> = s.rules.iter().collect();
+    order.sort_by(|a, b| {
+        (attention(a) == 0).cmp(&(attention(b) == 0)).then(attention(b).cmp(&attention(a))).then(a.rule.cmp(&b.rule))
+    });
     let _ = writeln!(
         out,
-        "\n{:<32} {:>10} {:>10} {:>10} {:>10}  IN",
-        "RULE", "COMPLIANT", "INSTALLED", "PENDING", "FAILED"
+        "\nrules: {} ({} with devices still installed, pending or failed; listed first)",
+        s.rules.len(),
+        order.iter().filter(|r| attention(r) > 0).count()
     );
-    for r in &s.rules {
+    let _ =
+        writeln!(out, "{:<32} {:>10} {:>10} {:>10} {:>10}  IN", "RULE", "COMPLIANT", "INSTALLED", "PENDING", "FAILED");
+    for r in order.iter().take(limit) {
         let _ = writeln!(
             out,
             "{:<32} {:>10} {:>10} {:>10} {:>10}  {}",
@@ -268,6 +293,7 @@ pub fn to_text(s: &Summary) -> String {
             in_policies(r)
         );
     }
+    more(&mut out, order.len().min(limit), order.len(), "rules");
     let _ = writeln!(out, "\npolicies applied (rule lists read from the repository):");
     for p in &s.policies {
         let _ =
@@ -277,13 +303,15 @@ pub fn to_text(s: &Summary) -> String {
         let _ = writeln!(out, "  devices on a policy the repository does not hold: {}", s.devices_policy_unknown);
     }
     let _ = writeln!(out, "\nstale devices (not seen for more than {} s): {}", s.stale_after_secs, s.stale.len());
-    for d in &s.stale {
+    for d in s.stale.iter().take(limit) {
         let _ = writeln!(out, "  {}  last seen {}", d.device, fmt_time(d.last_seen));
     }
+    more(&mut out, s.stale.len().min(limit), s.stale.len(), "stale devices");
     let _ = writeln!(out, "devices on an old policy version: {}", s.old_policy.len());
-    for d in &s.old_policy {
+    for d in s.old_policy.iter().take(limit) {
         let _ = writeln!(out, "  {}  policy {}", d.device, d.policy_version.map_or("none".into(), |v| v.to_string()));
     }
+    more(&mut out, s.old_policy.len().min(limit), s.old_policy.len(), "devices on an old policy");
     out
 }
 

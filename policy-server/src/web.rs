@@ -20,9 +20,10 @@ use axum::response::{IntoResponse, Response};
 use embargo_policy::report::{limits as report_limits, Ack, Report, REPORT_VERSION};
 use sha2::{Digest as _, Sha256};
 
-use crate::store::Store;
-use crate::summary::{self, fmt_time, Staleness, Summary};
+use crate::store::{DeviceList, Store};
+use crate::summary::{self, fmt_time, Staleness};
 use crate::Peer;
+use crate::{limits, pages};
 
 /// A device may store at most `REPORT_BURST` reports at once and then one every
 /// `REPORT_EVERY`; past that it gets 429 with Retry-After (per server process).
@@ -43,6 +44,8 @@ pub struct Fleet {
     pub body_timeout: Duration,
     /// Audit-event retention, applied by the upkeep task (`upkeep.rs`).
     pub retention: crate::store::Retention,
+    /// Parsed rule ids of the applied policies, and the reported rules (`pages.rs`).
+    pub rules: pages::RuleCache,
     rate: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -60,6 +63,7 @@ impl Fleet {
             staleness,
             body_timeout,
             retention: crate::store::Retention::default(),
+            rules: pages::RuleCache::default(),
             rate: Mutex::new(HashMap::new()),
         }
     }
@@ -258,7 +262,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}table{bor
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eee}.n{text-align:right}\
 .compliant{color:#1a7f37}.installed{color:#b42318}.pending{color:#9a6700}.failed{color:#6e40c9}";
 
-fn page(title: &str, body: &str) -> String {
+fn page_html(title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>{t}</title><style>{STYLE}</style></head>\
          <body><h1>{t}</h1>{body}<p><a href=\"/admin/\">summary</a> · <a href=\"/admin/logout\">sign out</a></p></body></html>",
@@ -276,7 +280,7 @@ pub(crate) async fn login_form(State(fleet): State<Arc<Fleet>>, req: Request) ->
             "sign-in is not configured (--admin-password-file); use an admin certificate",
         );
     }
-    html(page(
+    html(page_html(
         "embargo — sign in",
         "<form method=post action=\"/admin/login\"><label>Password <input id=password type=password name=password \
          autocomplete=current-password autofocus></label> <button id=signin type=submit>Sign in</button></form>",
@@ -304,7 +308,7 @@ pub(crate) async fn login(State(fleet): State<Arc<Fleet>>, req: Request) -> Resp
         // A second per failed attempt, so guessing is slow (connections are bounded too).
         tokio::time::sleep(Duration::from_secs(1)).await;
         tracing::warn!("admin sign-in failed");
-        return html(page("embargo — sign in", "<p>Wrong password. <a href=\"/admin/login\">Try again</a>.</p>"))
+        return html(page_html("embargo — sign in", "<p>Wrong password. <a href=\"/admin/login\">Try again</a>.</p>"))
             .with_status(StatusCode::UNAUTHORIZED);
     }
     let mut r = StatusCode::SEE_OTHER.into_response();
@@ -364,13 +368,6 @@ fn url_form_value(body: &[u8], name: &str) -> Option<String> {
     None
 }
 
-async fn load_summary(fleet: &Fleet) -> Result<Summary, Response> {
-    summary::summary(&fleet.store, now_secs(), fleet.staleness).await.map_err(|e| {
-        tracing::error!(error = %e, "reading the fleet store");
-        text(StatusCode::SERVICE_UNAVAILABLE, "the fleet store could not be read")
-    })
-}
-
 /// The series as an SVG line chart (server-rendered, no script).
 pub fn chart_svg(r: &summary::RuleSummary) -> String {
     let (w, h, pad) = (640.0f64, 220.0f64, 36.0f64);
@@ -415,24 +412,144 @@ pub fn chart_svg(r: &summary::RuleSummary) -> String {
     svg
 }
 
+fn bad_query(msg: String) -> Response {
+    text(StatusCode::BAD_REQUEST, msg)
+}
+
+fn store_unreadable(e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "reading the fleet store");
+    text(StatusCode::SERVICE_UNAVAILABLE, "the fleet store could not be read")
+}
+
+/// A link to `path` with the current query parameters, `key` set to `value`; escaped for an
+/// HTML attribute.
+fn link(path: &str, params: &HashMap<String, String>, key: &str, value: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> =
+        params.iter().filter(|(k, _)| k.as_str() != key).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.push((key, value));
+    pairs.sort_unstable();
+    let q: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", pages::percent_encode(v))).collect();
+    esc(&format!("{path}?{}", q.join("&")))
+}
+
+/// "N rows · page P of M" and previous/next links for one paged table; `id` names the links
+/// (`prev-<id>`, `next-<id>`, `first-<id>`, `last-<id>`; the count `total-<id>`) for tests and readers.
+fn pager(
+    id: &str,
+    path: &str,
+    params: &HashMap<String, String>,
+    key: &str,
+    page: u64,
+    total: u64,
+    what: &str,
+) -> String {
+    let size = limits::ADMIN_PAGE_ROWS;
+    let last = pages::pages(total, size);
+    let first_row = (page - 1) * size + 1;
+    let mut out =
+        format!("<p class=pager id=pager-{id}><span id=total-{id}>{total}</span> {what} · page {page} of {last}",);
+    if total > 0 && page <= last {
+        let _ = write!(out, " · rows {first_row}–{}", (page * size).min(total));
+    }
+    if page > last {
+        let _ = write!(out, " · <b>page {page} is past the last page</b>");
+    }
+    if page > 1 {
+        let _ = write!(
+            out,
+            " · <a id=first-{id} href=\"{}\">first</a> · <a id=prev-{id} href=\"{}\">previous</a>",
+            link(path, params, key, "1"),
+            link(path, params, key, &(page - 1).min(last).to_string())
+        );
+    }
+    if page < last {
+        let _ = write!(
+            out,
+            " · <a id=next-{id} href=\"{}\">next</a> · <a id=last-{id} href=\"{}\">last</a>",
+            link(path, params, key, &(page + 1).to_string()),
+            link(path, params, key, &last.to_string())
+        );
+    }
+    out.push_str("</p>");
+    out
+}
+
+fn device_table(id: &str, title: &str, rows: &[crate::store::DeviceRow], pager: &str) -> String {
+    let mut t = format!("<h2>{title}</h2>{pager}<table id={id}><tr><th>device</th><th>last seen</th><th>policy version</th><th>agent</th><th>mode</th></tr>");
+    for d in rows {
+        let _ = write!(
+            t,
+            "<tr data-device=\"{dev}\"><td><a href=\"/admin/device/{}\">{dev}</a></td><td>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&pages::percent_encode(&d.device)),
+            fmt_time(d.last_seen),
+            d.policy_version.map_or("none".into(), |v| v.to_string()),
+            esc(&d.agent_version),
+            esc(&d.mode),
+            dev = esc(&d.device),
+        );
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// `/admin/`: the rule table a page at a time (rules some device must act on first), the
+/// applied policies, charts for the page's matched rules, and the three device lists, each a
+/// page at a time. Query: `page`, `rule` (id contains), `stale_page`, `old_page`, `devices_page`.
 pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -> Response {
     if let Access::Denied(r) = admin_access(&fleet, &req) {
         return r;
     }
-    let s = match load_summary(&fleet).await {
-        Ok(s) => s,
-        Err(r) => return r,
+    let params =
+        match pages::query_params(req.uri().query(), &["page", "rule", "stale_page", "old_page", "devices_page"]) {
+            Ok(p) => p,
+            Err(e) => return bad_query(e),
+        };
+    let page_of = |name: &str| pages::page_param(&params, name);
+    let (page, stale_page, old_page, devices_page) =
+        match (page_of("page"), page_of("stale_page"), page_of("old_page"), page_of("devices_page")) {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return bad_query(e),
+        };
+    let filter = params.get("rule").map(String::as_str).filter(|f| !f.is_empty());
+    if filter.is_some_and(|f| f.len() > limits::ADMIN_FILTER_LEN) {
+        return bad_query(format!("query parameter rule: longer than {} bytes", limits::ADMIN_FILTER_LEN));
+    }
+    let now = now_secs();
+    let size = limits::ADMIN_PAGE_ROWS;
+    let rules = match pages::Rules::load(&fleet.store, &fleet.rules, now).await {
+        Ok(r) => r,
+        Err(e) => return store_unreadable(e),
     };
+    let table = rules.page(filter, page, size);
     let mut b = String::new();
     let _ = write!(
         b,
         "<p>{} devices · newest policy version reported: <b id=policy-version>{}</b> · generated {}</p>",
-        s.devices,
-        s.current_policy_version.map_or("none".into(), |v| v.to_string()),
-        fmt_time(s.generated_at)
+        rules.devices,
+        rules.current_policy_version.map_or("none".into(), |v| v.to_string()),
+        fmt_time(now)
     );
-    b.push_str("<h2>Rules</h2><table id=rules><tr><th>rule</th><th>since policy</th><th>in</th><th>compliant</th><th>still installed</th><th>removal pending</th><th>failed / needs admin</th></tr>");
-    for r in &s.rules {
+    b.push_str("<h2>Rules</h2>");
+    let _ = write!(
+        b,
+        "<form method=get action=\"/admin/\"><label>Rule id contains <input id=rule-filter name=rule value=\"{}\" maxlength={}></label> \
+         <button type=submit>Filter</button>{}</form>",
+        esc(filter.unwrap_or("")),
+        limits::ADMIN_FILTER_LEN,
+        if filter.is_some() { " <a id=rules-unfiltered href=\"/admin/\">all rules</a>" } else { "" }
+    );
+    let what = match filter {
+        Some(f) => format!("rules whose id contains “{}”", esc(f)),
+        None => "rules".into(),
+    };
+    let _ = write!(
+        b,
+        "<p>Rules with devices still installed, pending or failed come first (<span id=rules-attention>{}</span> of them, most such devices first), then every other rule by id.</p>",
+        table.attention
+    );
+    b.push_str(&pager("rules", "/admin/", &params, "page", page, table.total, &what));
+    b.push_str("<table id=rules><tr><th>rule</th><th>since policy</th><th>in</th><th>compliant</th><th>still installed</th><th>removal pending</th><th>failed / needs admin</th></tr>");
+    for r in &table.rows {
         let _ = write!(
             b,
             "<tr data-rule=\"{r_}\"><td>{r_}</td><td class=n>{v}</td><td class=in>{}</td><td class=\"n compliant\">{}</td><td class=\"n installed\">{}</td><td class=\"n pending\">{}</td><td class=\"n failed\">{}</td></tr>",
@@ -446,8 +563,11 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
         );
     }
     b.push_str("</table>");
+    if table.rows.len() as u64 == size {
+        b.push_str(&pager("rules-bottom", "/admin/", &params, "page", page, table.total, &what));
+    }
     b.push_str("<h2>Policies applied</h2><table id=policies><tr><th>version</th><th>rules</th><th>devices</th><th>sha256</th></tr>");
-    for p in &s.policies {
+    for p in rules.policies() {
         let _ = write!(
             b,
             "<tr data-policy=\"{}\"><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>",
@@ -459,50 +579,79 @@ pub(crate) async fn admin_index(State(fleet): State<Arc<Fleet>>, req: Request) -
         );
     }
     b.push_str("</table>");
-    if s.devices_policy_unknown > 0 {
+    let unknown = rules.devices_policy_unknown();
+    if unknown > 0 {
         let _ = write!(
             b,
-            "<p>{} devices apply a policy this server's repository does not hold: their rules are known only from their matches.</p>",
-            s.devices_policy_unknown
+            "<p>{unknown} devices apply a policy this server's repository does not hold: their rules are known only from their matches.</p>",
         );
     }
-    // Charts for rules with a history; a rule never matched is all compliant.
-    for r in s.rules.iter().filter(|r| r.matched) {
-        let _ = write!(b, "<h3>{} since {}</h3>{}", esc(&r.rule), fmt_time(r.first_seen), chart_svg(r));
-    }
-    let device_table = |id: &str, title: &str, rows: &[crate::store::DeviceRow]| {
-        let mut t = format!("<h2>{title}</h2><table id={id}><tr><th>device</th><th>last seen</th><th>policy version</th><th>agent</th><th>mode</th></tr>");
-        for d in rows {
+    // Charts for this page's rules with a history (a rule never matched is all compliant), at
+    // most ADMIN_PAGE_CHARTS: each reads the rule's whole state history.
+    let charted: Vec<&summary::RuleSummary> = table.rows.iter().filter(|r| r.matched).collect();
+    if !charted.is_empty() {
+        let first_seen = match fleet.rules.first_seen(&fleet.store).await {
+            Ok(f) => f,
+            Err(e) => return store_unreadable(e),
+        };
+        let known = |t: u64| first_seen.partition_point(|&f| f <= t) as u64;
+        for r in charted.iter().take(limits::ADMIN_PAGE_CHARTS) {
+            let series = match summary::series(&fleet.store, &r.rule, r.first_seen, now, known).await {
+                Ok(s) => s,
+                Err(e) => return store_unreadable(e),
+            };
+            let r = summary::RuleSummary { series, ..(*r).clone() };
+            let _ = write!(b, "<h3>{} since {}</h3>{}", esc(&r.rule), fmt_time(r.first_seen), chart_svg(&r));
+        }
+        if charted.len() > limits::ADMIN_PAGE_CHARTS {
             let _ = write!(
-                t,
-                "<tr data-device=\"{dev}\"><td><a href=\"/admin/device/{dev}\">{dev}</a></td><td>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
-                fmt_time(d.last_seen),
-                d.policy_version.map_or("none".into(), |v| v.to_string()),
-                esc(&d.agent_version),
-                esc(&d.mode),
-                dev = esc(&d.device),
+                b,
+                "<p id=charts-more>{} more matched rules on this page have a chart; filter by rule id to see one.</p>",
+                charted.len() - limits::ADMIN_PAGE_CHARTS
             );
         }
-        t.push_str("</table>");
-        t
-    };
-    b.push_str(&device_table(
-        "stale",
-        &format!("Stale devices (not seen for more than {} s)", s.stale_after_secs),
-        &s.stale,
-    ));
-    b.push_str(&device_table("old-policy", "Devices on an old policy version", &s.old_policy));
-    let devices = fleet.store.devices().await.unwrap_or_default();
-    b.push_str(&device_table("devices", "All devices", &devices));
-    b.push_str("<h2>Exports</h2><p>");
+    }
+    let stale_after = fleet.staleness.interval_secs.saturating_mul(fleet.staleness.intervals);
+    let lists = [
+        (
+            "stale",
+            "stale_page",
+            stale_page,
+            DeviceList::SeenBefore(now.saturating_sub(stale_after)),
+            format!("Stale devices (not seen for more than {stale_after} s)"),
+        ),
+        (
+            "old-policy",
+            "old_page",
+            old_page,
+            // With no policy reported, no device is on an old one.
+            rules.current_policy_version.map_or(DeviceList::SeenBefore(0), DeviceList::PolicyBelow),
+            "Devices on an old policy version".to_owned(),
+        ),
+        ("devices", "devices_page", devices_page, DeviceList::All, "All devices".to_owned()),
+    ];
+    for (id, key, page, list, title) in lists {
+        let (total, rows) = match (
+            fleet.store.devices_count(list).await,
+            fleet.store.devices_page(list, (page - 1) * size, size).await,
+        ) {
+            (Ok(t), Ok(r)) => (t, r),
+            (Err(e), _) | (_, Err(e)) => return store_unreadable(e),
+        };
+        let p = pager(id, "/admin/", &params, key, page, total, "devices");
+        b.push_str(&device_table(id, &title, &rows, &p));
+    }
+    b.push_str("<h2>Exports</h2><p>Complete tables (streamed downloads, not paged): ");
     for t in ["rules", "policies", "devices", "device_rules", "stale", "old_policy"] {
         let _ =
             write!(b, "{t}: <a href=\"/admin/export/{t}.csv\">CSV</a> <a href=\"/admin/export/{t}.json\">JSON</a> · ");
     }
     b.push_str("</p>");
-    html(page("embargo — fleet compliance", &b))
+    html(page_html("embargo — fleet compliance", &b))
 }
 
+/// `/admin/device/<id>`: the device, its rules (non-compliant first) and its timeline (newest
+/// first), each a page at a time. Query: `rules_page`, `timeline_page`.
 pub(crate) async fn admin_device(
     State(fleet): State<Arc<Fleet>>,
     UrlPath(device): UrlPath<String>,
@@ -511,15 +660,32 @@ pub(crate) async fn admin_device(
     if let Access::Denied(r) = admin_access(&fleet, &req) {
         return r;
     }
-    let devices = match fleet.store.devices().await {
-        Ok(d) => d,
-        Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "the fleet store could not be read"),
+    let params = match pages::query_params(req.uri().query(), &["rules_page", "timeline_page"]) {
+        Ok(p) => p,
+        Err(e) => return bad_query(e),
     };
-    let Some(d) = devices.into_iter().find(|d| d.device == device) else {
-        return text(StatusCode::NOT_FOUND, format!("no device {device:?}"));
+    let (rules_page, timeline_page) =
+        match (pages::page_param(&params, "rules_page"), pages::page_param(&params, "timeline_page")) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return bad_query(e),
+        };
+    let d = match fleet.store.device(&device).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return text(StatusCode::NOT_FOUND, format!("no device {device:?}")),
+        Err(e) => return store_unreadable(e),
     };
-    let rules = fleet.store.device_rules(Some(&device)).await.unwrap_or_default();
-    let timeline = fleet.store.timeline(&device).await.unwrap_or_default();
+    let size = limits::ADMIN_PAGE_ROWS;
+    let store = &fleet.store;
+    let (rules_total, rules, timeline_total, timeline) = match (
+        store.device_rules_count(&device).await,
+        store.device_rules_page(&device, (rules_page - 1) * size, size).await,
+        store.timeline_count(&device).await,
+        store.timeline_page(&device, (timeline_page - 1) * size, size).await,
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return store_unreadable(e),
+    };
+    let path = format!("/admin/device/{}", pages::percent_encode(&device));
     let mut b = format!(
         "<p>last seen {} · policy {} ({}) · agent {} · mode {} · last report #{}{}</p>",
         fmt_time(d.last_seen),
@@ -530,7 +696,17 @@ pub(crate) async fn admin_device(
         d.last_sequence,
         if d.degraded { format!(" · <b>degraded</b>: {}", esc(&d.reasons.join("; "))) } else { String::new() }
     );
-    b.push_str("<h2>Rules</h2><table id=device-rules><tr><th>rule</th><th>state</th><th>since</th><th>apps</th></tr>");
+    b.push_str("<h2>Rules</h2>");
+    b.push_str(&pager(
+        "device-rules",
+        &path,
+        &params,
+        "rules_page",
+        rules_page,
+        rules_total,
+        "rules (not compliant first)",
+    ));
+    b.push_str("<table id=device-rules><tr><th>rule</th><th>state</th><th>since</th><th>apps</th></tr>");
     for r in &rules {
         let apps: Vec<String> = r
             .apps
@@ -555,15 +731,85 @@ pub(crate) async fn admin_device(
             s = r.status.as_str()
         );
     }
-    b.push_str("</table><h2>Timeline</h2><table id=timeline><tr><th>time</th><th>what</th></tr>");
-    for (at, what) in &timeline {
-        let _ = write!(b, "<tr><td>{}</td><td>{}</td></tr>", fmt_time(*at), esc(what));
+    b.push_str("</table><h2>Timeline</h2>");
+    b.push_str(&pager(
+        "timeline",
+        &path,
+        &params,
+        "timeline_page",
+        timeline_page,
+        timeline_total,
+        "entries (newest first)",
+    ));
+    b.push_str("<table id=timeline><tr><th>time</th><th>what</th></tr>");
+    for row in &timeline {
+        let _ = write!(b, "<tr><td>{}</td><td>{}</td></tr>", fmt_time(row.at), esc(&row.what));
     }
     b.push_str("</table>");
-    html(page(&format!("device {device}"), &b))
+    html(page_html(&format!("device {device}"), &b))
 }
 
+/// One export row: cells in the header's order.
+type Row = Vec<String>;
+
+/// Writes rows as CSV lines or JSON objects (after the first, with a leading comma).
+struct Rows {
+    header: &'static [&'static str],
+    json: bool,
+    first: bool,
+}
+
+impl Rows {
+    fn push(&mut self, out: &mut String, row: Row) {
+        if self.json {
+            out.push_str(if self.first { "\n{" } else { ",\n{" });
+            for (i, (h, v)) in self.header.iter().zip(row).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}:{}", serde_json::Value::from(*h), serde_json::Value::from(v));
+            }
+            out.push('}');
+        } else {
+            out.push_str(&row.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+            out.push('\n');
+        }
+        self.first = false;
+    }
+}
+
+const RULES_HEADER: &[&str] = &[
+    "policy_version",
+    "rule",
+    "first_policy_version",
+    "first_seen",
+    "compliant",
+    "installed",
+    "pending",
+    "failed",
+    "in_policy_versions",
+    "matched",
+];
+const POLICIES_HEADER: &[&str] = &["policy_version", "version", "fleet", "sha256", "rules", "devices"];
+const DEVICES_HEADER: &[&str] = &[
+    "policy_version",
+    "device",
+    "device_policy_version",
+    "policy_sha256",
+    "last_seen",
+    "first_seen",
+    "agent_version",
+    "mode",
+    "degraded",
+];
+const DEVICE_RULES_HEADER: &[&str] =
+    &["policy_version", "device", "device_policy_version", "rule", "status", "since", "apps"];
+
 /// `/admin/export/<table>.<csv|json>`; every row names the newest policy version reported.
+/// Complete, and streamed: the rows are read from the store and written out
+/// `EXPORT_CHUNK_ROWS` at a time through a channel of two chunks, so memory stays bounded
+/// whatever the table's size. A store error part way ends the response without its final chunk
+/// (the client sees a truncated transfer, not a short file that looks complete).
 pub(crate) async fn admin_export(
     State(fleet): State<Arc<Fleet>>,
     UrlPath(file): UrlPath<String>,
@@ -575,153 +821,186 @@ pub(crate) async fn admin_export(
     let Some((table, format)) = file.rsplit_once('.') else {
         return text(StatusCode::NOT_FOUND, "exports are /admin/export/<table>.csv or .json");
     };
-    let s = match load_summary(&fleet).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let pv = s.current_policy_version.map_or(String::new(), |v| v.to_string());
-    let (header_row, rows): (Vec<&str>, Vec<Vec<String>>) = match table {
-        "rules" => (
-            vec![
-                "policy_version",
-                "rule",
-                "first_policy_version",
-                "first_seen",
-                "compliant",
-                "installed",
-                "pending",
-                "failed",
-                "in_policy_versions",
-                "matched",
-            ],
-            s.rules
-                .iter()
-                .map(|r| {
-                    vec![
-                        pv.clone(),
-                        r.rule.clone(),
-                        r.first_policy_version.map_or(String::new(), |v| v.to_string()),
-                        fmt_time(r.first_seen),
-                        r.compliant.to_string(),
-                        r.installed.to_string(),
-                        r.pending.to_string(),
-                        r.failed.to_string(),
-                        r.in_policy_versions.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
-                        r.matched.to_string(),
-                    ]
-                })
-                .collect(),
-        ),
-        "policies" => (
-            vec!["policy_version", "version", "fleet", "sha256", "rules", "devices"],
-            s.policies
-                .iter()
-                .map(|p| {
-                    vec![
-                        pv.clone(),
-                        p.version.to_string(),
-                        p.fleet.clone(),
-                        p.sha256.clone(),
-                        p.rules.to_string(),
-                        p.devices.to_string(),
-                    ]
-                })
-                .collect(),
-        ),
-        "devices" | "stale" | "old_policy" => {
-            let list = match table {
-                "devices" => fleet.store.devices().await.unwrap_or_default(),
-                "stale" => s.stale.clone(),
-                _ => s.old_policy.clone(),
-            };
-            (
-                vec![
-                    "policy_version",
-                    "device",
-                    "device_policy_version",
-                    "policy_sha256",
-                    "last_seen",
-                    "first_seen",
-                    "agent_version",
-                    "mode",
-                    "degraded",
-                ],
-                list.iter()
-                    .map(|d| {
-                        vec![
-                            pv.clone(),
-                            d.device.clone(),
-                            d.policy_version.map_or(String::new(), |v| v.to_string()),
-                            d.policy_sha256.clone().unwrap_or_default(),
-                            fmt_time(d.last_seen),
-                            fmt_time(d.first_seen),
-                            d.agent_version.clone(),
-                            d.mode.clone(),
-                            d.degraded.to_string(),
-                        ]
-                    })
-                    .collect(),
-            )
-        }
-        "device_rules" => {
-            let versions: HashMap<String, Option<u64>> = fleet
-                .store
-                .devices()
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .map(|d| (d.device, d.policy_version))
-                .collect();
-            (
-                vec!["policy_version", "device", "device_policy_version", "rule", "status", "since", "apps"],
-                fleet
-                    .store
-                    .device_rules(None)
-                    .await
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            pv.clone(),
-                            r.device.clone(),
-                            versions.get(&r.device).copied().flatten().map_or(String::new(), |v| v.to_string()),
-                            r.rule.clone(),
-                            r.status.as_str().to_owned(),
-                            fmt_time(r.since),
-                            r.apps.iter().map(|a| format!("{}:{}", a.kind, a.id)).collect::<Vec<_>>().join(" "),
-                        ]
-                    })
-                    .collect(),
-            )
-        }
-        _ => return text(StatusCode::NOT_FOUND, format!("no table {table:?}")),
-    };
-    let name = format!("embargo-{table}-policy-{}.{format}", if pv.is_empty() { "none" } else { &pv });
-    let disposition = format!("attachment; filename=\"{name}\"");
-    let (ctype, body) = match format {
-        "csv" => {
-            let mut out = header_row.join(",") + "\n";
-            for r in rows {
-                out += &r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",");
-                out.push('\n');
-            }
-            ("text/csv; charset=utf-8", out)
-        }
-        "json" => {
-            let rows: Vec<serde_json::Map<String, serde_json::Value>> = rows
-                .into_iter()
-                .map(|r| {
-                    header_row.iter().map(|h| h.to_string()).zip(r.into_iter().map(serde_json::Value::String)).collect()
-                })
-                .collect();
-            let doc = serde_json::json!({ "table": table, "policy_version": s.current_policy_version, "generated_at": fmt_time(s.generated_at), "rows": rows });
-            ("application/json", serde_json::to_string_pretty(&doc).expect("json"))
-        }
+    let json = match format {
+        "csv" => false,
+        "json" => true,
         _ => return text(StatusCode::NOT_FOUND, "exports are .csv or .json"),
     };
-    let mut r = Response::new(Body::from(body));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    let header = match table {
+        "rules" => RULES_HEADER,
+        "policies" => POLICIES_HEADER,
+        "devices" | "stale" | "old_policy" => DEVICES_HEADER,
+        "device_rules" => DEVICE_RULES_HEADER,
+        _ => return text(StatusCode::NOT_FOUND, format!("no table {table:?}")),
+    };
+    let now = now_secs();
+    let rules = match pages::Rules::load(&fleet.store, &fleet.rules, now).await {
+        Ok(r) => r,
+        Err(e) => return store_unreadable(e),
+    };
+    let current = rules.current_policy_version;
+    let pv = current.map_or(String::new(), |v| v.to_string());
+    let name = format!("embargo-{table}-policy-{}.{format}", if pv.is_empty() { "none" } else { &pv });
+    let mut head = String::new();
+    if json {
+        let _ = write!(
+            head,
+            "{{\"table\":{},\"policy_version\":{},\"generated_at\":{},\"rows\":[",
+            serde_json::Value::from(table),
+            serde_json::to_string(&current).expect("json"),
+            serde_json::Value::from(fmt_time(now))
+        );
+    } else {
+        head = header.join(",") + "\n";
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(2);
+    let stale_after = fleet.staleness.interval_secs.saturating_mul(fleet.staleness.intervals);
+    let table = table.to_owned();
+    let store = fleet.store.clone();
+    tokio::spawn(async move {
+        let mut w = Rows { header, json, first: true };
+        let send = |chunk: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(chunk)).await.is_ok() }
+        };
+        if !send(head).await {
+            return;
+        }
+        let chunk = limits::EXPORT_CHUNK_ROWS;
+        let result: Result<(), crate::store::StoreError> = async {
+            match table.as_str() {
+                "rules" => {
+                    let mut after: Option<String> = None;
+                    loop {
+                        let ids: Vec<String> =
+                            rules.ids_after(after.as_deref()).take(chunk as usize).map(str::to_owned).collect();
+                        let Some(last) = ids.last().cloned() else { break };
+                        let mut out = String::new();
+                        for id in &ids {
+                            let r = rules.row(id);
+                            w.push(
+                                &mut out,
+                                vec![
+                                    pv.clone(),
+                                    r.rule.clone(),
+                                    r.first_policy_version.map_or(String::new(), |v| v.to_string()),
+                                    fmt_time(r.first_seen),
+                                    r.compliant.to_string(),
+                                    r.installed.to_string(),
+                                    r.pending.to_string(),
+                                    r.failed.to_string(),
+                                    r.in_policy_versions.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+                                    r.matched.to_string(),
+                                ],
+                            );
+                        }
+                        if !send(out).await {
+                            return Ok(());
+                        }
+                        after = Some(last);
+                    }
+                }
+                "policies" => {
+                    let mut out = String::new();
+                    for p in rules.policies() {
+                        w.push(
+                            &mut out,
+                            vec![
+                                pv.clone(),
+                                p.version.to_string(),
+                                p.fleet,
+                                p.sha256,
+                                p.rules.to_string(),
+                                p.devices.to_string(),
+                            ],
+                        );
+                    }
+                    send(out).await;
+                }
+                "device_rules" => {
+                    let mut after: Option<(String, String)> = None;
+                    loop {
+                        let rows = store
+                            .device_rules_after(after.as_ref().map(|(r, d)| (r.as_str(), d.as_str())), chunk)
+                            .await?;
+                        let Some((last, _)) = rows.last() else { break };
+                        after = Some((last.rule.clone(), last.device.clone()));
+                        let mut out = String::new();
+                        for (r, version) in rows {
+                            w.push(
+                                &mut out,
+                                vec![
+                                    pv.clone(),
+                                    r.device.clone(),
+                                    version.map_or(String::new(), |v| v.to_string()),
+                                    r.rule.clone(),
+                                    r.status.as_str().to_owned(),
+                                    fmt_time(r.since),
+                                    r.apps.iter().map(|a| format!("{}:{}", a.kind, a.id)).collect::<Vec<_>>().join(" "),
+                                ],
+                            );
+                        }
+                        if !send(out).await {
+                            return Ok(());
+                        }
+                    }
+                }
+                devices => {
+                    let list = match devices {
+                        "stale" => DeviceList::SeenBefore(now.saturating_sub(stale_after)),
+                        "old_policy" => current.map_or(DeviceList::SeenBefore(0), DeviceList::PolicyBelow),
+                        _ => DeviceList::All,
+                    };
+                    let mut after: Option<String> = None;
+                    loop {
+                        let rows = store.devices_after(list, after.as_deref(), chunk).await?;
+                        let Some(last) = rows.last() else { break };
+                        after = Some(last.device.clone());
+                        let mut out = String::new();
+                        for d in rows {
+                            w.push(
+                                &mut out,
+                                vec![
+                                    pv.clone(),
+                                    d.device.clone(),
+                                    d.policy_version.map_or(String::new(), |v| v.to_string()),
+                                    d.policy_sha256.clone().unwrap_or_default(),
+                                    fmt_time(d.last_seen),
+                                    fmt_time(d.first_seen),
+                                    d.agent_version.clone(),
+                                    d.mode.clone(),
+                                    d.degraded.to_string(),
+                                ],
+                            );
+                        }
+                        if !send(out).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) if json => {
+                send("\n]}\n".into()).await;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, table, "reading the fleet store for an export");
+                let _ = tx.send(Err(std::io::Error::other(format!("export of {table} failed: {e}")))).await;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if json { "application/json" } else { "text/csv; charset=utf-8" }),
+    );
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let disposition = format!("attachment; filename=\"{name}\"");
     r.headers_mut().insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&disposition).expect("ascii name"));
     r
 }

@@ -4,102 +4,13 @@
 
 mod fleet_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use embargo_e2e::*;
 use fleet_common::*;
 use serde_json::json;
-
-/// A throwaway PostgreSQL cluster, run as `nobody` when we are root; stopped on drop.
-pub struct Postgres {
-    dir: tempfile::TempDir,
-    pub url: String,
-    as_nobody: bool,
-}
-
-fn pg_bin(name: &str) -> Option<PathBuf> {
-    if have(name) {
-        return Some(PathBuf::from(name));
-    }
-    let p = PathBuf::from("/usr/lib/postgresql/15/bin").join(name);
-    p.exists().then_some(p)
-}
-
-fn pg_command(bin: &Path, as_nobody: bool) -> Command {
-    if as_nobody {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    }
-}
-
-impl Postgres {
-    pub fn start() -> Option<Postgres> {
-        Self::start_with("")
-    }
-
-    /// The server log (`pg_ctl -l`), e.g. with `-c log_statement=all`.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// Starts a cluster with `extra` server options (`-c name=value …`).
-    pub fn start_with(extra: &str) -> Option<Postgres> {
-        let (Some(initdb), Some(pg_ctl)) = (pg_bin("initdb"), pg_bin("pg_ctl")) else {
-            skip("needs PostgreSQL (initdb, pg_ctl)");
-            return None;
-        };
-        let as_nobody = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-        if as_nobody && !have("setpriv") {
-            skip("needs setpriv to run PostgreSQL as nobody");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        if as_nobody {
-            let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
-            let uid: u32 = String::from_utf8_lossy(&nobody.stdout).trim().parse().unwrap();
-            std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
-        }
-        let data = dir.path().join("data");
-        let out = pg_command(&initdb, as_nobody)
-            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let port = free_port();
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}", dir.path().display());
-        let out = pg_command(&pg_ctl, as_nobody)
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-l",
-                dir.path().join("log").to_str().unwrap(),
-                "-w",
-                "start",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
-        Some(Postgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, as_nobody })
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Some(pg_ctl) = pg_bin("pg_ctl") {
-            let data = self.dir.path().join("data");
-            let _ = pg_command(&pg_ctl, self.as_nobody)
-                .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
-                .output();
-        }
-    }
-}
 
 fn fleet_summary(database: &str) -> String {
     let out = Command::new(bin("embargo-server")).args(["fleet", "--database", database]).output().unwrap();

@@ -105,9 +105,16 @@ enum Command {
     Fleet {
         #[arg(long)]
         database: String,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text (always complete: every rule and device).
         #[arg(long)]
         json: bool,
+        /// Print at most this many rules (those some device must still act on first) and this
+        /// many devices per device list; the summary says how many it left out.
+        #[arg(long, default_value_t = embargo_server::summary::TEXT_LIMIT, conflicts_with = "all")]
+        limit: usize,
+        /// Print every rule and device (a policy of 100,000 rules prints 100,000 lines).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         staleness: StalenessArgs,
     },
@@ -126,7 +133,12 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-fn fleet_command(database: &str, json: bool, staleness: embargo_server::summary::Staleness) -> ExitCode {
+fn fleet_command(
+    database: &str,
+    json: bool,
+    limit: Option<usize>,
+    staleness: embargo_server::summary::Staleness,
+) -> ExitCode {
     // Reading a summary must not create an empty database where the admin mistyped a path.
     if let Some(path) = database.strip_prefix("sqlite://") {
         if !std::path::Path::new(path).is_file() {
@@ -154,7 +166,7 @@ fn fleet_command(database: &str, json: bool, staleness: embargo_server::summary:
             ExitCode::SUCCESS
         }
         Ok(s) => {
-            print!("{}", embargo_server::summary::to_text(&s));
+            print!("{}", embargo_server::summary::to_text(&s, limit));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -177,8 +189,8 @@ fn main() -> ExitCode {
         eprintln!("embargo-server: {msg}");
         ExitCode::from(embargo_policy::cli::EXIT_USAGE)
     };
-    if let Some(Command::Fleet { database, json, staleness }) = &args.command {
-        return fleet_command(database, *json, staleness.get());
+    if let Some(Command::Fleet { database, json, limit, all, staleness }) = &args.command {
+        return fleet_command(database, *json, (!*all).then_some(*limit), staleness.get());
     }
     let (Some(repo), Some(tls_cert), Some(tls_key)) = (args.repo.clone(), args.tls_cert.clone(), args.tls_key.clone())
     else {

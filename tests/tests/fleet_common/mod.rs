@@ -1,11 +1,12 @@
 //! Helpers shared by the fleet tests: CAs and client certificates (rcgen), raw HTTP/1.1 over
-//! mutual TLS, report bodies.
+//! mutual TLS, report bodies, a throwaway PostgreSQL cluster.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
-use embargo_e2e::TestCa;
+use embargo_e2e::{free_port, have, skip, TestCa};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -87,8 +88,32 @@ pub fn http(
         let text = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, head.to_owned(), body.to_owned())
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        (status, head.to_owned(), body)
     })
+}
+
+/// The payload of a chunked HTTP/1.1 body (streamed responses such as the exports). A body
+/// that ends before its last (empty) chunk is a failed transfer: it panics.
+pub fn dechunk(body: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = body.as_bytes();
+    loop {
+        let line = rest.iter().position(|&b| b == b'\n').unwrap_or_else(|| panic!("truncated chunked body"));
+        let size = String::from_utf8_lossy(&rest[..line]);
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).expect("a chunk size");
+        rest = &rest[line + 1..];
+        if size == 0 {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        assert!(rest.len() >= size + 2, "truncated chunked body");
+        out.extend_from_slice(&rest[..size]);
+        rest = rest[size..].strip_prefix(b"\r\n").expect("CRLF after a chunk");
+    }
 }
 
 pub fn report(device: &str, sequence: u64, policy_version: u64, rules: serde_json::Value) -> Vec<u8> {
@@ -112,4 +137,93 @@ pub fn wechat(state: &str) -> serde_json::Value {
     json!([{"rule": "wechat", "apps": [{"kind": "appimage", "id": "wechat", "version": "4.0",
         "path": "/home/alice/Downloads/WeChat.AppImage", "state": state, "found_at": 1_790_000_000u64,
         "since": 1_790_000_001u64, "detail": null}]}])
+}
+
+/// A throwaway PostgreSQL cluster, run as `nobody` when we are root; stopped on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub url: String,
+    as_nobody: bool,
+}
+
+pub fn pg_bin(name: &str) -> Option<PathBuf> {
+    if have(name) {
+        return Some(PathBuf::from(name));
+    }
+    let p = PathBuf::from("/usr/lib/postgresql/15/bin").join(name);
+    p.exists().then_some(p)
+}
+
+pub fn pg_command(bin: &Path, as_nobody: bool) -> Command {
+    if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Option<Postgres> {
+        Self::start_with("")
+    }
+
+    /// The server log (`pg_ctl -l`), e.g. with `-c log_statement=all`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Starts a cluster with `extra` server options (`-c name=value …`).
+    pub fn start_with(extra: &str) -> Option<Postgres> {
+        let (Some(initdb), Some(pg_ctl)) = (pg_bin("initdb"), pg_bin("pg_ctl")) else {
+            skip("needs PostgreSQL (initdb, pg_ctl)");
+            return None;
+        };
+        let as_nobody = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        if as_nobody && !have("setpriv") {
+            skip("needs setpriv to run PostgreSQL as nobody");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        if as_nobody {
+            let nobody = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+            let uid: u32 = String::from_utf8_lossy(&nobody.stdout).trim().parse().unwrap();
+            std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
+        }
+        let data = dir.path().join("data");
+        let out = pg_command(&initdb, as_nobody)
+            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {extra}", dir.path().display());
+        let out = pg_command(&pg_ctl, as_nobody)
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                dir.path().join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        Some(Postgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, as_nobody })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(pg_ctl) = pg_bin("pg_ctl") {
+            let data = self.dir.path().join("data");
+            let _ = pg_command(&pg_ctl, self.as_nobody)
+                .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
 }
