@@ -306,24 +306,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceRow {
-                    device: r.try_get(0)?,
-                    first_seen: r.try_get::<i64, _>(1)? as u64,
-                    last_seen: r.try_get::<i64, _>(2)? as u64,
-                    last_sequence: r.try_get::<i64, _>(3)? as u64,
-                    agent_version: r.try_get(4)?,
-                    mode: r.try_get(5)?,
-                    policy_fleet: r.try_get(6)?,
-                    policy_version: r.try_get::<Option<i64>, _>(7)?.map(|v| v as u64),
-                    policy_sha256: r.try_get(8)?,
-                    degraded: r.try_get::<i64, _>(9)? != 0,
-                    reasons: serde_json::from_str(&r.try_get::<String, _>(10)?).unwrap_or_default(),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        rows.iter().map(device_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
     }
 
     /// Every (device, rule) with its current state.
@@ -339,19 +322,7 @@ impl Store {
             query = query.bind(d);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeviceRuleRow {
-                    device: r.try_get(0)?,
-                    rule: r.try_get(1)?,
-                    status: RuleStatus::parse(&r.try_get::<String, _>(2)?).unwrap_or(RuleStatus::Failed),
-                    since: r.try_get::<i64, _>(3)? as u64,
-                    updated: r.try_get::<i64, _>(4)? as u64,
-                    apps: serde_json::from_str(&r.try_get::<String, _>(5)?).unwrap_or_default(),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        rows.iter().map(device_rule_row).collect::<Result<_, sqlx::Error>>().map_err(Into::into)
     }
 
     /// Rules any device has reported: (rule, first seen, first policy version).
