@@ -551,6 +551,32 @@ const NOTHING: &str =
 const WECHAT_DEB: &str =
     "[[rule]]\nid = \"wechat-deb\"\naction = \"remove\"\n[[rule.match]]\nkind = \"deb\"\nid = \"wechat\"\n";
 
+/// The agent for the needs-admin tests: the exec gate on (marking the private tmpfs), the dpkg
+/// database under `root` watched, `more` added to its config, `edit` applied to the config (and
+/// the daemon restarted) when given; returned once the gate has marked the tmpfs.
+fn needs_admin_device(p: &Private, root: &Path, more: &str, edit: Option<fn(String) -> String>) -> Device {
+    let extra = format!(
+        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n{more}\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
+        p.dir.path().display(),
+        root.display()
+    );
+    let mut d = Device::with_config(NOTHING, "1d", &extra);
+    if let Some(edit) = edit {
+        d.reconfigure(edit);
+    }
+    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
+        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
+    });
+    d
+}
+
+/// Publishes the policy that bans the `wechat` package and syncs.
+fn ban_wechat_deb(d: &Device) {
+    d.publish(WECHAT_DEB);
+    let out = d.ctl(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allowed_one_keeps_running() {
     let _serial = serial();
@@ -565,15 +591,7 @@ fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allo
     // banned by nothing, so only the needs-admin path can stop it.
     let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
     let mut allowed = embargo_e2e::Running(Command::new(&plugin_exe).arg("300").spawn().expect("start the plugin"));
-    let extra = format!(
-        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
-        p.dir.path().display(),
-        root.display()
-    );
-    let d = Device::with_config(NOTHING, "1d", &extra);
-    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
-        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
-    });
+    let d = needs_admin_device(&p, &root, "", None);
     eventually("the sweeps before the update to finish", Duration::from_secs(120), || {
         std::fs::read_to_string(d.tmp.path().join("embargod.log"))
             .ok()
@@ -581,9 +599,7 @@ fn a_running_process_of_a_package_that_needs_admin_is_killed_by_path_and_an_allo
     });
     assert!(banned.0.try_wait().unwrap().is_none(), "the helper runs before the ban");
 
-    d.publish(WECHAT_DEB);
-    let out = d.ctl(&["sync"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ban_wechat_deb(&d);
     eventually("needs admin reported", Duration::from_secs(60), || {
         d.status().map(|s| s["enforcement"]["last_actions"].to_string()).filter(|a| a.contains("needs admin"))
     });
@@ -636,19 +652,15 @@ fn in_monitor_mode_a_banned_package_is_only_recorded_and_its_running_process_kee
     let work = tempfile::tempdir().unwrap();
     let (root, helper, _) = needs_admin_root(&p, work.path());
     let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
-    let extra = format!(
-        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
-        p.dir.path().display(),
-        root.display()
+    let d = needs_admin_device(
+        &p,
+        &root,
+        "",
+        Some(|text| {
+            assert!(text.contains("mode = \"enforce\""), "{text}");
+            text.replace("mode = \"enforce\"", "mode = \"monitor\"")
+        }),
     );
-    let mut d = Device::with_config(NOTHING, "1d", &extra);
-    d.reconfigure(|text| {
-        assert!(text.contains("mode = \"enforce\""), "{text}");
-        text.replace("mode = \"enforce\"", "mode = \"monitor\"")
-    });
-    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
-        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
-    });
     let sweeps = || {
         std::fs::read_to_string(d.tmp.path().join("embargod.log"))
             .unwrap_or_default()
@@ -658,9 +670,7 @@ fn in_monitor_mode_a_banned_package_is_only_recorded_and_its_running_process_kee
     // The start-up sweep (the restarted daemon starts with the policy it persisted, which the
     // first sync does not change).
     let before = eventually("the start-up sweep", Duration::from_secs(120), || Some(sweeps()).filter(|n| *n >= 1));
-    d.publish(WECHAT_DEB);
-    let out = d.ctl(&["sync"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ban_wechat_deb(&d);
     let s = eventually("the package's ban recorded (audit)", Duration::from_secs(60), || {
         d.status().filter(|s| s["enforcement"]["last_actions"].to_string().contains("wechat-deb"))
     });
@@ -688,18 +698,8 @@ fn a_needs_admin_kill_counts_against_the_updates_action_cap_and_waits_for_confir
     let work = tempfile::tempdir().unwrap();
     let (root, helper, _) = needs_admin_root(&p, work.path());
     let mut banned = embargo_e2e::Running(Command::new(&helper).arg("300").spawn().expect("start the helper"));
-    let extra = format!(
-        "\n[exec]\nenabled = true\nmounts = [\"{}\"]\n\n[enforcement]\nmax_actions_per_update = 1\n\n[[watch]]\nkind = \"deb\"\npaths = [\"{}\"]\n",
-        p.dir.path().display(),
-        root.display()
-    );
-    let d = Device::with_config(NOTHING, "1d", &extra);
-    eventually("the gate to mark the private tmpfs", Duration::from_secs(10), || {
-        d.status().filter(|s| s["exec_gate"]["marks"].as_u64().is_some_and(|m| m >= 1))
-    });
-    d.publish(WECHAT_DEB);
-    let out = d.ctl(&["sync"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = needs_admin_device(&p, &root, "\n[enforcement]\nmax_actions_per_update = 1\n", None);
+    ban_wechat_deb(&d);
     let pid = banned.0.id();
     let held = eventually("the kill held for confirmation", Duration::from_secs(60), || {
         audit_lines(&d).into_iter().find(|v| {
