@@ -104,6 +104,21 @@ fn a_banned_app_in_a_users_installation_is_removed_by_flatpak_running_as_that_us
         a.contains(WECHAT).then_some(a)
     });
     assert!(actions.contains(&format!("removed by flatpak uninstall run as uid {NOBODY}")), "{actions}");
+    // The removal is that user's record: `embargoctl events` run as the user shows it (the app
+    // is in the user's scope; before, a package's records were root's only).
+    let ctl = dev.tmp.path().join("embargoctl-copy");
+    std::fs::copy(bin("embargoctl"), &ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let seen = Command::new("setpriv")
+        .args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups"])
+        .arg(&ctl)
+        .arg("--socket")
+        .arg(&dev.socket)
+        .args(["events", "--json"])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    assert!(seen.contains(WECHAT) && seen.contains(&format!("\"owner_uid\":{NOBODY}")), "the user's events: {seen}");
     // The user's own flatpak agrees.
     let list = Command::new("setpriv")
         .args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", "flatpak", "--user"])

@@ -264,6 +264,7 @@ pub fn to_package(p: &android::InstalledPackage) -> InstalledPackage {
             priority: protected.then(|| why.to_owned()),
             installed: true,
             signer: (!signers.is_empty()).then(|| signers.join(&SIGNER_SEP.to_string())),
+            owner: None,
         },
         files: if p.code_path.is_empty() { Vec::new() } else { vec![p.code_path.clone()] },
     }

@@ -113,6 +113,7 @@ pub fn parse_status(text: &str) -> (Vec<Package>, usize) {
             priority: get("Priority"),
             installed: status.ends_with(" installed"),
             signer: None,
+            owner: None,
         });
     }
     (out, bad)

@@ -118,6 +118,9 @@ fn is_deployed(inst: &OwnedFd, branch: &Path) -> bool {
 /// following a symlink (`safefs`), so a planted link shows nothing from outside it.
 pub fn installed(inst: &Path) -> std::io::Result<Vec<InstalledPackage>> {
     let root = safefs::open_root(inst)?;
+    // An installation a user owns is that user's: its apps are in the user's scope (the system
+    // installation, and any root owns, are the system's).
+    let owner = Some(safefs::meta(&root)?.uid).filter(|&uid| uid != 0 && inst != Path::new(SYSTEM_INSTALLATION));
     let mut out = Vec::new();
     let remotes = dirs(&root, Path::new("repo/refs/remotes"));
     for id in dirs(&root, Path::new("app")) {
@@ -138,6 +141,7 @@ pub fn installed(inst: &Path) -> std::io::Result<Vec<InstalledPackage>> {
                 let mut p = Package::new(id.clone(), branch.clone());
                 p.architecture = arch.clone();
                 p.maintainer = origin;
+                p.owner = owner;
                 // Paths are shown relative to the installation (which is the root here).
                 out.push(InstalledPackage { package: p, files: vec![format!("app/{id}/{arch}/{branch}/active")] });
             }

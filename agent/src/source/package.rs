@@ -34,6 +34,10 @@ pub struct Package {
     pub installed: bool,
     /// Signing key id (rpm); dpkg records none.
     pub signer: Option<String>,
+    /// The user whose own installation holds the package (a user's flatpak installation, by
+    /// its directory's owner); `None` for system packages. Its app is that user's (`Scope::User`),
+    /// so the records of what was done to it are shown to that user.
+    pub owner: Option<u32>,
 }
 
 impl Package {
@@ -48,6 +52,7 @@ impl Package {
             priority: None,
             installed: true,
             signer: None,
+            owner: None,
         }
     }
 }
@@ -203,7 +208,7 @@ pub fn app_of(kind: Kind, root: &Path, p: &Package, files: &[String]) -> App {
     a.publisher = p.maintainer.clone();
     a.paths = files.iter().map(|f| root.join(f.trim_start_matches('/')).display().to_string()).collect();
     a.signers = p.signer.iter().cloned().collect();
-    a.scope = Scope::System;
+    a.scope = p.owner.map_or(Scope::System, Scope::User);
     a
 }
 

@@ -105,6 +105,7 @@ pub fn installed(root: &Path) -> std::io::Result<Vec<InstalledPackage>> {
             priority: None,
             installed: true,
             signer,
+            owner: None,
         };
         let files = executables_of(lines.filter(|l| !l.is_empty() && *l != "(contains no files)").map(str::to_owned));
         pkgs.push(InstalledPackage { package: p, files });
