@@ -297,21 +297,27 @@ impl QuarantineStore {
         Ok(fd)
     }
 
-    /// Quarantines one file (see the module header for the order of steps).
-    pub fn quarantine(&self, r: Request<'_>) -> Result<Manifest, QuarantineError> {
-        let original = r.root_path.join(r.rel);
-        let shown = original.display().to_string();
+    /// The checks before a quarantine or an in-place delete acts: the name (through its
+    /// parent's fd, beneath the root) still is the judged inode, and that inode — which the act
+    /// kills and moves or unlinks — has one link and the folder's user (or root) as its owner.
+    /// Returns the path as shown, the parent's fd and the name in it.
+    fn still_acceptable<'r>(r: &Request<'r>) -> Result<(String, OwnedFd, &'r std::ffi::OsStr), QuarantineError> {
+        let shown = r.root_path.join(r.rel).display().to_string();
         let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
         match safefs::meta_at(&parent, name) {
             Ok(m) if m.id == r.meta.id => {}
             Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
         }
-        // Before anything is killed, tagged or moved: the quarantine moves a name but acts on
-        // the inode (kill, chmod), so a second name or a foreign owner is refused.
         let now = safefs::meta(r.file).map_err(io(&shown))?;
         let root_owner = safefs::meta(r.root_fd).map_err(io(r.root_path.display()))?.uid;
         check_acceptable(&now, root_owner)
             .map_err(|reason| QuarantineError::Refused { path: shown.clone(), reason })?;
+        Ok((shown, parent, name))
+    }
+
+    /// Quarantines one file (see the module header for the order of steps).
+    pub fn quarantine(&self, r: Request<'_>) -> Result<Manifest, QuarantineError> {
+        let (shown, parent, name) = Self::still_acceptable(&r)?;
         let killed_pids = super::process::kill_processes_running(r.meta.id);
         let id = self.new_id();
         let mut manifest = Manifest {
@@ -453,16 +459,7 @@ impl QuarantineStore {
     /// still is that inode, one link, the folder's user's file), then processes running it are
     /// killed and the name unlinked through its parent's fd. Returns the killed pids.
     pub fn delete_in_place(&self, r: &Request<'_>) -> Result<Vec<i32>, QuarantineError> {
-        let shown = r.root_path.join(r.rel).display().to_string();
-        let (parent, name) = safefs::open_parent_beneath(r.root_fd, r.rel).map_err(io(&shown))?;
-        match safefs::meta_at(&parent, name) {
-            Ok(m) if m.id == r.meta.id => {}
-            Ok(_) | Err(_) => return Err(QuarantineError::Raced { path: shown }),
-        }
-        let now = safefs::meta(r.file).map_err(io(&shown))?;
-        let root_owner = safefs::meta(r.root_fd).map_err(io(r.root_path.display()))?.uid;
-        check_acceptable(&now, root_owner)
-            .map_err(|reason| QuarantineError::Refused { path: shown.clone(), reason })?;
+        let (shown, parent, name) = Self::still_acceptable(r)?;
         let killed = super::process::kill_processes_running(r.meta.id);
         // Whatever the name holds by now is in the folder's user's own directory (or a
         // root-owned one), so unlinking it removes only a name that user could remove.
